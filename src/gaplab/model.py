@@ -1,0 +1,186 @@
+"""The seed's CNN family, built from a config: depth, BatchNormalization and momentum, dropout.
+
+Block i (0-based) is Conv2D(f_i, 3, relu) [+ BatchNormalization] + MaxPool2D(2), with f_i = 16 for
+even i and 32 for odd i, and pooling stride 1 in block 1 and 2 elsewhere: exactly the seed's
+pattern (16/stride 2, 32/stride 1, 16/stride 2), continued. The network starts with
+Rescaling(1/255) and ZeroPadding2D and ends with Flatten, Dropout (when > 0) and Dense(softmax).
+
+Two builds of the same architecture exist:
+
+* `runtime_hyperparameters=True` (what the trainer uses): BN momentum and the dropout rate are
+  held as backend state rather than compiled-in constants, so trials that differ only in them
+  produce identical compiled programs and hit the backend's compilation cache.
+* `runtime_hyperparameters=False`: stock Keras layers, for saving and serving (`to_portable`).
+
+Both have exactly the same weights, so parameter counts are the seed's.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from gaplab.config import PRESETS, TrainConfig
+
+
+class ConfigError(ValueError):
+    """Raised for a config value that cannot build a model; the message names the value."""
+
+
+# Each block's conv shrinks the map by 2 (kernel 3, no padding); its pool halves it or takes 1.
+def _block_filters(index: int) -> int:
+    return 16 if index % 2 == 0 else 32
+
+
+def _block_pool_stride(index: int) -> int:
+    return 1 if index == 1 else 2
+
+
+def feature_map_sizes(image_size: int, depth: int) -> list[int]:
+    """Spatial size after each block; a value < 1 means the map vanished."""
+    size = image_size + 2  # ZeroPadding2D(1)
+    sizes = []
+    for index in range(depth):
+        size -= 2
+        stride = _block_pool_stride(index)
+        size = (size - 2) // stride + 1 if size >= 2 else 0
+        sizes.append(size)
+    return sizes
+
+
+def allowed_depths(image_size: int, max_depth: int = 8) -> list[int]:
+    """Depths whose feature map stays at least 1x1 at this image size."""
+    return [depth for depth in range(1, max_depth + 1) if min(feature_map_sizes(image_size, depth)) >= 1]
+
+
+def _check(config: TrainConfig, num_classes: int) -> None:
+    if config.depth < 1:
+        raise ConfigError(f"depth={config.depth} is invalid; use at least 1 conv block.")
+    sizes = feature_map_sizes(config.image_size, config.depth)
+    if min(sizes) < 1:
+        allowed = allowed_depths(config.image_size)
+        raise ConfigError(
+            f"depth={config.depth} is too deep for image_size={config.image_size}: the feature map "
+            f"shrinks to nothing after block {next(i for i, s in enumerate(sizes) if s < 1) + 1}. "
+            f"Use depth <= {max(allowed) if allowed else 0} or a larger image_size."
+        )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"dropout={config.dropout} is invalid; use 0 <= dropout < 1.")
+    if not 0.0 <= config.bn_momentum < 1.0:
+        raise ConfigError(f"bn_momentum={config.bn_momentum} is invalid; use 0 <= bn_momentum < 1.")
+    if num_classes < 2:
+        raise ConfigError(f"num_classes={num_classes} is invalid; a classifier needs at least 2 classes.")
+
+
+class _RuntimeScalar(keras.random.SeedGenerator):
+    """A float32 scalar held as layer state, not as a weight.
+
+    Keras passes a layer's seed-generator states into compiled train steps as inputs, and leaves
+    them out of `weights` and `count_params()`. Holding a hyperparameter the same way keeps it out
+    of the compiled program (no recompilation when it changes) and out of the parameter count.
+    """
+
+    def __init__(self, value: float, name: str):
+        self.name = name
+        self.backend = keras.backend
+        self._initial_seed = None
+        with keras.name_scope(name, caller=self):
+            self.state = keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+
+    def next(self, ordered=True):  # pragma: no cover - never used as a seed
+        raise TypeError(f"{self.name} holds a hyperparameter, not a random seed")
+
+
+@keras.saving.register_keras_serializable(package="gaplab")
+class RuntimeMomentumBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose momentum is runtime state (see `_RuntimeScalar`)."""
+
+    def __init__(self, momentum: float = 0.99, **kwargs):
+        self._momentum_state = _RuntimeScalar(momentum, "bn_momentum")
+        super().__init__(momentum=momentum, **kwargs)
+
+    @property
+    def momentum(self):
+        return self._momentum_state.state.value
+
+    @momentum.setter
+    def momentum(self, value):
+        # BatchNormalization.__init__ assigns the float; keep it in the state variable.
+        self._momentum_state.state.assign(float(value))
+
+    def get_config(self):
+        config = super().get_config()
+        config["momentum"] = float(ops.convert_to_numpy(self._momentum_state.state))
+        return config
+
+
+@keras.saving.register_keras_serializable(package="gaplab")
+class RuntimeRateDropout(keras.layers.Layer):
+    """Dropout whose rate is runtime state (see `_RuntimeScalar`); inverted scaling like Dropout."""
+
+    def __init__(self, rate: float, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._rate = _RuntimeScalar(rate, "dropout_rate")
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    @property
+    def rate(self) -> float:
+        return float(ops.convert_to_numpy(self._rate.state))
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        rate = ops.cast(self._rate.state.value, inputs.dtype)
+        keep = ops.cast(keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) >= rate, inputs.dtype)
+        return inputs * keep / (1.0 - rate)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def build_model(config: TrainConfig, num_classes: int, *, runtime_hyperparameters: bool = False) -> keras.Model:
+    """Build the (uncompiled) CNN for `config` at (image_size, image_size, 3) with `num_classes`."""
+    _check(config, num_classes)
+    inputs = keras.Input((config.image_size, config.image_size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = keras.layers.ZeroPadding2D(1, name="pad")(x)
+    for index in range(config.depth):
+        x = keras.layers.Conv2D(_block_filters(index), 3, activation="relu", name=f"conv{index + 1}")(x)
+        if config.batchnorm:
+            name = f"bn{index + 1}"
+            if runtime_hyperparameters:
+                x = RuntimeMomentumBatchNormalization(momentum=config.bn_momentum, name=name)(x)
+            else:
+                x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=name)(x)
+        stride = _block_pool_stride(index)
+        x = keras.layers.MaxPooling2D(2, strides=stride, name=f"pool{index + 1}")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    if config.dropout > 0:
+        if runtime_hyperparameters:
+            x = RuntimeRateDropout(config.dropout, seed=config.seed, name="dropout")(x)
+        else:
+            x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
+    return keras.Model(inputs, outputs, name=f"cnn_depth{config.depth}")
+
+
+def build_preset(name: str, image_size: int = 224, num_classes: int = 6) -> keras.Model:
+    """Build one of the seed's models by name (see `gaplab.config.PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return build_model(PRESETS[name].replace(image_size=image_size), num_classes)
+
+
+def to_portable(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
+    """A stock-Keras copy of a trained model (same weights), loadable without gaplab installed."""
+    portable = build_model(config, num_classes, runtime_hyperparameters=False)
+    portable.set_weights(model.get_weights())
+    return portable
+
+
+def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]

@@ -1,0 +1,295 @@
+"""The trainer: fit one config on one dataset and measure both parts of the train/val gap.
+
+    result = train(TrainConfig(bn_momentum=0.99), generate_shapes(), callbacks=[...])
+    result.gap == result.mode_gap + result.generalization_gap
+
+* `gap` = train_accuracy (fit's running figure at the last epoch, the seed's definition)
+  − val_accuracy.
+* `mode_gap` = train_accuracy − train_eval_accuracy (the training split in inference mode).
+  Stale BatchNormalization moving statistics show up here.
+* `generalization_gap` = train_eval_accuracy − val_accuracy: overfitting proper.
+* `val_accuracy_recalibrated`: val accuracy once BN statistics are re-estimated exactly.
+
+The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, and
+`EpochCallback` gives them per-epoch metrics under the names used everywhere
+(`train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`). A callback that sets
+`model.stop_training` ends training early; the result is still measured at that epoch.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections import OrderedDict
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from gaplab.config import TrainConfig
+from gaplab.data import Dataset
+from gaplab.metrics import accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
+from gaplab.model import ConfigError, batchnorm_layers, build_model
+
+EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
+_KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy"}
+
+
+def epoch_metrics(logs: dict | None) -> dict[str, float]:
+    """Keras epoch logs under the project's metric names."""
+    return {ours: float(logs[theirs]) for theirs, ours in _KERAS_NAMES.items() if logs and theirs in logs}
+
+
+class EpochCallback(keras.callbacks.Callback):
+    """Base for per-epoch hooks: override `on_epoch(epoch, metrics)`; epochs count from 1."""
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.on_epoch(epoch + 1, epoch_metrics(logs))
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds: list[float] = []
+        self._started = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._started)
+
+
+@dataclass
+class TrainResult:
+    """Everything one training run measured. Accuracies are NaN when training diverged."""
+
+    config: TrainConfig
+    class_names: tuple[str, ...]
+    history: dict[str, list[float]]
+    epochs: int
+    steps: int
+    diverged: bool
+    stopped_early: bool
+    train_accuracy: float
+    train_eval_accuracy: float
+    val_accuracy: float
+    test_accuracy: float
+    val_accuracy_recalibrated: float
+    confusion_val: np.ndarray
+    confusion_test: np.ndarray
+    timings: dict[str, float]
+    model: keras.Model | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def gap(self) -> float:
+        return self.train_accuracy - self.val_accuracy
+
+    @property
+    def mode_gap(self) -> float:
+        return self.train_accuracy - self.train_eval_accuracy
+
+    @property
+    def generalization_gap(self) -> float:
+        return self.train_eval_accuracy - self.val_accuracy
+
+    def final_metrics(self) -> dict[str, float]:
+        """The run's summary numbers, under the names the study logs."""
+        return {
+            "train_accuracy": self.train_accuracy,
+            "train_eval_accuracy": self.train_eval_accuracy,
+            "val_accuracy": self.val_accuracy,
+            "test_accuracy": self.test_accuracy,
+            "gap": self.gap,
+            "mode_gap": self.mode_gap,
+            "generalization_gap": self.generalization_gap,
+            "val_accuracy_recalibrated": self.val_accuracy_recalibrated,
+            "steps": float(self.steps),
+            "epochs_run": float(self.epochs),
+            "fit_seconds": self.timings["fit_seconds"],
+        }
+
+
+_compilation_cache_dir: str | None = None
+
+
+def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str | None:
+    """Turn on the backend's persistent compilation cache, where it has one (JAX); once per process.
+
+    The directory is `directory`, else $GAPLAB_COMPILE_CACHE_DIR, else ~/.cache/gaplab/xla.
+    TensorFlow has no persistent cache for Keras train steps; returns None there.
+    """
+    global _compilation_cache_dir
+    if keras.backend.backend() != "jax":
+        return None
+    if _compilation_cache_dir is None:
+        import jax
+
+        chosen = directory or os.environ.get("GAPLAB_COMPILE_CACHE_DIR") or Path.home() / ".cache" / "gaplab" / "xla"
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(chosen))
+        # Cache even quick compiles: on a GPU every train step compile is worth keeping.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        _compilation_cache_dir = str(chosen)
+    return _compilation_cache_dir
+
+
+def _reset_backend() -> None:
+    # Without this, Keras' global graph state and name counters grow with every model built.
+    keras.backend.clear_session()
+    gc.collect()
+
+
+# Compiled models by architecture. On TensorFlow every traced train step keeps ~10 MiB of runtime
+# memory that clear_session() does not release, and on JAX every new model means a new XLA
+# compile; reusing one compiled model per architecture bounds both by the number of architectures.
+_MAX_COMPILED_MODELS = 16
+_compiled_models: "OrderedDict[tuple, keras.Model]" = OrderedDict()
+
+
+def _architecture(config: TrainConfig, num_classes: int) -> tuple:
+    return (config.depth, config.batchnorm, config.dropout > 0, config.image_size, num_classes)
+
+
+def _prepared_model(config: TrainConfig, num_classes: int) -> keras.Model:
+    """A compiled model for `config`, in exactly the state a freshly built and compiled one has.
+
+    Fresh weights come from building the config's model with its seed; optimizer state, step
+    counter, learning rate, BN momentum, dropout rate and dropout seed are reset in place.
+    """
+    fresh = build_model(config, num_classes, runtime_hyperparameters=True)
+    key = _architecture(config, num_classes)
+    model = _compiled_models.pop(key, None)
+    if model is None:
+        model = fresh
+        model.compile(
+            optimizer=keras.optimizers.Adam(config.learning_rate),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        model.optimizer.build(model.trainable_variables)
+    else:
+        model.set_weights(fresh.get_weights())
+        for variable in model.optimizer.variables:
+            variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
+        model.optimizer.learning_rate.assign(config.learning_rate)
+        for layer, fresh_layer in zip(model.layers, fresh.layers):
+            for state, fresh_state in zip(layer.non_trainable_variables, fresh_layer.non_trainable_variables):
+                state.assign(fresh_state.value)
+    _compiled_models[key] = model
+    while len(_compiled_models) > _MAX_COMPILED_MODELS:
+        _compiled_models.popitem(last=False)
+    return model
+
+
+def train(
+    config: TrainConfig,
+    data: Dataset,
+    callbacks: list[keras.callbacks.Callback] | tuple = (),
+    verbose: int = 0,
+) -> TrainResult:
+    """Train `config` on `data` and measure the gap; see the module docstring for the metrics."""
+    if config.image_size != data.image_size:
+        raise ConfigError(
+            f"image_size={config.image_size} does not match the data's {data.image_size} px images; "
+            "load the data at the config's image_size."
+        )
+    if config.epochs < 1:
+        raise ConfigError(f"epochs={config.epochs} is invalid; use at least 1.")
+    if config.batch_size < 1:
+        raise ConfigError(f"batch_size={config.batch_size} is invalid; use at least 1.")
+    if not config.learning_rate > 0:
+        raise ConfigError(f"learning_rate={config.learning_rate} is invalid; use a positive value.")
+
+    started = time.perf_counter()
+    _reset_backend()
+    enable_compilation_cache()
+    keras.utils.set_random_seed(config.seed)
+    x_train, y_train = data.train.x, data.train.y
+    validation = (data.val.x, data.val.y)
+    data_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    model = _prepared_model(config, data.num_classes)
+    build_seconds = time.perf_counter() - started
+
+    timer = _EpochTimer()
+    started = time.perf_counter()
+    fitted = model.fit(
+        x_train,
+        y_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=validation,
+        shuffle=True,
+        verbose=verbose,
+        callbacks=[timer, keras.callbacks.TerminateOnNaN(), *callbacks],
+    )
+    fit_seconds = time.perf_counter() - started
+
+    history = {ours: [float(v) for v in fitted.history.get(theirs, [])] for theirs, ours in _KERAS_NAMES.items()}
+    epochs_run = len(history["train_loss"])
+    diverged = not all(math.isfinite(v) for v in history["train_loss"]) or not all(
+        np.all(np.isfinite(w)) for w in model.get_weights()
+    )
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+    started = time.perf_counter()
+    num_classes = data.num_classes
+    if diverged:
+        nan = float("nan")
+        train_acc = train_eval = val_acc = test_acc = val_recal = nan
+        empty = np.zeros((num_classes, num_classes), dtype=np.int64)
+        confusion_val = confusion_test = empty
+    else:
+        train_acc = history["train_accuracy"][-1]
+        train_eval = accuracy(predict_classes(model, x_train), y_train)
+        val_predicted = predict_classes(model, data.val.x)
+        test_predicted = predict_classes(model, data.test.x)
+        val_acc = accuracy(val_predicted, data.val.y)
+        test_acc = accuracy(test_predicted, data.test.y)
+        confusion_val = confusion_matrix(val_predicted, data.val.y, num_classes)
+        confusion_test = confusion_matrix(test_predicted, data.test.y, num_classes)
+        if batchnorm_layers(model):
+            with recalibrated_batchnorm(model, x_train):
+                val_recal = accuracy(predict_classes(model, data.val.x), data.val.y)
+        else:
+            val_recal = val_acc
+    eval_seconds = time.perf_counter() - started
+
+    epoch_seconds = timer.seconds
+    timings = {
+        "data_seconds": data_seconds,
+        "build_seconds": build_seconds,
+        "fit_seconds": fit_seconds,
+        "eval_seconds": eval_seconds,
+        "first_epoch_seconds": epoch_seconds[0] if epoch_seconds else float("nan"),
+        # The first epoch includes tracing and compiling the train step; later ones do not.
+        "steady_epoch_seconds": statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else float("nan"),
+    }
+    return TrainResult(
+        config=config,
+        class_names=data.class_names,
+        history=history,
+        epochs=epochs_run,
+        steps=steps,
+        diverged=diverged,
+        stopped_early=epochs_run < config.epochs and not diverged,
+        train_accuracy=train_acc,
+        train_eval_accuracy=train_eval,
+        val_accuracy=val_acc,
+        test_accuracy=test_acc,
+        val_accuracy_recalibrated=val_recal,
+        confusion_val=confusion_val,
+        confusion_test=confusion_test,
+        timings=timings,
+        model=model,
+    )

@@ -1,0 +1,159 @@
+"""The trainer: gap identities, determinism, hooks, divergence, recalibration, memory, JAX."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from gaplab.config import TrainConfig
+from gaplab.metrics import accuracy, predict_classes, recalibrated_batchnorm
+from gaplab.model import ConfigError
+from gaplab.train import EPOCH_METRICS, EpochCallback, train
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
+
+
+def test_result_has_history_gaps_and_identities(tiny_data):
+    result = train(SMALL, tiny_data)
+    assert set(result.history) == set(EPOCH_METRICS)
+    assert all(len(values) == 2 for values in result.history.values())
+    assert result.epochs == 2 and result.steps == 2 * math.ceil(len(tiny_data.train) / 16)
+    assert result.train_accuracy == result.history["train_accuracy"][-1]
+    assert result.gap == pytest.approx(result.mode_gap + result.generalization_gap)
+    assert result.gap == pytest.approx(result.train_accuracy - result.val_accuracy)
+    assert result.mode_gap == pytest.approx(result.train_accuracy - result.train_eval_accuracy)
+    for name in ("train_eval_accuracy", "val_accuracy", "test_accuracy", "val_accuracy_recalibrated"):
+        assert 0.0 <= getattr(result, name) <= 1.0
+    assert result.confusion_val.shape == (6, 6) and result.confusion_val.sum() == len(tiny_data.val)
+    assert result.confusion_test.sum() == len(tiny_data.test)
+    assert np.trace(result.confusion_val) / len(tiny_data.val) == pytest.approx(result.val_accuracy)
+    assert set(result.timings) >= {"data_seconds", "build_seconds", "fit_seconds", "eval_seconds",
+                                   "first_epoch_seconds", "steady_epoch_seconds"}
+    assert not result.diverged and not result.stopped_early
+    assert result.final_metrics()["gap"] == result.gap
+
+
+def test_same_config_and_seed_give_the_same_metrics(tiny_data):
+    first, second = train(SMALL, tiny_data), train(SMALL, tiny_data)
+    assert first.history == second.history
+    assert first.val_accuracy == second.val_accuracy
+    third = train(SMALL.replace(seed=1), tiny_data)
+    assert third.history["train_loss"] != first.history["train_loss"]
+
+
+class Recorder(EpochCallback):
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.seen, self.stop_after = [], stop_after
+
+    def on_epoch(self, epoch, metrics):
+        self.seen.append((epoch, metrics))
+        if epoch == self.stop_after:
+            self.model.stop_training = True
+
+
+def test_epoch_hooks_see_named_metrics_and_can_stop_training(tiny_data):
+    recorder = Recorder(stop_after=1)
+    result = train(SMALL.replace(epochs=3), tiny_data, callbacks=[recorder])
+    assert [epoch for epoch, _ in recorder.seen] == [1]
+    assert set(recorder.seen[0][1]) == set(EPOCH_METRICS)
+    assert result.stopped_early and result.epochs == 1
+    assert result.val_accuracy == result.val_accuracy  # measured at the stopping epoch, not NaN
+
+
+def test_a_nan_loss_stops_training_and_is_reported_as_diverged(tiny_data):
+    result = train(SMALL.replace(learning_rate=1e30, epochs=3), tiny_data)
+    assert result.diverged and not result.stopped_early
+    assert math.isnan(result.val_accuracy) and math.isnan(result.gap)
+
+
+def test_image_size_must_match_the_data(tiny_data):
+    with pytest.raises(ConfigError, match=r"image_size=32 .* 16 px"):
+        train(SMALL.replace(image_size=32), tiny_data)
+
+
+def test_recalibration_closes_the_mode_gap_of_a_high_momentum_model():
+    from gaplab.data import generate_shapes
+
+    data = generate_shapes(image_size=16, n_images=240, seed=1)
+    config = TrainConfig(depth=2, bn_momentum=0.99, dropout=0.0, batch_size=16, epochs=4, image_size=16)
+    result = train(config, data)
+    model = result.model
+    before = accuracy(predict_classes(model, data.train.x), data.train.y)
+    with recalibrated_batchnorm(model, data.train.x):
+        after = accuracy(predict_classes(model, data.train.x), data.train.y)
+    restored = accuracy(predict_classes(model, data.train.x), data.train.y)
+    assert before == pytest.approx(result.train_eval_accuracy)
+    assert result.train_accuracy - before > 0.25, "momentum .99 after 44 steps should leave stale statistics"
+    assert after > before + 0.25
+    assert after > result.train_accuracy - 0.1
+    assert restored == before, "recalibration must restore the trained statistics"
+
+
+def _rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status on this platform")
+
+
+@pytest.mark.slow
+def test_twenty_trainings_do_not_grow_memory_without_bound(tiny_data):
+    config = SMALL.replace(epochs=1)
+    rss = []
+    for index in range(20):
+        train(config.replace(bn_momentum=0.5 + index * 0.02), tiny_data)
+        rss.append(_rss_mib())
+    # Allow warm-up in the first runs; after that growth must flatten out.
+    growth_late = rss[-1] - rss[9]
+    assert growth_late < 60, f"RSS grew {growth_late:.0f} MiB over the last 10 trainings: {rss}"
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    os.environ["KERAS_BACKEND"] = "jax"
+    import keras
+    from gaplab.config import TrainConfig
+    from gaplab.data import generate_shapes
+    from gaplab.train import train
+
+    data = generate_shapes(image_size=16, n_images=96, seed=0)
+    config = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
+    cache = sys.argv[1]
+    first = train(config, data)
+    files_after_first = len(os.listdir(cache))
+    second = train(config.replace(bn_momentum=0.5, dropout=0.4), data)
+    files_after_second = len(os.listdir(cache))
+    print(json.dumps({"backend": keras.backend.backend(), "val": first.val_accuracy,
+                      "gap": first.gap, "mode_gap": first.mode_gap, "gen": first.generalization_gap,
+                      "files_first": files_after_first, "files_second": files_after_second}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_trains_under_the_jax_backend_and_reuses_compiled_programs(tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "GAPLAB_COMPILE_CACHE_DIR": str(tmp_path / "xla"),
+           "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", JAX_SCRIPT, str(tmp_path / "xla")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["backend"] == "jax"
+    assert 0.0 <= report["val"] <= 1.0
+    assert report["gap"] == pytest.approx(report["mode_gap"] + report["gen"])
+    # A second config that differs only in momentum and dropout rate compiles nothing new.
+    assert report["files_first"] > 0
+    assert report["files_second"] == report["files_first"]
