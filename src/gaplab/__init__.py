@@ -6,24 +6,19 @@ confusion matrices, BatchNormalization recalibration). `python -m gaplab` reprod
 table on the built-in dataset.
 """
 
-from gaplab.config import PRESETS, SEED_RESULTS, TrainConfig
-from gaplab.data import DataError, Dataset, generate_shapes, load_image_folder
-from gaplab.model import ConfigError, allowed_depths, build_model, build_preset
-from gaplab.train import EpochCallback, TrainResult, train
+import importlib
 
-__all__ = [
-    "PRESETS",
-    "SEED_RESULTS",
-    "ConfigError",
-    "DataError",
-    "Dataset",
-    "EpochCallback",
-    "TrainConfig",
-    "TrainResult",
-    "allowed_depths",
-    "build_model",
-    "build_preset",
-    "generate_shapes",
-    "load_image_folder",
-    "train",
-]
+# Submodules load on first use, so `import gaplab.config` (the CLI's defaults) does not import Keras.
+_EXPORTS = {
+    "PRESETS": "config", "SEED_RESULTS": "config", "TrainConfig": "config",
+    "DataError": "data", "Dataset": "data", "generate_shapes": "data", "load_image_folder": "data",
+    "ConfigError": "model", "allowed_depths": "model", "build_model": "model", "build_preset": "model",
+    "EpochCallback": "train", "TrainResult": "train", "train": "train",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'gaplab' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"gaplab.{_EXPORTS[name]}"), name)

@@ -1,0 +1,75 @@
+"""The Optuna objective: sample a config, train it, log it, and report val accuracy.
+
+Pruning never throws inside training: `PruningCallback` only stops it, so a pruned trial is
+still measured at the epoch where it stopped and logs the same final metrics as a complete one.
+The seed presets report to the pruner but are never pruned.
+"""
+
+from __future__ import annotations
+
+import optuna
+
+from gaplab.config import TrainConfig
+from gaplab.data import Dataset
+from gaplab.train import EpochCallback, TrainResult, train
+from study import space, tracking
+
+# Trial user attributes the report reads; one per final metric, plus bookkeeping.
+RESULT_ATTRS = (
+    "train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
+    "generalization_gap", "val_accuracy_recalibrated", "steps", "epochs_run", "fit_seconds",
+)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the trial fails and is never a best."""
+
+
+class PruningCallback(EpochCallback):
+    """Reports val accuracy to Optuna each epoch and stops training when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial, prunable: bool):
+        super().__init__()
+        self.trial = trial
+        self.prunable = prunable
+        self.pruned_at: int | None = None
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        if "val_accuracy" not in metrics:
+            return
+        self.trial.report(metrics["val_accuracy"], epoch)
+        if self.prunable and self.trial.should_prune():
+            self.pruned_at = epoch
+            self.model.stop_training = True
+
+
+class Objective:
+    """Callable for `study.optimize`; the data is loaded once by the caller and shared."""
+
+    def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object]):
+        self.study_name = study_name
+        self.data = data
+        self.base = base
+        self.fixed_params = fixed_params
+        self.last_result: TrainResult | None = None
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = space.suggest(trial, self.base)
+        preset = trial.user_attrs.get(space.PRESET_ATTR)
+        params = {**self.fixed_params, **config.as_params(), **({"preset": preset} if preset else {})}
+        with tracking.trial_run(self.study_name, trial, params) as run:
+            pruning = PruningCallback(trial, prunable=preset is None)
+            result = train(config, self.data, callbacks=[tracking.EpochLogger(run.info.run_id), pruning])
+            self.last_result = result
+            for name in RESULT_ATTRS:
+                trial.set_user_attr(name, result.final_metrics()[name])
+            trial.set_user_attr("bn_momentum", config.bn_momentum)
+            pruned = pruning.pruned_at is not None
+            model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)
+            if model_uri:
+                trial.set_user_attr("model_uri", model_uri)
+            if result.diverged:
+                raise TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
+            if pruned:
+                raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
+            return result.val_accuracy

@@ -1,0 +1,162 @@
+"""The MLflow adapter: a parent run per study invocation, a nested child run per trial.
+
+The trainer knows nothing of MLflow; this module turns its hooks and results into the contract
+the report and users rely on (see README, "What is logged"):
+
+* parent: study settings, dataset (log_input), best_val_accuracy, best params, importances,
+  trials.csv, and the best model registered under the study's name with alias `best`;
+* child: params, tags `optuna_trial_number` / `trial_state`, per-epoch metrics (step = epoch),
+  final metrics, confusion matrices, learning curves and, for complete trials, the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import traceback
+from collections.abc import Iterator
+from importlib import metadata
+
+import keras
+
+import mlflow
+import numpy as np
+import optuna
+from mlflow.tracking import MlflowClient
+
+from gaplab.data import Dataset
+from gaplab.model import to_portable
+from gaplab.train import EpochCallback, TrainResult
+from study import figures
+
+TRIAL_STATE_TAG = "trial_state"
+TRIAL_NUMBER_TAG = "optuna_trial_number"
+STUDY_TAG = "study_name"
+ERROR_TAG = "error"
+# MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+
+class EpochLogger(EpochCallback):
+    """Logs each epoch's metrics to one run, with step = epoch."""
+
+    def __init__(self, run_id: str):
+        super().__init__()
+        self.run_id = run_id
+        self.client = MlflowClient()
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        for key, value in metrics.items():
+            self.client.log_metric(self.run_id, key, value, step=epoch)
+
+
+def log_params_once(run_id: str, params: dict[str, object]) -> None:
+    """Log params the run lacks; keep values already there (e.g. those `mlflow run` logged)."""
+    existing = MlflowClient().get_run(run_id).data.params
+    missing = {key: str(value) for key, value in params.items() if key not in existing}
+    for key, value in missing.items():
+        MlflowClient().log_param(run_id, key, value)
+
+
+def log_dataset(data: Dataset) -> None:
+    features = np.zeros((0, data.image_size, data.image_size, 3), dtype=np.uint8)
+    dataset = mlflow.data.from_numpy(features, name=data.name, digest=data.digest)
+    mlflow.log_input(dataset, context="training")
+
+
+@contextlib.contextmanager
+def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object]) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the active parent for one trial; its status and tags follow the outcome.
+
+    Returning normally means COMPLETE; optuna.TrialPruned means PRUNED; KeyboardInterrupt ends
+    the run KILLED (trial FAIL); any other exception FAILED with the error logged.
+    """
+    run = mlflow.start_run(
+        run_name=f"trial-{trial.number:03d}",
+        nested=True,
+        tags={TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name, TRIAL_STATE_TAG: "RUNNING"},
+    )
+    trial.set_user_attr("mlflow_run_id", run.info.run_id)
+    mlflow.log_params({key: str(value) for key, value in params.items()})
+    try:
+        yield run
+    except optuna.TrialPruned:
+        mlflow.set_tag(TRIAL_STATE_TAG, "PRUNED")
+        mlflow.end_run(RUN_STATUS["PRUNED"])
+        raise
+    except KeyboardInterrupt:
+        mlflow.set_tag(TRIAL_STATE_TAG, "FAIL")
+        mlflow.set_tag(ERROR_TAG, "interrupted (KeyboardInterrupt)")
+        mlflow.end_run("KILLED")
+        raise
+    except Exception as error:
+        mlflow.set_tag(TRIAL_STATE_TAG, "FAIL")
+        mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])
+        mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
+        mlflow.end_run(RUN_STATUS["FAIL"])
+        raise
+    else:
+        mlflow.set_tag(TRIAL_STATE_TAG, "COMPLETE")
+        mlflow.end_run(RUN_STATUS["COMPLETE"])
+
+
+def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | None:
+    """Final metrics, confusion matrices, learning curves and (optionally) the model; the model URI."""
+    metrics = {key: value for key, value in result.final_metrics().items()}
+    mlflow.log_metrics(metrics)
+    mlflow.log_metrics({key: value for key, value in result.timings.items()})
+    mlflow.set_tag("diverged", str(result.diverged).lower())
+    names = list(result.class_names)
+    for split, matrix in (("val", result.confusion_val), ("test", result.confusion_test)):
+        suffix = "" if split == "val" else "_test"
+        mlflow.log_dict({"split": split, "class_names": names, "matrix": matrix.tolist()},
+                        f"confusion_matrix{suffix}.json")
+        figure = figures.confusion_figure(matrix, names, f"Confusion matrix ({split})")
+        mlflow.log_figure(figure, f"confusion_matrix{suffix}.png")
+        figures.close(figure)
+    figure = figures.learning_curves_figure({"this trial": result.history}, "Learning curves")
+    mlflow.log_figure(figure, "learning_curves.png")
+    figures.close(figure)
+    if not with_model or result.model is None:
+        return None
+    portable = to_portable(result.model, result.config, data.num_classes)
+    sample = data.val.x[:4]
+    signature = mlflow.models.infer_signature(sample, portable.predict(sample, verbose=0))
+    # mlflow 3.17 with Keras 3: input_example= fails (input_example.json written before its
+    # folder exists), so the signature alone describes the input.
+    info = mlflow.keras.log_model(portable, name="model", signature=signature, pip_requirements=model_requirements())
+    return info.model_uri
+
+
+@functools.cache
+def model_requirements() -> list[str]:
+    """What serving a logged model needs: Keras and its backend, pinned to the versions trained with.
+
+    Given explicitly because MLflow's inference of requirements reloads the model in a
+    subprocess, which took 12 s per trial, several times the training itself.
+    """
+    backend_package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[keras.backend.backend()]
+    return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package, "numpy")]
+
+
+def register_best(study_name: str, model_uri: str, run_id: str) -> str:
+    """Register the best trial's model under the study's name with alias `best`; the version."""
+    client = MlflowClient()
+    with contextlib.suppress(mlflow.exceptions.MlflowException):
+        current = client.get_model_version_by_alias(study_name, "best")
+        if current.run_id == run_id:
+            return current.version
+    version = mlflow.register_model(model_uri, study_name)
+    client.set_registered_model_alias(study_name, "best", version.version)
+    return version.version
+
+
+def parent_run_id_from_launcher() -> str | None:
+    """The run `mlflow run` created for this process, if any."""
+    return os.environ.get("MLFLOW_RUN_ID") or None
+
+
+def log_json(data: object, name: str) -> None:
+    mlflow.log_text(json.dumps(data, indent=2, sort_keys=True), name)
