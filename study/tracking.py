@@ -104,8 +104,12 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object]) -
 
 def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | None:
     """Final metrics, confusion matrices, learning curves and (optionally) the model; the model URI."""
-    metrics = {key: value for key, value in result.final_metrics().items()}
-    mlflow.log_metrics(metrics)
+    # Final values share names with per-epoch metrics; log them at the last epoch's step, and not at
+    # all where the last epoch already holds that value, so each history stays one point per epoch.
+    last_epoch = {key: values[-1] for key, values in result.history.items() if values}
+    metrics = {key: value for key, value in result.final_metrics().items()
+               if not (key in last_epoch and np.isclose(last_epoch[key], value, rtol=0, atol=1e-6))}
+    mlflow.log_metrics(metrics, step=result.epochs)
     mlflow.log_metrics({key: value for key, value in result.timings.items()})
     mlflow.set_tag("diverged", str(result.diverged).lower())
     names = list(result.class_names)

@@ -1,0 +1,351 @@
+"""study.report on synthetic studies (no training) plus one slow end-to-end run.
+
+The synthetic studies are built with optuna.trial.create_trial and matching MLflow runs in
+tmp_path, with the gap driven by a known parameter, so the findings can be checked by text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = "<img src=x onerror=alert(1)>"
+CLASSES = ["cat", XSS, "dog|pipe"]
+SECTION_HEADINGS = ("1. Findings", "2. Seed presets", "3. Gap decomposition", "4. Parameter importance",
+                    "5. Figures", "6. Top trials", "7. Caveats")
+
+
+def _distributions():
+    import optuna
+
+    from study import space
+
+    return {
+        space.MOMENTUM_PARAM: optuna.distributions.FloatDistribution(
+            1 - space.MOMENTUM_RANGE[1], 1 - space.MOMENTUM_RANGE[0], log=True),
+        "batch_size": optuna.distributions.CategoricalDistribution(space.BATCH_SIZES),
+        "dropout": optuna.distributions.FloatDistribution(*space.DROPOUT_RANGE),
+        "depth": optuna.distributions.IntDistribution(1, 5),
+    }
+
+
+def _specs(kind: str) -> list[dict]:
+    """Trial specs: the four presets then 12 searched trials, with the gap set by `kind`'s rule."""
+    from gaplab.config import PRESETS
+
+    specs = []
+    for name, preset in PRESETS.items():
+        specs.append({"preset": name, "batchnorm": preset.batchnorm, "bn_momentum": preset.bn_momentum,
+                      "batch_size": 32, "dropout": preset.dropout, "depth": preset.depth})
+    if kind == "momentum":
+        # Two momentum groups, each with the same spread of dropout, batch size and depth.
+        groups = ([0.6, 0.7, 0.8, 0.85, 0.88, 0.75], [0.96, 0.97, 0.98, 0.99, 0.995, 0.998])
+        for momenta in groups:
+            for i, momentum in enumerate(momenta):
+                specs.append({"bn_momentum": momentum, "dropout": [0.05, 0.15, 0.3, 0.45, 0.55, 0.1][i],
+                              "batch_size": [16, 64, 128][i % 3], "depth": [2, 3][i % 2], "batchnorm": True})
+    else:
+        groups = ([0.0, 0.05, 0.1, 0.12, 0.15, 0.08], [0.3, 0.35, 0.4, 0.45, 0.5, 0.55])
+        for dropouts in groups:
+            for i, dropout in enumerate(dropouts):
+                specs.append({"bn_momentum": [0.6, 0.8, 0.96, 0.99, 0.7, 0.97][i], "dropout": dropout,
+                              "batch_size": [16, 64, 128][i % 3], "depth": [2, 3][i % 2], "batchnorm": True})
+    for index, spec in enumerate(specs):
+        high_momentum = spec["batchnorm"] and spec["bn_momentum"] >= 0.95
+        if kind == "momentum":
+            gap = 0.5 if high_momentum else 0.03
+            steps = 50 if high_momentum else 400
+            mode = gap - 0.02 if high_momentum else 0.0
+        else:
+            gap = 0.45 if spec["dropout"] < 0.2 else 0.04
+            steps = 1000
+            mode = 0.01
+        val = round(0.95 - gap - 0.001 * index, 4)
+        spec.update(gap=gap, steps=steps, mode_gap=mode, generalization_gap=round(gap - mode, 6), val=val,
+                    train=round(val + gap, 6), test=round(val - 0.01, 6),
+                    recal=round(val + (0.4 if high_momentum and kind == "momentum" else 0.0), 6))
+        spec["state"] = "COMPLETE"
+    specs[-1]["state"] = "PRUNED"
+    specs[-2]["state"] = "PRUNED"
+    return specs
+
+
+def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> dict:
+    """An Optuna sqlite study plus MLflow parent and child runs under `root`, as study.run leaves them."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from study import space
+
+    root.mkdir(parents=True, exist_ok=True)
+    storage = f"sqlite:///{root / 'optuna.db'}"
+    tracking = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking)
+    try:
+        experiment = client.create_experiment(study_name, artifact_location=(root / "artifacts").as_uri())
+    except Exception:  # noqa: BLE001 - a second study in the same store
+        experiment = client.get_experiment_by_name(study_name).experiment_id
+    parent = client.create_run(experiment, run_name=study_name).info.run_id
+    client.log_param(parent, "seed", "0")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
+    study.set_user_attr("mlflow_parent_run_id", parent)
+    study.set_user_attr("mlflow_tracking_uri", tracking)
+    study.set_user_attr("class_names", list(class_names))
+    specs = _specs(kind)
+    state = optuna.trial.TrialState
+    for number, spec in enumerate(specs):
+        run = client.create_run(experiment, run_name=f"trial-{number:03d}", tags={"mlflow.parentRunId": parent})
+        run_id = run.info.run_id
+        for epoch in range(1, 4):
+            client.log_metric(run_id, "train_accuracy", spec["train"] * epoch / 3, step=epoch)
+            client.log_metric(run_id, "val_accuracy", spec["val"] * epoch / 3, step=epoch)
+        matrix = [[5, 1, 0], [0, 6, 1], [1, 0, 4]]
+        client.log_text(run_id, json.dumps({"split": "val", "class_names": list(class_names), "matrix": matrix}),
+                        "confusion_matrix.json")
+        client.set_terminated(run_id, "FINISHED" if spec["state"] == "COMPLETE" else "KILLED")
+        attrs = {"train_accuracy": spec["train"], "train_eval_accuracy": spec["train"] - spec["mode_gap"],
+                 "val_accuracy": spec["val"], "test_accuracy": spec["test"], "gap": spec["gap"],
+                 "mode_gap": spec["mode_gap"], "generalization_gap": spec["generalization_gap"],
+                 "val_accuracy_recalibrated": spec["recal"], "steps": float(spec["steps"]), "epochs_run": 3.0,
+                 "fit_seconds": 1.0, "bn_momentum": spec["bn_momentum"], "mlflow_run_id": run_id}
+        if spec.get("preset"):
+            attrs[space.PRESET_ATTR] = spec["preset"]
+        params = {space.MOMENTUM_PARAM: round(1 - spec["bn_momentum"], 6), "batch_size": spec["batch_size"],
+                  "dropout": spec["dropout"], "depth": spec["depth"]}
+        complete = spec["state"] == "COMPLETE"
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=_distributions(), user_attrs=attrs,
+            value=spec["val"] if complete else None, intermediate_values={3: spec["val"]},
+            state=state.COMPLETE if complete else state.PRUNED))
+    # One failed trial with no metrics, as a crash leaves it.
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=state.FAIL))
+    client.set_terminated(parent, "FINISHED")
+    return {"storage": storage, "tracking": tracking, "name": study_name, "specs": specs, "parent": parent,
+            "root": root}
+
+
+def _report(info):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from study.report import build_report
+
+    study = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    return build_report(study, MlflowClient(info["tracking"]))
+
+
+def _run_cli(info, out: Path, *extra: str) -> int:
+    from study.report import main
+
+    return main(["--storage", info["storage"], "--tracking_uri", info["tracking"], "--out", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def momentum_study(tmp_path_factory):
+    return build_study(tmp_path_factory.mktemp("momentum"), "momentum", "momentum-study")
+
+
+@pytest.fixture(scope="module")
+def dropout_study(tmp_path_factory):
+    return build_study(tmp_path_factory.mktemp("dropout"), "dropout", "dropout <b>study</b>")
+
+
+def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
+    report = _report(momentum_study)
+    text = "\n".join(report.findings)
+    gap_line = next(line for line in report.findings if "moves the gap most" in line)
+    assert gap_line.startswith("bn_momentum moves the gap most"), gap_line
+    # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03.
+    assert "median gap of 0.50 (n=7)" in gap_line and "0.03 (n=7)" in gap_line
+    assert "higher bn_momentum goes with a larger gap" in gap_line
+    # Horizon: high momentum trials ran 50 steps (horizon <= 2); low momentum 400 steps (>= 48).
+    horizon = next(line for line in report.findings if line.startswith("EMA horizon"))
+    assert "below 3 had a median gap of 0.50 (n=7)" in horizon and "it was 0.03 (n=7)" in horizon
+    recal = next(line for line in report.findings if line.startswith("Re-estimating"))
+    assert "bn_momentum ≥ 0.95 the median is 0.400 (n=7)" in recal
+    # Best: the highest val among complete trials (the first low-momentum searched trial, number 4).
+    specs = momentum_study["specs"]
+    best = max((i for i, s in enumerate(specs) if s["state"] == "COMPLETE"), key=lambda i: specs[i]["val"])
+    assert f"Best setting: trial {best} " in text
+    assert f"val accuracy {specs[best]['val']:.3f} and test accuracy {specs[best]['test']:.3f}" in text
+
+
+def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
+    report = _report(dropout_study)
+    gap_line = next(line for line in report.findings if "moves the gap most" in line)
+    assert gap_line.startswith("dropout moves the gap most"), gap_line
+    assert "higher dropout goes with a smaller gap" in gap_line
+    # Low dropout: 6 searched + seed-final (0.0) at 0.45; high: 6 searched + 3 presets at 0.5 dropout.
+    assert "it was 0.45 (n=7)" in gap_line and "median gap of 0.04 (n=9)" in gap_line
+    mode_line = next(line for line in report.findings if "remaining gap is mostly" in line)
+    assert "generalization gap" in mode_line
+
+
+def test_tables_carry_the_stored_numbers(momentum_study):
+    from gaplab.config import SEED_RESULTS
+
+    report = _report(momentum_study)
+    seed = report.section("2.").tables[0]
+    assert [row[0] for row in seed.rows] == list(SEED_RESULTS)
+    specs = momentum_study["specs"]
+    for row in seed.rows:
+        spec = next(s for s in specs if s.get("preset") == row[0])
+        assert row[2:5] == [spec["train"], spec["val"], spec["test"]]
+        assert tuple(row[5:]) == SEED_RESULTS[row[0]]
+    decomposition = report.section("3.").tables[0]
+    assert len(decomposition.rows) == len(specs)  # the failed trial has no metrics
+    first = decomposition.rows[4]
+    assert first[0] == 4 and first[6] == specs[4]["gap"] and first[9] == specs[4]["val"]
+    top = report.section("6.").tables[0]
+    assert top.rows[0][-1]  # MLflow run id
+    importance = report.section("4.")
+    assert "fANOVA" in importance.paragraphs[0]
+    assert {row[0] for row in importance.tables[0].rows} == {"bn_momentum", "batch_size", "dropout", "depth"}
+    caveats = "\n".join(report.section("7.").bullets)
+    assert "complete, 2 pruned, 1 failed" in caveats
+    assert "re-run the best setting" in caveats
+    assert {f.filename for f in report.figures} == {"params.png", "ema_horizon.png", "momentum_batch.png",
+                                                   "learning_curves.png", "confusion_matrix.png"}
+    assert all(f.png.startswith(b"\x89PNG") for f in report.figures)
+
+
+def test_cli_writes_report_logs_it_and_leaves_the_study_unchanged(momentum_study, tmp_path):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    db = momentum_study["root"] / "optuna.db"
+
+    def snapshot():
+        study = optuna.load_study(study_name=momentum_study["name"], storage=momentum_study["storage"])
+        return [(t.number, t.state, t.params, t.user_attrs, t.value) for t in study.trials], study.user_attrs
+
+    before, before_hash = snapshot(), hashlib.sha256(db.read_bytes()).hexdigest()
+    assert _run_cli(momentum_study, tmp_path / "out", "--study_name", "") == 0  # '' = the only study
+    assert snapshot() == before
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == before_hash
+    folder = tmp_path / "out" / "momentum-study"
+    for name in ("report.md", "report.html", "params.png", "ema_horizon.png", "confusion_matrix.png"):
+        assert (folder / name).is_file(), name
+    markdown = (folder / "report.md").read_text()
+    assert all(f"## {heading}" in markdown for heading in SECTION_HEADINGS)
+    client = MlflowClient(momentum_study["tracking"])
+    logged = {a.path for a in client.list_artifacts(momentum_study["parent"], "report")}
+    assert {"report/report.html", "report/report.md", "report/params.png"} <= logged
+    assert client.get_run(momentum_study["parent"]).info.status == "FINISHED"
+
+
+def test_unknown_study_exits_2_listing_studies(momentum_study, tmp_path, capsys):
+    assert _run_cli(momentum_study, tmp_path / "out", "--study_name", "nope") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'nope'" in err and "'momentum-study'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_storage_is_refused_not_created(tmp_path, capsys):
+    from study.report import main
+
+    db = tmp_path / "none" / "optuna.db"
+    (tmp_path / "none").mkdir()
+    assert main(["--storage", f"sqlite:///{db}", "--tracking_uri", f"sqlite:///{tmp_path}/m.db"]) == 2
+    assert "does not exist" in capsys.readouterr().err and not db.exists()
+
+
+def test_several_studies_need_a_name(tmp_path, capsys):
+    first = build_study(tmp_path / "store", "momentum", "first")
+    build_study(tmp_path / "store", "dropout", "second")
+    assert _run_cli(first, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "'first'" in err and "'second'" in err
+    assert _run_cli(first, tmp_path / "out", "--study-name", "second") == 0
+
+
+def test_user_data_is_escaped(dropout_study, tmp_path):
+    from study.report import to_html, to_markdown
+
+    report = _report(dropout_study)
+    page = to_html(report)
+    assert XSS not in page and "<b>study</b>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "dropout &lt;b&gt;study&lt;/b&gt;" in page
+    assert "<script" not in page.lower()
+    markdown = to_markdown(report)
+    assert "<img" not in markdown and "<b>" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
+    assert "dog\\|pipe" in markdown
+    # Every table row keeps its column count: no cell breaks the table.
+    for line in markdown.splitlines():
+        if line.startswith("| trial | state |"):
+            width = line.count(" | ")
+    rows = [l for l in markdown.splitlines() if l.startswith("| ") and l.count(" | ") == width]
+    assert len(rows) > 10
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None
+
+
+def _chromium_run(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0"]
+    return subprocess.run([binary, *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_html_renders_in_headless_chromium(dropout_study, tmp_path):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("no chromium binary found (apt-get install chromium)")
+    assert _run_cli(dropout_study, tmp_path / "out", "--study_name", dropout_study["name"]) == 0
+    page = next((tmp_path / "out").glob("*/report.html"))
+    dom = _chromium_run(binary, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    for heading in SECTION_HEADINGS:
+        assert f"<h2>{heading}</h2>" in dom.stdout
+    # The hostile class name is text in the DOM, never an element.
+    assert "&lt;img src=x onerror=alert(1)&gt;" in dom.stdout and "onerror=alert(1)>" not in dom.stdout.replace(
+        "&gt;", "")
+    assert dom.stdout.count("<img ") == 5  # the five figures, nothing else
+    for problem in ("Uncaught", "CONSOLE(", ":ERROR:CONSOLE"):
+        assert problem not in dom.stderr, dom.stderr[-2000:]
+    shot = tmp_path / "shot.png"
+    result = _chromium_run(binary, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,4000",
+                           "--hide-scrollbars", page.as_uri())
+    assert result.returncode == 0 and shot.is_file(), result.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 50_000
+    assert "Uncaught" not in result.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_study_then_report(tmp_path):
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    study = subprocess.run([sys.executable, "-m", "study.run", "--trials", "5", "--epochs", "1", "--image_size", "16"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert study.returncode == 0, study.stderr[-3000:]
+    report = subprocess.run([sys.executable, "-m", "study.report"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    folder = next((tmp_path / "reports").iterdir())
+    markdown = (folder / "report.md").read_text()
+    page = (folder / "report.html").read_text()
+    for heading in SECTION_HEADINGS:
+        assert f"## {heading}" in markdown and f"<h2>{heading}</h2>" in page
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    stored = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    parent = stored.user_attrs["mlflow_parent_run_id"]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
+    assert client.get_run(parent).info.status == "FINISHED"

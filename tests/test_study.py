@@ -1,0 +1,281 @@
+"""The study: CLI/MLproject agreement, bad parameters, the MLflow contract, resume, failures, Ctrl-C."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from gaplab.config import TrainConfig
+from gaplab.train import EpochCallback, TrainResult
+from study import objective as objective_module
+from study import run as run_module
+
+ROOT = Path(__file__).resolve().parents[1]
+MLPROJECT_TYPES = {"int": int, "float": float, "string": str}
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "GAPLAB_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.mark.parametrize("entry_point, parser_factory", [("main", run_module.build_parser)])
+def test_mlproject_parameters_match_the_cli(entry_point, parser_factory):
+    spec = yaml.safe_load((ROOT / "MLproject").read_text())
+    declared = spec["entry_points"][entry_point]["parameters"]
+    actions = {action.dest: action for action in parser_factory()._actions if action.dest != "help"}
+    assert set(declared) == set(actions), "MLproject and the CLI must offer the same parameters"
+    command = spec["entry_points"][entry_point]["command"]
+    for name, declaration in declared.items():
+        action = actions[name]
+        assert f"--{name}" in action.option_strings
+        assert f"--{name} {{{name}}}" in command, f"MLproject command must pass --{name}"
+        assert (action.type or str) is MLPROJECT_TYPES[declaration["type"]], name
+        assert action.default == declaration["default"], name
+    assert spec["conda_env"] == "conda.yaml"
+
+
+def test_conda_env_lists_the_same_dependencies_as_pyproject():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
+    pip = next(item["pip"] for item in conda if isinstance(item, dict))
+    assert set(pyproject) <= set(pip)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--trials", "0"], "--trials=0 is invalid"),
+     (["--data_dir", "no/such/folder"], "--data_dir='no/such/folder' is not a folder"),
+     (["--pruner", "sometimes"], "--pruner='sometimes' is unknown; use one of median, hyperband, none"),
+     (["--storage", "not a url"], "--storage='not a url' is not a database URL"),
+     (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
+     (["--study_name", "../etc"], "--study_name='../etc' is invalid")],
+)
+def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_path, args, message):
+    done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+# -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
+
+
+def fake_train(config: TrainConfig, data, callbacks=(), verbose=0) -> TrainResult:
+    """Gap grows with momentum, like the real phenomenon; dropout 0.6 exactly raises."""
+    if config.dropout == 0.6:
+        raise RuntimeError("simulated crash")
+    val = 0.9 - 0.5 * config.bn_momentum * config.batchnorm
+    history = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
+    model_holder = type("Holder", (), {"stop_training": False})()
+    for epoch in range(1, config.epochs + 1):
+        metrics = {"train_loss": 1.0 / epoch, "train_accuracy": 0.9, "val_loss": 1.0, "val_accuracy": val}
+        for key, value in metrics.items():
+            history[key].append(value)
+        for callback in callbacks:
+            if isinstance(callback, EpochCallback):
+                callback.set_model(model_holder)
+                callback.on_epoch(epoch, metrics)
+        if model_holder.stop_training:
+            break
+    n = data.num_classes
+    return TrainResult(config, data.class_names, history, len(history["val_accuracy"]), 10 * config.epochs,
+                       False, model_holder.stop_training, 0.9, 0.85, val, val - 0.01, 0.88,
+                       np.eye(n, dtype=int), np.eye(n, dtype=int),
+                       {"data_seconds": 0.0, "build_seconds": 0.0, "fit_seconds": 0.1, "eval_seconds": 0.0,
+                        "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1})
+
+
+@pytest.fixture
+def mock_study(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def _children(study_name: str) -> list:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(study_name)
+    return [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+            if "mlflow.parentRunId" in r.data.tags]
+
+
+def _load(tmp_path, name="shapes-16px"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
+    args = ["--epochs", "2", "--image_size", "16", "--pruner", "none"]
+    assert run_module.main(["--trials", "3", *args]) == 0
+    assert run_module.main(["--trials", "5", *args]) == 0
+    assert run_module.main(["--trials", "5", *args]) == 0  # already there: runs nothing
+    study = _load(mock_study)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
+    presets = [t.user_attrs.get("preset") for t in study.trials]
+    assert presets == ["seed-initial", "seed-deeper", "seed-bn", "seed-final", None], "presets once, first"
+    children = _children("shapes-16px")
+    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3, 4]
+    parents = {r.data.tags["mlflow.parentRunId"] for r in children}
+    assert len(parents) == 2, "each invocation has its own parent run"
+
+
+def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypatch):
+    from study import space
+
+    real_suggest = space.suggest
+
+    def crash_trial_5(trial, base):
+        config = real_suggest(trial, base)
+        return config.replace(dropout=0.6) if trial.number == 5 else config
+
+    monkeypatch.setattr(space, "suggest", crash_trial_5)
+    assert run_module.main(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
+    study = _load(mock_study)
+    states = {t.number: t.state.name for t in study.trials}
+    assert states[5] == "FAIL" and list(states.values()).count("COMPLETE") == 6
+    failed = next(r for r in _children("shapes-16px") if r.data.tags["optuna_trial_number"] == "5")
+    assert failed.info.status == "FAILED" and failed.data.tags["trial_state"] == "FAIL"
+    assert "simulated crash" in failed.data.tags["error"]
+
+
+def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study):
+    # Pruning on epoch 1 against the median: high-momentum trials look bad early.
+    assert run_module.main(["--trials", "14", "--epochs", "3", "--image_size", "16", "--pruner", "median"]) == 0
+    study = _load(mock_study)
+    assert all(t.state.name == "COMPLETE" for t in study.trials[:4])
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    assert pruned, "some searched trials should be pruned"
+    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
+    for trial in pruned:
+        run = runs[str(trial.number)]
+        assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "PRUNED"
+        assert {"gap", "mode_gap", "val_accuracy", "val_accuracy_recalibrated"} <= set(run.data.metrics)
+
+
+def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
+    def diverging(config, data, callbacks=(), verbose=0):
+        result = fake_train(config, data, callbacks)
+        if config.bn_momentum == 0.8:  # seed-final, otherwise the best
+            result.diverged = True
+            result.val_accuracy = math.nan
+        return result
+
+    monkeypatch.setattr(objective_module, "train", diverging)
+    assert run_module.main(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
+    study = _load(mock_study)
+    assert study.trials[3].state.name == "FAIL"
+    assert study.best_trial.number != 3
+
+
+# -- the real thing ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
+    env = _env(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    done = subprocess.run(
+        ["mlflow", "run", str(ROOT), "-P", "trials=3", "-P", "epochs=2", "-P", "image_size=32",
+         "-P", f"storage={storage}", "--env-manager", "local", "--experiment-name", "shapes-32px"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "[3/3]" in done.stdout
+
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("shapes-32px")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1, "the run `mlflow run` created is reused, not duplicated"
+    parent = parents[0]
+    assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
+    assert parent.info.status == "FINISHED"
+    for key in ("trials", "image_size", "epochs", "seed", "dataset", "dataset_size", "dataset_digest", "backend",
+                "study_name", "pruner"):
+        assert key in parent.data.params, key
+    assert parent.data.params["backend"] == "tensorflow"
+    assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.params["dataset_digest"]
+    assert {"best_val_accuracy", "best_trial_number", "best_bn_momentum", "best_batch_size", "best_dropout",
+            "best_depth"} <= set(parent.data.metrics)
+    assert any(k.startswith("importance_val_accuracy.") for k in parent.data.metrics)
+    assert any(k.startswith("importance_gap.") for k in parent.data.metrics)
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "param_importances.json"} <= parent_artifacts
+
+    assert len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    for child in children:
+        assert {"bn_momentum", "batch_size", "dropout", "depth", "image_size", "epochs", "seed"} <= set(child.data.params)
+        assert child.data.tags["trial_state"] == "COMPLETE" and child.info.status == "FINISHED"
+        assert {"train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
+                "generalization_gap", "val_accuracy_recalibrated", "steps", "fit_seconds"} <= set(child.data.metrics)
+        assert child.data.metrics["gap"] == pytest.approx(
+            child.data.metrics["mode_gap"] + child.data.metrics["generalization_gap"])
+        for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+            assert steps[:2] == [1, 2] and max(steps) == 2, (key, steps)
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"confusion_matrix.png", "confusion_matrix.json", "confusion_matrix_test.png",
+                "confusion_matrix_test.json", "learning_curves.png"} <= artifacts
+
+    best_number = int(parent.data.metrics["best_trial_number"])
+    best_child = next(r for r in children if r.data.tags["optuna_trial_number"] == str(best_number))
+    version = client.get_model_version_by_alias("shapes-32px", "best")
+    assert version.run_id == best_child.info.run_id
+    model = mlflow.pyfunc.load_model("models:/shapes-32px@best")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3)).astype("uint8")
+    probabilities = model.predict(images)
+    assert probabilities.shape == (3, 6)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
+    env = _env(tmp_path)
+    command = [sys.executable, "-m", "study.run", "--epochs", "3", "--image_size", "16", "--pruner", "none"]
+    process = subprocess.Popen([*command, "--trials", "4"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    for line in process.stdout:
+        if line.startswith("[1/4]") or time.time() > deadline:
+            break
+    time.sleep(1.0)  # inside trial 1
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "rerun the same command to resume" in stderr
+
+    study = optuna.load_study(study_name="shapes-16px", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state.name for t in study.trials[:2]] == ["COMPLETE", "FAIL"]
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    killed = [r for r in _children("shapes-16px") if r.data.tags["optuna_trial_number"] == "1"]
+    assert [r.info.status for r in killed] == ["KILLED"]
+
+    resumed = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    study = optuna.load_study(study_name="shapes-16px", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    assert sorted(t.user_attrs["preset"] for t in complete) == sorted(
+        ["seed-initial", "seed-deeper", "seed-bn", "seed-final"]), "the interrupted preset is retried, none doubled"
