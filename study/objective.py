@@ -7,6 +7,9 @@ The seed presets report to the pruner but are never pruned.
 
 from __future__ import annotations
 
+import threading
+
+import keras
 import optuna
 
 from gaplab.config import TrainConfig
@@ -23,6 +26,22 @@ RESULT_ATTRS = (
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial fails and is never a best."""
+
+
+# Set by study.run's SIGINT/SIGTERM handler. The handler also raises KeyboardInterrupt, but Python
+# swallows it when the signal lands inside a garbage-collection callback (seen with JAX's), so
+# training checks this flag after every batch as well.
+stop_requested = threading.Event()
+
+
+class StopRequestCallback(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the next batch once a stop was requested."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        if stop_requested.is_set():
+            raise KeyboardInterrupt("stop requested")
+
+    on_test_batch_end = on_train_batch_end
 
 
 class PruningCallback(EpochCallback):
@@ -54,12 +73,15 @@ class Objective:
         self.last_result: TrainResult | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if stop_requested.is_set():
+            raise KeyboardInterrupt("stop requested")
         config = space.suggest(trial, self.base)
         preset = trial.user_attrs.get(space.PRESET_ATTR)
         params = {**self.fixed_params, **config.as_params(), **({"preset": preset} if preset else {})}
         with tracking.trial_run(self.study_name, trial, params) as run:
             pruning = PruningCallback(trial, prunable=preset is None)
-            result = train(config, self.data, callbacks=[tracking.EpochLogger(run.info.run_id), pruning])
+            callbacks = [StopRequestCallback(), tracking.EpochLogger(run.info.run_id), pruning]
+            result = train(config, self.data, callbacks=callbacks)
             self.last_result = result
             for name in RESULT_ATTRS:
                 trial.set_user_attr(name, result.final_metrics()[name])

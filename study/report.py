@@ -168,9 +168,7 @@ def _fmt(value: float, digits: int = 2) -> str:
 def _fmt_param(name: str, value: float) -> str:
     if name in ("batch_size", "depth"):
         return str(int(value)) if float(value).is_integer() else f"{value:g}"
-    if name == "bn_momentum":
-        return f"{value:.3g}"
-    return f"{value:.2f}"
+    return f"{value:.3g}"
 
 
 def _describe(view: TrialView) -> str:
@@ -230,7 +228,8 @@ def _split_sentence(split: Split) -> str:
     direction = "larger" if split.effect > 0 else "smaller"
     return (f"{name} moves the gap most: trials with {name} ≥ {t} had a median gap of {_fmt(split.high_gap)} "
             f"(n={split.high_n}); with {name} < {t} it was {_fmt(split.low_gap)} (n={split.low_n}), "
-            f"a difference of {_fmt(abs(split.effect))}, so higher {name} goes with a {direction} gap.")
+            f"a difference of {_fmt(abs(split.effect))}, so higher {name} goes with a {direction} gap"
+            + (" (batchnorm trials only)." if name == "bn_momentum" else "."))
 
 
 def findings(views: list[TrialView], best: TrialView | None) -> tuple[list[str], dict[str, Split | None]]:
@@ -377,7 +376,7 @@ def _png(figure) -> bytes:
     from study import figures
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=80)
+    figure.savefig(buffer, format="png", dpi=100)
     figures.close(figure)
     return buffer.getvalue()
 
@@ -514,6 +513,19 @@ def _edge(view: TrialView, name: str) -> str | None:
     return edge
 
 
+def _range_text(view: TrialView, name: str) -> str:
+    from study import space
+
+    dist = view.distributions.get(space.MOMENTUM_PARAM if name == "bn_momentum" else name)
+    if dist is None:
+        return "see study/space.py"
+    if hasattr(dist, "choices"):
+        return ", ".join(str(c) for c in dist.choices)
+    if name == "bn_momentum":
+        return f"{_fmt_param(name, 1 - dist.high)} to {_fmt_param(name, 1 - dist.low)}"
+    return f"{_fmt_param(name, dist.low)} to {_fmt_param(name, dist.high)}"
+
+
 def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, notes: list[str]) -> list[str]:
     counts = {state: sum(v.state == state for v in views) for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")}
     out = [f"{len(views)} trials: {counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed"
@@ -529,7 +541,8 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, no
             edge = _edge(best, name)
             if edge:
                 out.append(f"The best trial's {name} = {_fmt_param(name, best.params[name])} is at the {edge} edge of "
-                           "its search range: widen the range to see whether the optimum lies beyond it.")
+                           f"its search range ({_range_text(best, name)}): widen the range to see whether the "
+                           "optimum lies beyond it.")
     seed_text = f"seed {seed}" if seed else "one seed"
     out.append(f"Every trial ran once ({seed_text}): re-run the best setting with other seeds to measure the "
                "variance before trusting differences smaller than it.")

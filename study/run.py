@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -156,7 +157,18 @@ class ProgressPrinter:
               f"gap={gap:+.3f} best={best} ETA {_format_seconds(eta)}", file=self.stream, flush=True)
 
 
+def _interrupt(signum, frame):
+    from study.objective import stop_requested
+
+    stop_requested.set()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Ctrl-C and SIGTERM end the study cleanly, also where a launcher or a background shell job
+    # had set SIGINT to be ignored.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -66,13 +66,21 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
 
 
 def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
-    """Queue the seed's presets as the first trials of a new study; a no-op once it has trials."""
-    if study.trials:
-        return []
-    for name, preset in PRESETS.items():
+    """Queue the seed's presets as the first trials of a new study; the names queued.
+
+    On resume a preset is queued again only if none of its trials finished or is still queued:
+    one that was interrupted (FAIL) would otherwise be lost from the seed table.
+    """
+    from optuna.trial import TrialState
+
+    kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+    present = {t.user_attrs.get(PRESET_ATTR) for t in study.get_trials(deepcopy=False, states=kept)}
+    missing = [name for name in PRESETS if name not in present]
+    for name in missing:
+        preset = PRESETS[name]
         config = base.replace(**{field: getattr(preset, field) for field in ("depth", "batchnorm", "bn_momentum", "dropout")})
         study.enqueue_trial(_optuna_params(config), user_attrs={PRESET_ATTR: name})
-    return list(PRESETS)
+    return missing
 
 
 def searched_values(config: TrainConfig) -> dict[str, object]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import statistics
 import shutil
 import subprocess
 import sys
@@ -53,10 +55,12 @@ def _specs(kind: str) -> list[dict]:
                 specs.append({"bn_momentum": momentum, "dropout": [0.05, 0.15, 0.3, 0.45, 0.55, 0.1][i],
                               "batch_size": [16, 64, 128][i % 3], "depth": [2, 3][i % 2], "batchnorm": True})
     else:
-        groups = ([0.0, 0.05, 0.1, 0.12, 0.15, 0.08], [0.3, 0.35, 0.4, 0.45, 0.5, 0.55])
-        for dropouts in groups:
+        # Dropout spread evenly; momentum assigned across it so the two are unrelated.
+        groups = (([0.0, 0.1, 0.2, 0.3, 0.4, 0.5], [0.6, 0.8, 0.96, 0.99, 0.7, 0.97]),
+                  ([0.05, 0.15, 0.25, 0.35, 0.45, 0.55], [0.97, 0.7, 0.99, 0.96, 0.8, 0.6]))
+        for dropouts, momenta in groups:
             for i, dropout in enumerate(dropouts):
-                specs.append({"bn_momentum": [0.6, 0.8, 0.96, 0.99, 0.7, 0.97][i], "dropout": dropout,
+                specs.append({"bn_momentum": momenta[i], "dropout": dropout,
                               "batch_size": [16, 64, 128][i % 3], "depth": [2, 3][i % 2], "batchnorm": True})
     for index, spec in enumerate(specs):
         high_momentum = spec["batchnorm"] and spec["bn_momentum"] >= 0.95
@@ -65,7 +69,7 @@ def _specs(kind: str) -> list[dict]:
             steps = 50 if high_momentum else 400
             mode = gap - 0.02 if high_momentum else 0.0
         else:
-            gap = 0.45 if spec["dropout"] < 0.2 else 0.04
+            gap = round(max(0.02, 0.5 - 0.9 * spec["dropout"]), 4)
             steps = 1000
             mode = 0.01
         val = round(0.95 - gap - 0.001 * index, 4)
@@ -184,8 +188,17 @@ def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     gap_line = next(line for line in report.findings if "moves the gap most" in line)
     assert gap_line.startswith("dropout moves the gap most"), gap_line
     assert "higher dropout goes with a smaller gap" in gap_line
-    # Low dropout: 6 searched + seed-final (0.0) at 0.45; high: 6 searched + 3 presets at 0.5 dropout.
-    assert "it was 0.45 (n=7)" in gap_line and "median gap of 0.04 (n=9)" in gap_line
+    # The sentence's numbers are the medians of the gaps put in, on each side of its threshold.
+    match = re.search(r"dropout ≥ ([0-9.]+) had a median gap of ([0-9.]+) \(n=(\d+)\); with dropout < \1 it was "
+                      r"([0-9.]+) \(n=(\d+)\)", gap_line)
+    assert match, gap_line
+    threshold = float(match[1])
+    finished = [s for s in dropout_study["specs"]]
+    high = [s["gap"] for s in finished if s["dropout"] >= threshold]
+    low = [s["gap"] for s in finished if s["dropout"] < threshold]
+    assert (match[2], int(match[3])) == (f"{statistics.median(high):.2f}", len(high))
+    assert (match[4], int(match[5])) == (f"{statistics.median(low):.2f}", len(low))
+    assert statistics.median(low) - statistics.median(high) > 0.3
     mode_line = next(line for line in report.findings if "remaining gap is mostly" in line)
     assert "generalization gap" in mode_line
 
@@ -276,6 +289,7 @@ def test_user_data_is_escaped(dropout_study, tmp_path):
     assert XSS not in page and "<b>study</b>" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "dropout &lt;b&gt;study&lt;/b&gt;" in page
     assert "<script" not in page.lower()
+    assert _unbalanced_tags(page) == []
     markdown = to_markdown(report)
     assert "<img" not in markdown and "<b>" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
     assert "dog\\|pipe" in markdown
@@ -285,6 +299,33 @@ def test_user_data_is_escaped(dropout_study, tmp_path):
             width = line.count(" | ")
     rows = [l for l in markdown.splitlines() if l.startswith("| ") and l.count(" | ") == width]
     assert len(rows) > 10
+
+
+def _unbalanced_tags(page: str) -> list[str]:
+    """Tags closed out of order or never closed (void elements aside): [] for well-formed HTML."""
+    from html.parser import HTMLParser
+
+    void = {"meta", "img", "br", "hr", "link", "input"}
+
+    class Checker(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack: list[str] = []
+            self.errors: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag not in void:
+                self.stack.append(tag)
+
+        def handle_endtag(self, tag):
+            if self.stack and self.stack[-1] == tag:
+                self.stack.pop()
+            else:
+                self.errors.append(tag)
+
+    checker = Checker()
+    checker.feed(page)
+    return checker.errors + checker.stack
 
 
 def _chromium() -> str | None:
