@@ -32,8 +32,11 @@ def _env(tmp_path: Path) -> dict[str, str]:
             "GAPLAB_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
-@pytest.mark.parametrize("entry_point, parser_factory", [("main", run_module.build_parser)])
-def test_mlproject_parameters_match_the_cli(entry_point, parser_factory):
+@pytest.mark.parametrize("entry_point", ["main", "report"])
+def test_mlproject_parameters_match_the_cli(entry_point):
+    from study import report
+
+    parser_factory = {"main": run_module.build_parser, "report": report.build_parser}[entry_point]
     spec = yaml.safe_load((ROOT / "MLproject").read_text())
     declared = spec["entry_points"][entry_point]["parameters"]
     actions = {action.dest: action for action in parser_factory()._actions if action.dest != "help"}
