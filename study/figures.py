@@ -1,52 +1,163 @@
-"""Matplotlib figures shared by the trial runs and the report (Agg backend, no display needed)."""
+"""Matplotlib figures shared by the trial runs and the report (Agg backend, no display needed).
+
+Every trial logs two confusion matrices and its learning curves. Laying out and drawing the
+static parts (tick labels, axis labels, tight_layout) costs most of the time, so trials use
+renderers that draw those once per process and then only redraw what changes (blitting):
+`trial_confusion_renderer(class_names)` and `trial_curves_renderer(epochs)` return RGBA arrays.
+The report makes ordinary figures with `confusion_figure` and `learning_curves_figure`.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.artist import Artist  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+
+class _Confusion:
+    """A laid-out confusion-matrix figure: counts per true (rows) and predicted (columns) class."""
+
+    def __init__(self, class_names: list[str] | tuple[str, ...]):
+        names = [str(name) for name in class_names]
+        count = len(names)
+        size = max(4.0, 0.6 * count + 2.5)
+        self.figure = Figure(figsize=(size, size), dpi=100)
+        self.axes = self.figure.add_subplot()
+        self.image = self.axes.imshow(np.zeros((count, count)), cmap="Blues", vmin=0, vmax=1)
+        self.axes.set_xticks(range(count), names, rotation=45, ha="right")
+        self.axes.set_yticks(range(count), names)
+        self.axes.set_xlabel("predicted class")
+        self.axes.set_ylabel("true class")
+        self.title = self.axes.set_title("Confusion matrix")
+        self.cells = {(row, column): self.axes.text(column, row, "", ha="center", va="center", fontsize=9)
+                      for row in range(count) for column in range(count)}
+        self.shape = (count, count)
+
+    def fill(self, matrix, title: str) -> None:
+        matrix = np.asarray(matrix)
+        if matrix.shape != self.shape:
+            raise ValueError(f"a confusion matrix of shape {matrix.shape} does not fit "
+                             f"{self.shape[0]} class names")
+        highest = int(matrix.max()) if matrix.size else 0
+        self.image.set_data(matrix)
+        self.image.set_clim(0, max(highest, 1))
+        for (row, column), count in np.ndenumerate(matrix):
+            cell = self.cells[row, column]
+            cell.set_text(str(count))
+            cell.set_color("white" if count > highest / 2 else "black")
+        self.title.set_text(title)
+
+
+def _style_curves_axes(axes) -> None:
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("accuracy")
+    axes.set_ylim(0, 1.02)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
 
 
 def confusion_figure(matrix: np.ndarray, class_names: list[str] | tuple[str, ...], title: str) -> Figure:
     """Counts per true (rows) and predicted (columns) class, annotated."""
-    matrix = np.asarray(matrix)
-    size = max(4.0, 0.6 * len(class_names) + 2.5)
-    figure, axes = plt.subplots(figsize=(size, size), dpi=100)
-    axes.imshow(matrix, cmap="Blues")
-    ticks = range(len(class_names))
-    axes.set_xticks(ticks, class_names, rotation=45, ha="right")
-    axes.set_yticks(ticks, class_names)
-    axes.set_xlabel("predicted class")
-    axes.set_ylabel("true class")
-    axes.set_title(title)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for (row, column), count in np.ndenumerate(matrix):
-        axes.text(column, row, str(count), ha="center", va="center",
-                  color="white" if count > threshold else "black", fontsize=9)
-    figure.tight_layout()
-    return figure
+    confusion = _Confusion(class_names)
+    confusion.fill(matrix, title)
+    confusion.figure.tight_layout()
+    return confusion.figure
 
 
 def learning_curves_figure(histories: dict[str, dict[str, list[float]]], title: str) -> Figure:
     """Train and val accuracy per epoch for one or more labelled runs."""
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=100)
+    figure = Figure(figsize=(7, 4.2), dpi=100)
+    axes = figure.add_subplot()
     for index, (label, history) in enumerate(histories.items()):
         colour = f"C{index % 10}"
         epochs = range(1, len(history.get("train_accuracy", [])) + 1)
         axes.plot(epochs, history.get("train_accuracy", []), "-o", color=colour, label=f"{label} train (fit)")
         axes.plot(epochs, history.get("val_accuracy", []), "--s", color=colour, label=f"{label} val")
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("accuracy")
-    axes.set_ylim(0, 1.02)
+    _style_curves_axes(axes)
     axes.set_title(title)
-    axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
     return figure
 
 
+class _BlitRenderer:
+    """Renders `figure` once without `changing` artists, then redraws only those per call."""
+
+    def __init__(self, figure: Figure, changing: list[Artist]):
+        self.figure = figure
+        self.changing = changing
+        self.canvas = FigureCanvasAgg(figure)
+        figure.tight_layout()
+        for artist in changing:
+            artist.set_animated(True)  # left out of canvas.draw(), drawn by render()
+        self.canvas.draw()
+        self.background = self.canvas.copy_from_bbox(figure.bbox)
+
+    def render(self) -> np.ndarray:
+        self.canvas.restore_region(self.background)
+        for artist in self.changing:
+            self.figure.draw_artist(artist)
+        return np.array(self.canvas.buffer_rgba())
+
+
+class ConfusionRenderer(_BlitRenderer):
+    """Confusion matrices for one list of class names, as RGBA arrays."""
+
+    def __init__(self, class_names: tuple[str, ...]):
+        self.confusion = _Confusion(class_names)
+        spines = list(self.confusion.axes.spines.values())  # drawn over the image, as in a full draw
+        super().__init__(self.confusion.figure,
+                         [self.confusion.image, *self.confusion.cells.values(), self.confusion.title, *spines])
+
+    def __call__(self, matrix, title: str) -> np.ndarray:
+        self.confusion.fill(matrix, title)
+        return self.render()
+
+
+class CurvesRenderer(_BlitRenderer):
+    """One run's train (fit) and val accuracy over a fixed range of epochs, as RGBA arrays."""
+
+    def __init__(self, epochs: int):
+        figure = Figure(figsize=(7, 4.2), dpi=100)
+        axes = figure.add_subplot()
+        (self.train_line,) = axes.plot([], [], "-o", color="C0", label="train (fit)")
+        (self.val_line,) = axes.plot([], [], "--s", color="C1", label="val")
+        _style_curves_axes(axes)
+        # A fixed x range keeps the static parts valid; a run that stopped early ends short of it.
+        axes.set_xlim(0.5, epochs + 0.5)
+        self.title = axes.set_title("Learning curves")
+        legend = axes.legend(fontsize=8, loc="best")
+        super().__init__(figure, [self.train_line, self.val_line, legend, self.title])
+
+    def __call__(self, history: dict[str, list[float]], title: str) -> np.ndarray:
+        train = history.get("train_accuracy", [])
+        val = history.get("val_accuracy", [])
+        self.train_line.set_data(range(1, len(train) + 1), train)
+        self.val_line.set_data(range(1, len(val) + 1), val)
+        self.title.set_text(title)
+        return self.render()
+
+
+@functools.lru_cache(maxsize=4)
+def trial_confusion_renderer(class_names: tuple[str, ...]) -> ConfusionRenderer:
+    """The confusion renderer for these class names, shared by the trials of a process."""
+    return ConfusionRenderer(class_names)
+
+
+@functools.lru_cache(maxsize=4)
+def trial_curves_renderer(epochs: int) -> CurvesRenderer:
+    """The learning-curves renderer for runs of up to `epochs` epochs, shared by the trials."""
+    return CurvesRenderer(epochs)
+
+
 def close(figure: Figure) -> None:
+    """Release a figure made with pyplot; figures made here directly need no closing."""
     plt.close(figure)

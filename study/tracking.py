@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import os
+import time
 import traceback
 from collections.abc import Iterator
 from importlib import metadata
@@ -24,6 +25,7 @@ import keras
 import mlflow
 import numpy as np
 import optuna
+from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from gaplab.data import Dataset
@@ -48,8 +50,9 @@ class EpochLogger(EpochCallback):
         self.client = MlflowClient()
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(self.run_id, key, value, step=epoch)
+        timestamp = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[
+            Metric(key, value, timestamp, epoch) for key, value in metrics.items()])
 
 
 def log_params_once(run_id: str, params: dict[str, object]) -> None:
@@ -113,21 +116,20 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
     mlflow.log_metrics({key: value for key, value in result.timings.items()})
     mlflow.set_tag("diverged", str(result.diverged).lower())
     names = list(result.class_names)
+    confusion = figures.trial_confusion_renderer(tuple(names))
     for split, matrix in (("val", result.confusion_val), ("test", result.confusion_test)):
         suffix = "" if split == "val" else "_test"
         mlflow.log_dict({"split": split, "class_names": names, "matrix": matrix.tolist()},
                         f"confusion_matrix{suffix}.json")
-        figure = figures.confusion_figure(matrix, names, f"Confusion matrix ({split})")
-        mlflow.log_figure(figure, f"confusion_matrix{suffix}.png")
-        figures.close(figure)
-    figure = figures.learning_curves_figure({"this trial": result.history}, "Learning curves")
-    mlflow.log_figure(figure, "learning_curves.png")
-    figures.close(figure)
+        mlflow.log_image(confusion(matrix, f"Confusion matrix ({split})"), artifact_file=f"confusion_matrix{suffix}.png")
+    curves = figures.trial_curves_renderer(result.config.epochs)
+    mlflow.log_image(curves(result.history, "Learning curves"), artifact_file="learning_curves.png")
     if not with_model or result.model is None:
         return None
     portable = to_portable(result.model, result.config, data.num_classes)
-    sample = data.val.x[:4]
-    signature = mlflow.models.infer_signature(sample, portable.predict(sample, verbose=0))
+    # The output is one probability per class; describing it needs no prediction.
+    sample = data.val.x[:1]
+    signature = mlflow.models.infer_signature(sample, np.zeros((1, data.num_classes), dtype="float32"))
     # mlflow 3.17 with Keras 3: input_example= fails (input_example.json written before its
     # folder exists), so the signature alone describes the input.
     info = mlflow.keras.log_model(portable, name="model", signature=signature, pip_requirements=model_requirements())

@@ -100,6 +100,23 @@ def test_recalibration_closes_the_mode_gap_of_a_high_momentum_model():
     assert restored == before, "recalibration must restore the trained statistics"
 
 
+def test_recalibrated_statistics_are_the_exact_moments_of_each_layer_input(tiny_data):
+    from gaplab.model import batchnorm_layers
+
+    model = train(SMALL.replace(depth=3, epochs=1), tiny_data).model
+    trained = [layer.moving_mean.numpy().copy() for layer in batchnorm_layers(model)]
+    with recalibrated_batchnorm(model, tiny_data.train.x):
+        # Inside the block each layer's input already passes through the recalibrated layers before it.
+        for layer in batchnorm_layers(model):
+            inputs = keras.ops.convert_to_numpy(
+                keras.Model(model.input, layer.input)(tiny_data.train.x, training=False)).astype(np.float64)
+            flat = inputs.reshape(-1, inputs.shape[-1])
+            np.testing.assert_allclose(layer.moving_mean.numpy(), flat.mean(0), rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(layer.moving_variance.numpy(), flat.var(0), rtol=1e-3, atol=1e-5)
+    for layer, mean in zip(batchnorm_layers(model), trained):
+        np.testing.assert_array_equal(layer.moving_mean.numpy(), mean)
+
+
 def _rss_mib() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -18,7 +18,6 @@ The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, 
 
 from __future__ import annotations
 
-import gc
 from collections import OrderedDict
 import math
 import os
@@ -32,7 +31,7 @@ import numpy as np
 
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
-from gaplab.metrics import accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
+from gaplab.metrics import EVAL_BATCH_SIZE, accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
 from gaplab.model import ConfigError, batchnorm_layers, build_model
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -142,12 +141,6 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
     return _compilation_cache_dir
 
 
-def _reset_backend() -> None:
-    # Without this, Keras' global graph state and name counters grow with every model built.
-    keras.backend.clear_session()
-    gc.collect()
-
-
 # Compiled models by architecture. On TensorFlow every traced train step keeps ~10 MiB of runtime
 # memory that clear_session() does not release, and on JAX every new model means a new XLA
 # compile; reusing one compiled model per architecture bounds both by the number of architectures.
@@ -210,7 +203,6 @@ def train(
         raise ConfigError(f"learning_rate={config.learning_rate} is invalid; use a positive value.")
 
     started = time.perf_counter()
-    _reset_backend()
     enable_compilation_cache()
     keras.utils.set_random_seed(config.seed)
     x_train, y_train = data.train.x, data.train.y
@@ -229,6 +221,8 @@ def train(
         batch_size=config.batch_size,
         epochs=config.epochs,
         validation_data=validation,
+        # Validation runs in inference mode, where the batch size changes nothing but speed.
+        validation_batch_size=EVAL_BATCH_SIZE,
         shuffle=True,
         verbose=verbose,
         callbacks=[timer, keras.callbacks.TerminateOnNaN(), *callbacks],

@@ -1,0 +1,33 @@
+"""Trial figures: the blitting renderers must draw exactly what a fresh renderer draws."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from study import figures
+
+NAMES = ("cat", "dog", "<img src=x>")
+
+
+def test_confusion_renderer_leaves_nothing_of_the_previous_matrix():
+    reused = figures.ConfusionRenderer(NAMES)
+    first = reused(np.array([[9, 0, 1], [2, 7, 0], [0, 0, 12]]), "Confusion matrix (val)").copy()
+    second_matrix = np.array([[1, 5, 0], [0, 3, 3], [40, 0, 2]])
+    second = reused(second_matrix, "Confusion matrix (test)")
+    fresh = figures.ConfusionRenderer(NAMES)(second_matrix, "Confusion matrix (test)")
+    assert second.shape == fresh.shape and second.shape[2] == 4
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, fresh)
+
+
+def test_curves_renderer_redraws_a_shorter_run_cleanly():
+    reused = figures.CurvesRenderer(epochs=4)
+    reused({"train_accuracy": [0.2, 0.5, 0.7, 0.9], "val_accuracy": [0.1, 0.3, 0.6, 0.8]}, "run a")
+    short = {"train_accuracy": [0.4, 0.6], "val_accuracy": [0.35, 0.5]}
+    np.testing.assert_array_equal(reused(short, "run b"), figures.CurvesRenderer(epochs=4)(short, "run b"))
+
+
+def test_confusion_matrix_of_the_wrong_size_names_both_sizes():
+    with pytest.raises(ValueError, match=r"shape \(2, 2\).*3 class names"):
+        figures.ConfusionRenderer(NAMES)(np.eye(2, dtype=int), "x")
