@@ -132,7 +132,9 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
     signature = mlflow.models.infer_signature(sample, np.zeros((1, data.num_classes), dtype="float32"))
     # mlflow 3.17 with Keras 3: input_example= fails (input_example.json written before its
     # folder exists), so the signature alone describes the input.
-    info = mlflow.keras.log_model(portable, name="model", signature=signature, pip_requirements=model_requirements())
+    # step: the final metrics, logged at the last epoch, are linked to the model.
+    info = mlflow.keras.log_model(portable, name="model", signature=signature, step=result.epochs,
+                                  pip_requirements=model_requirements())
     return info.model_uri
 
 

@@ -51,6 +51,21 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_data):
     assert third.history["train_loss"] != first.history["train_loss"]
 
 
+def test_a_reused_compiled_model_trains_exactly_like_a_freshly_built_one(tiny_data):
+    import gaplab.train
+
+    gaplab.train._compiled_models.clear()
+    fresh = train(SMALL, tiny_data)
+    fresh_weights = [w.copy() for w in fresh.model.get_weights()]
+    # Same architecture, other momentum, dropout and seed: the next run reuses this compiled model.
+    train(SMALL.replace(bn_momentum=0.5, dropout=0.4, seed=3), tiny_data)
+    reused = train(SMALL, tiny_data)
+    assert reused.model is fresh.model
+    assert reused.history == fresh.history
+    for got, want in zip(reused.model.get_weights(), fresh_weights):
+        np.testing.assert_array_equal(got, want)
+
+
 class Recorder(EpochCallback):
     def __init__(self, stop_after=None):
         super().__init__()

@@ -27,7 +27,7 @@ def _predict(model: keras.Model, x: np.ndarray) -> np.ndarray:
     if not len(x):
         return np.zeros((0, *model.output.shape[1:]), dtype=np.float32)
     return np.concatenate([
-        keras.ops.convert_to_numpy(model.predict_on_batch(x[start : start + EVAL_BATCH_SIZE]))
+        np.asarray(model.predict_on_batch(x[start : start + EVAL_BATCH_SIZE]))
         for start in range(0, len(x), EVAL_BATCH_SIZE)
     ])
 

@@ -110,7 +110,7 @@ class RuntimeMomentumBatchNormalization(keras.layers.BatchNormalization):
 
     def get_config(self):
         config = super().get_config()
-        config["momentum"] = float(ops.convert_to_numpy(self._momentum_state.state))
+        config["momentum"] = float(self._momentum_state.state.numpy())
         return config
 
 
@@ -126,7 +126,11 @@ class RuntimeRateDropout(keras.layers.Layer):
 
     @property
     def rate(self) -> float:
-        return float(ops.convert_to_numpy(self._rate.state))
+        return float(self._rate.state.numpy())
+
+    @rate.setter
+    def rate(self, value: float) -> None:
+        self._rate.state.assign(float(value))
 
     def call(self, inputs, training=False):
         if not training:
@@ -166,6 +170,15 @@ def build_model(config: TrainConfig, num_classes: int, *, runtime_hyperparameter
             x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
     outputs = keras.layers.Dense(num_classes, activation="softmax", name="classes")(x)
     return keras.Model(inputs, outputs, name=f"cnn_depth{config.depth}")
+
+
+def set_runtime_hyperparameters(model: keras.Model, config: TrainConfig) -> None:
+    """Set the BN momentum and dropout rate of a `runtime_hyperparameters=True` model to `config`'s."""
+    for layer in model.layers:
+        if isinstance(layer, RuntimeMomentumBatchNormalization):
+            layer.momentum = config.bn_momentum
+        elif isinstance(layer, RuntimeRateDropout):
+            layer.rate = config.dropout
 
 
 def build_preset(name: str, image_size: int = 224, num_classes: int = 6) -> keras.Model:

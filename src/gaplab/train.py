@@ -32,7 +32,7 @@ import numpy as np
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
 from gaplab.metrics import EVAL_BATCH_SIZE, accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
-from gaplab.model import ConfigError, batchnorm_layers, build_model
+from gaplab.model import ConfigError, batchnorm_layers, build_model, set_runtime_hyperparameters
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 _KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy"}
@@ -145,7 +145,17 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
 # memory that clear_session() does not release, and on JAX every new model means a new XLA
 # compile; reusing one compiled model per architecture bounds both by the number of architectures.
 _MAX_COMPILED_MODELS = 16
-_compiled_models: "OrderedDict[tuple, keras.Model]" = OrderedDict()
+
+
+@dataclass
+class _Compiled:
+    model: keras.Model
+    # The variables of a freshly built model, per seed; momentum and dropout rate aside, they
+    # depend only on the architecture and the seed.
+    initial_values: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+
+_compiled_models: "OrderedDict[tuple, _Compiled]" = OrderedDict()
 
 
 def _architecture(config: TrainConfig, num_classes: int) -> tuple:
@@ -155,29 +165,33 @@ def _architecture(config: TrainConfig, num_classes: int) -> tuple:
 def _prepared_model(config: TrainConfig, num_classes: int) -> keras.Model:
     """A compiled model for `config`, in exactly the state a freshly built and compiled one has.
 
-    Fresh weights come from building the config's model with its seed; optimizer state, step
-    counter, learning rate, BN momentum, dropout rate and dropout seed are reset in place.
+    Weights and states are those of a fresh build with the config's seed (built once per seed
+    and architecture); optimizer state, step counter, learning rate, BN momentum and dropout
+    rate are reset in place.
     """
-    fresh = build_model(config, num_classes, runtime_hyperparameters=True)
     key = _architecture(config, num_classes)
-    model = _compiled_models.pop(key, None)
-    if model is None:
-        model = fresh
+    compiled = _compiled_models.pop(key, None)
+    if compiled is None:
+        model = build_model(config, num_classes, runtime_hyperparameters=True)
         model.compile(
             optimizer=keras.optimizers.Adam(config.learning_rate),
             loss="sparse_categorical_crossentropy",
             metrics=["accuracy"],
         )
         model.optimizer.build(model.trainable_variables)
+        compiled = _Compiled(model, {config.seed: [np.array(v.numpy()) for v in model.variables]})
     else:
-        model.set_weights(fresh.get_weights())
+        model = compiled.model
+        if config.seed not in compiled.initial_values:
+            fresh = build_model(config, num_classes, runtime_hyperparameters=True)
+            compiled.initial_values[config.seed] = [np.array(v.numpy()) for v in fresh.variables]
+        for variable, value in zip(model.variables, compiled.initial_values[config.seed]):
+            variable.assign(value)
         for variable in model.optimizer.variables:
             variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
         model.optimizer.learning_rate.assign(config.learning_rate)
-        for layer, fresh_layer in zip(model.layers, fresh.layers):
-            for state, fresh_state in zip(layer.non_trainable_variables, fresh_layer.non_trainable_variables):
-                state.assign(fresh_state.value)
-    _compiled_models[key] = model
+        set_runtime_hyperparameters(model, config)
+    _compiled_models[key] = compiled
     while len(_compiled_models) > _MAX_COMPILED_MODELS:
         _compiled_models.popitem(last=False)
     return model
@@ -234,7 +248,7 @@ def train(
     diverged = not all(math.isfinite(v) for v in history["train_loss"]) or not all(
         np.all(np.isfinite(w)) for w in model.get_weights()
     )
-    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    steps = int(model.optimizer.iterations.numpy())
 
     started = time.perf_counter()
     num_classes = data.num_classes
