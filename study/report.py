@@ -29,6 +29,8 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from study.cli import UsageError, check_storage_url, default_storage, quiet_logging
+
 SECTION_TITLES = (
     "1. Findings",
     "2. Seed presets",
@@ -43,11 +45,8 @@ MIN_EFFECT = 0.05
 # EMA horizon (steps x (1 - momentum)) below which BN's running statistics have not caught up.
 HORIZON_THRESHOLD = 3.0
 HIGH_MOMENTUM = 0.95
+LOW_MOMENTUM = 0.9
 TOP_N = 5
-
-
-class UsageError(ValueError):
-    """A bad command-line value or unknown study; reported as one line with exit code 2."""
 
 
 # ----------------------------------------------------------------------------- data model
@@ -232,6 +231,51 @@ def _split_sentence(split: Split) -> str:
             + (" (batchnorm trials only)." if name == "bn_momentum" else "."))
 
 
+def momentum_finding(with_bn: list[TrialView]) -> str:
+    """bn_momentum's effect where it has one: high momentum with too few steps vs low momentum.
+
+    Momentum changes no trained weight, only how fast BN's moving statistics leave their initial
+    0/1, so its effect is judged on trials whose statistics could not settle (EMA horizon below
+    HORIZON_THRESHOLD), against low-momentum trials; high-momentum trials that did settle are the
+    control.
+    """
+    def momentum(v):
+        return v.params.get("bn_momentum", math.nan)
+
+    stale = [v for v in with_bn if momentum(v) >= HIGH_MOMENTUM and v.horizon < HORIZON_THRESHOLD]
+    settled = [v for v in with_bn if momentum(v) >= HIGH_MOMENTUM and v.horizon >= HORIZON_THRESHOLD]
+    low = [v for v in with_bn if momentum(v) < LOW_MOMENTUM]
+    low_text = f"trials with bn_momentum < {LOW_MOMENTUM:g} had {_fmt(_median(v.get('gap') for v in low))} (n={len(low)})"
+    settled_text = (f"bn_momentum ≥ {HIGH_MOMENTUM:g} trials with enough steps to settle had a median gap of "
+                    f"{_fmt(_median(v.get('gap') for v in settled))} (n={len(settled)})")
+    if len(stale) < 2 or len(low) < 2:
+        text = (f"bn_momentum: {len(stale)} trial(s) with bn_momentum ≥ {HIGH_MOMENTUM:g} and too few steps for "
+                f"the moving statistics to settle (steps × (1 − bn_momentum) < {HORIZON_THRESHOLD:g}) and {len(low)} "
+                f"with bn_momentum < {LOW_MOMENTUM:g}; at least 2 of each are needed, so momentum's effect is "
+                "inconclusive")
+        if len(settled) >= 2 and len(low) >= 2:
+            text += f". For reference, {settled_text}; {low_text}"
+        return text + "."
+    stale_gap = _median(v.get("gap") for v in stale)
+    low_gap = _median(v.get("gap") for v in low)
+    most_steps = int(max(v.get("steps") for v in stale))
+    observed = (f"trials with bn_momentum ≥ {HIGH_MOMENTUM:g} and at most {most_steps} steps, too few for the moving "
+                f"statistics to settle (steps × (1 − bn_momentum) < {HORIZON_THRESHOLD:g}), had a median gap of "
+                f"{_fmt(stale_gap)} (n={len(stale)}); {low_text}")
+    if abs(stale_gap - low_gap) < MIN_EFFECT:
+        return (f"bn_momentum: {observed}. A difference under {MIN_EFFECT:g}: no effect of momentum is shown "
+                "(inconclusive).")
+    if stale_gap > low_gap:
+        text = (f"High bn_momentum widens the gap when training is short: {observed}. Momentum changes no trained "
+                "weight; at inference batchnorm uses moving statistics that start at 0/1 and move only "
+                "(1 − bn_momentum) per step")
+    else:
+        text = f"High bn_momentum with short training did not widen the gap here: {observed}"
+    if len(settled) >= 2:
+        text += f". With enough steps the effect goes: {settled_text}"
+    return text + "."
+
+
 def findings(views: list[TrialView], best: TrialView | None) -> tuple[list[str], dict[str, Split | None]]:
     out: list[str] = []
     finished = _finished(views)
@@ -266,6 +310,8 @@ def findings(views: list[TrialView], best: TrialView | None) -> tuple[list[str],
             if others:
                 tail = " Next: " + "; ".join(f"{s.param} {_fmt(abs(s.effect))}" for s in others) + "."
             out.append(_split_sentence(top) + tail)
+
+    out.append(momentum_finding(with_bn))
 
     # EMA horizon: steps x (1 - momentum).
     horizon = [v for v in with_bn if math.isfinite(v.horizon)]
@@ -344,7 +390,7 @@ def decomposition_table(views: list[TrialView]) -> Table:
 
 
 def importance_section(study) -> Section:
-    from study.summary import IMPORTANCE_TARGETS, param_importances
+    from study.importance import IMPORTANCE_TARGETS, param_importances
 
     result = param_importances(study)
     section = Section(SECTION_TITLES[3])
@@ -759,21 +805,8 @@ def resolve_study_name(storage: str, requested: str) -> str:
     return names[0]
 
 
-def check_storage_exists(storage: str) -> None:
-    """A sqlite file that does not exist would be created by Optuna; refuse instead."""
-    from sqlalchemy.engine import make_url
-
-    url = make_url(storage)
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        if not Path(url.database).expanduser().is_file():
-            raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run python -m study.run "
-                             "first or pass the storage it used.")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from study.run import UsageError as RunUsageError, check_storage_url, default_storage, quiet_logging
-
     quiet_logging()
     import mlflow
     import optuna
@@ -781,17 +814,11 @@ def main(argv: list[str] | None = None) -> int:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     tracking = args.tracking_uri or mlflow.get_tracking_uri()
-    if args.storage:
-        storage = args.storage
-    elif tracking.startswith("sqlite:///"):  # as study.run's default_storage, for this tracking URI
-        storage = f"sqlite:///{Path(tracking[len('sqlite:///'):]).parent / 'optuna.db'}"
-    else:
-        storage = default_storage()
+    storage = args.storage or default_storage(tracking)
     try:
-        check_storage_url(storage)
-        check_storage_exists(storage)
+        check_storage_url(storage, must_exist=True)
         name = resolve_study_name(storage, args.study_name)
-    except (UsageError, RunUsageError) as error:
+    except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     study = optuna.load_study(study_name=name, storage=storage)

@@ -13,9 +13,7 @@ Every flag below is also an MLproject parameter of the same name (see MLproject)
 from __future__ import annotations
 
 import argparse
-import logging
 import math
-import os
 import re
 import signal
 import sys
@@ -24,13 +22,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from study.cli import UsageError, check_storage_url, default_storage, quiet_logging
+
 DEFAULT_TRIALS = 50
 PRUNERS = ("median", "hyperband", "none")
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
-
-
-class UsageError(ValueError):
-    """A bad command-line value; reported as one line with exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,39 +82,6 @@ def validate(args: argparse.Namespace) -> Settings:
     check_storage_url(storage)
     return Settings(args.trials, args.data_dir, args.image_size, args.epochs, args.seed,
                     args.study_name, storage, args.pruner)
-
-
-def default_storage() -> str:
-    """sqlite:///optuna.db beside a sqlite MLflow store, else in the working directory."""
-    import mlflow
-
-    tracking = mlflow.get_tracking_uri()
-    if tracking.startswith("sqlite:///"):
-        return f"sqlite:///{Path(tracking[len('sqlite:///'):]).parent / 'optuna.db'}"
-    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
-
-
-def check_storage_url(storage: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        url = make_url(storage)
-    except ArgumentError:
-        raise UsageError(f"--storage={storage!r} is not a database URL; use e.g. sqlite:///optuna.db "
-                         "or postgresql://user@host/db.") from None
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        folder = Path(url.database).expanduser().resolve().parent
-        if not folder.is_dir():
-            raise UsageError(f"--storage={storage!r}: folder {folder} does not exist; create it or pick another path.")
-
-
-def quiet_logging() -> None:
-    """Per-trial progress lines only: no Keras/TF/Optuna/MLflow chatter by default."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    for name in ("tensorflow", "absl", "mlflow", "alembic"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _format_seconds(seconds: float) -> str:

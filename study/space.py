@@ -22,7 +22,6 @@ from __future__ import annotations
 import optuna
 
 from gaplab.config import PRESETS, TrainConfig
-from gaplab.model import allowed_depths
 
 MOMENTUM_RANGE = (0.5, 0.999)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
@@ -34,6 +33,8 @@ PRESET_ATTR = "preset"
 
 
 def depth_choices(image_size: int) -> list[int]:
+    from gaplab.model import allowed_depths  # imports Keras; the report reads this module without it
+
     allowed = [d for d in allowed_depths(image_size) if DEPTH_RANGE[0] <= d <= DEPTH_RANGE[1]]
     if not allowed:
         raise ValueError(f"image_size={image_size} allows no conv block; use image_size >= 8.")

@@ -174,6 +174,10 @@ def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
     # Horizon: high momentum trials ran 50 steps (horizon <= 2); low momentum 400 steps (>= 48).
     horizon = next(line for line in report.findings if line.startswith("EMA horizon"))
     assert "below 3 had a median gap of 0.50 (n=7)" in horizon and "it was 0.03 (n=7)" in horizon
+    momentum = next(line for line in report.findings if line.startswith("High bn_momentum widens the gap"))
+    assert ("bn_momentum ≥ 0.95 and at most 50 steps, too few for the moving statistics to settle "
+            "(steps × (1 − bn_momentum) < 3), had a median gap of 0.50 (n=7); trials with bn_momentum < 0.9 "
+            "had 0.03 (n=7)") in momentum
     recal = next(line for line in report.findings if line.startswith("Re-estimating"))
     assert "bn_momentum ≥ 0.95 the median is 0.400 (n=7)" in recal
     # Best: the highest val among complete trials (the first low-momentum searched trial, number 4).
@@ -201,6 +205,12 @@ def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     assert statistics.median(low) - statistics.median(high) > 0.3
     mode_line = next(line for line in report.findings if "remaining gap is mostly" in line)
     assert "generalization gap" in mode_line
+    # Every trial ran 1000 steps, so no high-momentum trial kept stale statistics: no momentum claim.
+    momentum = next(line for line in report.findings if line.startswith("bn_momentum: "))
+    assert momentum.startswith("bn_momentum: 0 trial(s) with bn_momentum ≥ 0.95 and too few steps")
+    assert "momentum's effect is inconclusive" in momentum
+    settled = [s["gap"] for s in dropout_study["specs"] if s["batchnorm"] and s["bn_momentum"] >= 0.95]
+    assert f"enough steps to settle had a median gap of {statistics.median(settled):.2f} (n={len(settled)})" in momentum
 
 
 def test_tables_carry_the_stored_numbers(momentum_study):
@@ -390,3 +400,11 @@ def test_end_to_end_study_then_report(tmp_path):
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
     assert client.get_run(parent).info.status == "FINISHED"
+
+
+def test_the_report_module_loads_without_a_deep_learning_backend():
+    # The report only reads stored numbers; importing TensorFlow would add ~10 s to every call.
+    code = ("import sys, study.report; "
+            "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

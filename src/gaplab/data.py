@@ -19,6 +19,7 @@ import io
 import math
 import os
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,8 +285,6 @@ def _decode_all(
     skip_bad_images: bool,
     cache_dir: Path | None,
 ) -> _Decoded:
-    import time
-
     cache_path = None
     if cache_dir is not None:
         cache_path = Path(cache_dir) / f"{_cache_key(root, files, image_size, skip_bad_images)}.npz"

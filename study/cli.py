@@ -1,0 +1,62 @@
+"""Command-line plumbing shared by `study.run` and `study.report`.
+
+* `UsageError`: a bad command-line value, printed as one line with exit code 2;
+* `default_storage` / `check_storage_url`: the Optuna storage URL, its default beside a sqlite
+  MLflow store, and its checks (both CLIs accept the same URLs and default to the same file);
+* `quiet_logging`: no Keras/TF/Optuna/MLflow chatter by default.
+
+Nothing here imports Keras, so the report starts without loading a deep learning backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """A bad command-line value; reported as one line with exit code 2."""
+
+
+def default_storage(tracking_uri: str | None = None) -> str:
+    """sqlite:///optuna.db beside a sqlite MLflow store (`tracking_uri`, else MLflow's current), else in the cwd."""
+    if tracking_uri is None:
+        import mlflow
+
+        tracking_uri = mlflow.get_tracking_uri()
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
+    """Raise UsageError unless `storage` is a database URL whose sqlite folder (or file, if `must_exist`) exists.
+
+    `must_exist` is for readers: Optuna would silently create an empty sqlite file otherwise.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise UsageError(f"--storage={storage!r} is not a database URL; use e.g. sqlite:///optuna.db "
+                         "or postgresql://user@host/db.") from None
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return
+    path = Path(url.database).expanduser()
+    if must_exist and not path.is_file():
+        raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run python -m study.run "
+                         "first or pass the storage it used.")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"--storage={storage!r}: folder {path.resolve().parent} does not exist; "
+                         "create it or pick another path.")
+
+
+def quiet_logging() -> None:
+    """Per-trial progress lines only: no Keras/TF/Optuna/MLflow chatter by default."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    for name in ("tensorflow", "absl", "mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.ERROR)
