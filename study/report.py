@@ -161,7 +161,10 @@ def _median(values) -> float:
 
 
 def _fmt(value: float, digits: int = 2) -> str:
-    return f"{value:.{digits}f}" if isinstance(value, (int, float)) and math.isfinite(value) else "n/a"
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
 
 
 def _fmt_param(name: str, value: float) -> str:
@@ -232,22 +235,27 @@ def _split_sentence(split: Split) -> str:
 
 
 def momentum_finding(with_bn: list[TrialView]) -> str:
-    """bn_momentum's effect where it has one: high momentum with too few steps vs low momentum.
+    """bn_momentum's effect where it can have one: high momentum with too few steps vs low momentum.
 
     Momentum changes no trained weight, only how fast BN's moving statistics leave their initial
     0/1, so its effect is judged on trials whose statistics could not settle (EMA horizon below
-    HORIZON_THRESHOLD), against low-momentum trials; high-momentum trials that did settle are the
-    control.
+    HORIZON_THRESHOLD) against low-momentum trials, on the gap and on the part of it that stale
+    statistics cause (the mode gap); high-momentum trials that did settle are the control.
     """
     def momentum(v):
         return v.params.get("bn_momentum", math.nan)
 
+    def medians(group):
+        return _median(v.get("gap") for v in group), _median(v.get("mode_gap") for v in group)
+
     stale = [v for v in with_bn if momentum(v) >= HIGH_MOMENTUM and v.horizon < HORIZON_THRESHOLD]
     settled = [v for v in with_bn if momentum(v) >= HIGH_MOMENTUM and v.horizon >= HORIZON_THRESHOLD]
     low = [v for v in with_bn if momentum(v) < LOW_MOMENTUM]
-    low_text = f"trials with bn_momentum < {LOW_MOMENTUM:g} had {_fmt(_median(v.get('gap') for v in low))} (n={len(low)})"
+    (stale_gap, stale_mode), (low_gap, low_mode), (settled_gap, settled_mode) = map(medians, (stale, low, settled))
+    low_text = (f"trials with bn_momentum < {LOW_MOMENTUM:g} had {_fmt(low_gap)} and {_fmt(low_mode)} "
+                f"(n={len(low)})")
     settled_text = (f"bn_momentum ≥ {HIGH_MOMENTUM:g} trials with enough steps to settle had a median gap of "
-                    f"{_fmt(_median(v.get('gap') for v in settled))} (n={len(settled)})")
+                    f"{_fmt(settled_gap)} and mode gap of {_fmt(settled_mode)} (n={len(settled)})")
     if len(stale) < 2 or len(low) < 2:
         text = (f"bn_momentum: {len(stale)} trial(s) with bn_momentum ≥ {HIGH_MOMENTUM:g} and too few steps for "
                 f"the moving statistics to settle (steps × (1 − bn_momentum) < {HORIZON_THRESHOLD:g}) and {len(low)} "
@@ -256,19 +264,21 @@ def momentum_finding(with_bn: list[TrialView]) -> str:
         if len(settled) >= 2 and len(low) >= 2:
             text += f". For reference, {settled_text}; {low_text}"
         return text + "."
-    stale_gap = _median(v.get("gap") for v in stale)
-    low_gap = _median(v.get("gap") for v in low)
     most_steps = int(max(v.get("steps") for v in stale))
     observed = (f"trials with bn_momentum ≥ {HIGH_MOMENTUM:g} and at most {most_steps} steps, too few for the moving "
                 f"statistics to settle (steps × (1 − bn_momentum) < {HORIZON_THRESHOLD:g}), had a median gap of "
-                f"{_fmt(stale_gap)} (n={len(stale)}); {low_text}")
-    if abs(stale_gap - low_gap) < MIN_EFFECT:
-        return (f"bn_momentum: {observed}. A difference under {MIN_EFFECT:g}: no effect of momentum is shown "
+                f"{_fmt(stale_gap)} and mode gap of {_fmt(stale_mode)} (n={len(stale)}); {low_text}")
+    mechanism = ("Momentum changes no trained weight; at inference batchnorm uses moving statistics that start at "
+                 "0/1 and move only (1 − bn_momentum) per step")
+    gap_effect, mode_effect = stale_gap - low_gap, stale_mode - low_mode
+    if gap_effect >= MIN_EFFECT:
+        text = f"High bn_momentum widens the gap when training is short: {observed}. {mechanism}"
+    elif mode_effect >= MIN_EFFECT:
+        text = (f"High bn_momentum with short training opens a mode gap, though the whole gap differs by less than "
+                f"{MIN_EFFECT:g} (other causes of the gap weigh more here): {observed}. {mechanism}")
+    elif max(abs(gap_effect), abs(mode_effect)) < MIN_EFFECT:
+        return (f"bn_momentum: {observed}. Differences under {MIN_EFFECT:g}: no effect of momentum is shown "
                 "(inconclusive).")
-    if stale_gap > low_gap:
-        text = (f"High bn_momentum widens the gap when training is short: {observed}. Momentum changes no trained "
-                "weight; at inference batchnorm uses moving statistics that start at 0/1 and move only "
-                "(1 − bn_momentum) per step")
     else:
         text = f"High bn_momentum with short training did not widen the gap here: {observed}"
     if len(settled) >= 2:

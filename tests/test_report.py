@@ -176,8 +176,8 @@ def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
     assert "below 3 had a median gap of 0.50 (n=7)" in horizon and "it was 0.03 (n=7)" in horizon
     momentum = next(line for line in report.findings if line.startswith("High bn_momentum widens the gap"))
     assert ("bn_momentum ≥ 0.95 and at most 50 steps, too few for the moving statistics to settle "
-            "(steps × (1 − bn_momentum) < 3), had a median gap of 0.50 (n=7); trials with bn_momentum < 0.9 "
-            "had 0.03 (n=7)") in momentum
+            "(steps × (1 − bn_momentum) < 3), had a median gap of 0.50 and mode gap of 0.48 (n=7); trials with "
+            "bn_momentum < 0.9 had 0.03 and 0.00 (n=7)") in momentum
     recal = next(line for line in report.findings if line.startswith("Re-estimating"))
     assert "bn_momentum ≥ 0.95 the median is 0.400 (n=7)" in recal
     # Best: the highest val among complete trials (the first low-momentum searched trial, number 4).
@@ -210,7 +210,8 @@ def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     assert momentum.startswith("bn_momentum: 0 trial(s) with bn_momentum ≥ 0.95 and too few steps")
     assert "momentum's effect is inconclusive" in momentum
     settled = [s["gap"] for s in dropout_study["specs"] if s["batchnorm"] and s["bn_momentum"] >= 0.95]
-    assert f"enough steps to settle had a median gap of {statistics.median(settled):.2f} (n={len(settled)})" in momentum
+    assert (f"enough steps to settle had a median gap of {statistics.median(settled):.2f} and mode gap of 0.01 "
+            f"(n={len(settled)})") in momentum
 
 
 def test_tables_carry_the_stored_numbers(momentum_study):
@@ -408,3 +409,34 @@ def test_the_report_module_loads_without_a_deep_learning_backend():
             "print(sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _bn_trial(number: int, momentum: float, steps: int, gap: float, mode_gap: float):
+    from study.report import TrialView
+
+    return TrialView(number, "COMPLETE", None, True, {"bn_momentum": momentum}, {"steps": steps, "gap": gap,
+                     "mode_gap": mode_gap}, 0.5, {})
+
+
+@pytest.mark.parametrize("stale_gap, stale_mode, numbers, expected", [
+    (0.40, 0.38, "0.40 and mode gap of 0.38", "High bn_momentum widens the gap when training is short"),
+    # Overfitting gives every trial a gap; momentum shows only in the part stale statistics cause.
+    (0.21, 0.20, "0.21 and mode gap of 0.20",
+     "High bn_momentum with short training opens a mode gap, though the whole gap differs by less"),
+    (0.20, -0.001, "0.20 and mode gap of 0.00", "bn_momentum: trials with"),  # printed 0.00, never -0.00
+])
+def test_momentum_finding_judges_gap_and_mode_gap(stale_gap, stale_mode, numbers, expected):
+    from study.report import momentum_finding
+
+    stale = [_bn_trial(i, 0.99, 100, stale_gap, stale_mode) for i in range(2)]  # horizon 1
+    low = [_bn_trial(2 + i, 0.8, 100, 0.19, 0.0) for i in range(3)]
+    settled = [_bn_trial(5 + i, 0.99, 1000, 0.17, 0.01) for i in range(2)]  # horizon 10
+    text = momentum_finding(stale + low + settled)
+    assert text.startswith(expected), text
+    assert (f"at most 100 steps, too few for the moving statistics to settle (steps × (1 − bn_momentum) < 3), "
+            f"had a median gap of {numbers} (n=2); "
+            "trials with bn_momentum < 0.9 had 0.19 and 0.00 (n=3)") in text
+    if expected.startswith("bn_momentum"):
+        assert text.endswith("no effect of momentum is shown (inconclusive).")
+    else:
+        assert text.endswith("enough steps to settle had a median gap of 0.17 and mode gap of 0.01 (n=2).")
