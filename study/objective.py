@@ -79,19 +79,29 @@ class Objective:
         preset = trial.user_attrs.get(space.PRESET_ATTR)
         params = {**self.fixed_params, **config.as_params(), **({"preset": preset} if preset else {})}
         with tracking.trial_run(self.study_name, trial, params) as run:
-            pruning = PruningCallback(trial, prunable=preset is None)
-            callbacks = [StopRequestCallback(), tracking.EpochLogger(run.info.run_id), pruning]
-            result = train(config, self.data, callbacks=callbacks)
-            self.last_result = result
-            for name in RESULT_ATTRS:
-                trial.set_user_attr(name, result.final_metrics()[name])
-            trial.set_user_attr("bn_momentum", config.bn_momentum)
-            pruned = pruning.pruned_at is not None
-            model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)
-            if model_uri:
-                trial.set_user_attr("model_uri", model_uri)
-            if result.diverged:
-                raise TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
-            if pruned:
-                raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
-            return result.val_accuracy
+            try:
+                return self._train_and_log(trial, config, preset, run.info.run_id)
+            except Exception as error:
+                if stop_requested.is_set() and not isinstance(error, optuna.TrialPruned):
+                    # Ctrl-C landed in library code whose cleanup raised its own error in place of
+                    # the KeyboardInterrupt; it is still an interruption, not a failed trial.
+                    raise KeyboardInterrupt(f"stop requested; {type(error).__name__}: {error}") from error
+                raise
+
+    def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None, run_id: str) -> float:
+        pruning = PruningCallback(trial, prunable=preset is None)
+        callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
+        result = train(config, self.data, callbacks=callbacks)
+        self.last_result = result
+        for name in RESULT_ATTRS:
+            trial.set_user_attr(name, result.final_metrics()[name])
+        trial.set_user_attr("bn_momentum", config.bn_momentum)
+        pruned = pruning.pruned_at is not None
+        model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)
+        if model_uri:
+            trial.set_user_attr("model_uri", model_uri)
+        if result.diverged:
+            raise TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
+        if pruned:
+            raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
+        return result.val_accuracy

@@ -253,7 +253,8 @@ def run_study(settings: Settings) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: the running trial is marked FAIL and its MLflow run KILLED; "
               "rerun the same command to resume.", file=sys.stderr)
-        mlflow.end_run("KILLED")
+        while mlflow.active_run() is not None:  # a trial's run if the interrupt beat its own handler
+            mlflow.end_run("KILLED")
         return 130
     summary.log_study_summary(study, study_name)
     mlflow.log_metric("study_seconds", time.perf_counter() - started)

@@ -81,17 +81,17 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object]) -
         nested=True,
         tags={TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name, TRIAL_STATE_TAG: "RUNNING"},
     )
-    trial.set_user_attr("mlflow_run_id", run.info.run_id)
-    mlflow.log_params({key: str(value) for key, value in params.items()})
     try:
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        mlflow.log_params({key: str(value) for key, value in params.items()})
         yield run
     except optuna.TrialPruned:
         mlflow.set_tag(TRIAL_STATE_TAG, "PRUNED")
         mlflow.end_run(RUN_STATUS["PRUNED"])
         raise
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         mlflow.set_tag(TRIAL_STATE_TAG, "FAIL")
-        mlflow.set_tag(ERROR_TAG, "interrupted (KeyboardInterrupt)")
+        mlflow.set_tag(ERROR_TAG, f"interrupted (KeyboardInterrupt: {interrupt})"[:5000])
         mlflow.end_run("KILLED")
         raise
     except Exception as error:

@@ -440,3 +440,20 @@ def test_momentum_finding_judges_gap_and_mode_gap(stale_gap, stale_mode, numbers
         assert text.endswith("no effect of momentum is shown (inconclusive).")
     else:
         assert text.endswith("enough steps to settle had a median gap of 0.17 and mode gap of 0.01 (n=2).")
+
+
+def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
+    import optuna
+
+    info = build_study(tmp_path / "running", "momentum", "running-study")
+    study = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    study.ask()  # a trial in progress, as another process leaves it
+    study.enqueue_trial({"batch_size": 32})
+    report = _report(info)
+    caveats = report.section("7. Caveats").bullets
+    finished = len(info["specs"])
+    assert caveats[0] == (f"{finished + 3} trials: {finished - 2} complete, 2 pruned, 1 failed, 1 running, "
+                          "1 waiting.")
+    assert "The study is still running: rerun the report when it has finished." in caveats
+    # Trials without metrics change no number: the findings are those of the finished trials.
+    assert any(line.startswith("High bn_momentum widens the gap") for line in report.findings)

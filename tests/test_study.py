@@ -189,6 +189,29 @@ def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
     assert study.best_trial.number != 3
 
 
+def test_an_error_raised_while_stopping_still_ends_the_trial_as_interrupted(mock_study, monkeypatch):
+    # Ctrl-C can land inside library cleanup code (a zip file being closed, say) whose own error
+    # then replaces the KeyboardInterrupt. The stop was requested all the same.
+    def interrupted_in_cleanup(config, data, callbacks=(), verbose=0):
+        if config.batchnorm and config.bn_momentum == 0.99:  # seed-bn, the third trial
+            objective_module.stop_requested.set()
+            raise ValueError("I/O operation on closed file")
+        return fake_train(config, data, callbacks)
+
+    monkeypatch.setattr(objective_module, "train", interrupted_in_cleanup)
+    try:
+        code = run_module.main(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"])
+    finally:
+        objective_module.stop_requested.clear()
+    assert code == 130
+    assert [t.state.name for t in _load(mock_study).trials[:3]] == ["COMPLETE", "COMPLETE", "FAIL"]
+    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
+    assert runs["2"].info.status == "KILLED", runs["2"].data.tags.get("error")
+    assert "ValueError: I/O operation on closed file" in runs["2"].data.tags["error"]
+    parent = MlflowClient().get_run(runs["2"].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED"
+
+
 # -- the real thing ------------------------------------------------------------------------------
 
 
@@ -272,7 +295,7 @@ def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
     assert [t.state.name for t in study.trials[:2]] == ["COMPLETE", "FAIL"]
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     killed = [r for r in _children("shapes-16px") if r.data.tags["optuna_trial_number"] == "1"]
-    assert [r.info.status for r in killed] == ["KILLED"]
+    assert [r.info.status for r in killed] == ["KILLED"], [r.data.tags.get("error") for r in killed]
 
     resumed = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
                              timeout=600)
