@@ -121,7 +121,8 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
         suffix = "" if split == "val" else "_test"
         mlflow.log_dict({"split": split, "class_names": names, "matrix": matrix.tolist()},
                         f"confusion_matrix{suffix}.json")
-        mlflow.log_image(confusion(matrix, f"Confusion matrix ({split})"), artifact_file=f"confusion_matrix{suffix}.png")
+        mlflow.log_image(confusion(matrix, f"Confusion matrix ({split})"),
+                         artifact_file=f"confusion_matrix{suffix}.png")
     curves = figures.trial_curves_renderer(result.config.epochs)
     mlflow.log_image(curves(result.history, "Learning curves"), artifact_file="learning_curves.png")
     if not with_model or result.model is None:
