@@ -22,6 +22,7 @@ import html
 import io
 import json
 import math
+import os
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -836,18 +837,20 @@ def main(argv: list[str] | None = None) -> int:
     report = build_report(study, client)
     folder = Path(args.out or "reports") / _safe_folder(name)
     paths = write_report(report, folder)
-    parent = study.user_attrs.get("mlflow_parent_run_id")
-    logged = False
-    if parent:
+    # The study's parent run keeps the report; a run `mlflow run . -e report` created gets a copy.
+    targets = [run for run in (study.user_attrs.get("mlflow_parent_run_id"), os.environ.get("MLFLOW_RUN_ID"))
+               if run]
+    logged = []
+    for run in dict.fromkeys(targets):
         try:
             for path in paths:
-                client.log_artifact(parent, str(path), "report")
-            logged = True
+                client.log_artifact(run, str(path), "report")
+            logged.append(run)
         except Exception as error:  # noqa: BLE001 - the files on disk are the report; logging is a copy
-            print(f"warning: could not log the report to MLflow run {parent}: {type(error).__name__}: {error}",
+            print(f"warning: could not log the report to MLflow run {run}: {type(error).__name__}: {error}",
                   file=sys.stderr)
     print(f"report for study {name!r}: {folder / 'report.html'} and report.md"
-          + (f"; logged to MLflow run {parent} under report/" if logged else ""))
+          + (f"; logged to MLflow run{'s' * (len(logged) > 1)} {' and '.join(logged)} under report/" if logged else ""))
     return 0
 
 

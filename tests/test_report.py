@@ -267,6 +267,19 @@ def test_cli_writes_report_logs_it_and_leaves_the_study_unchanged(momentum_study
     assert client.get_run(momentum_study["parent"]).info.status == "FINISHED"
 
 
+def test_under_mlflow_run_the_report_also_fills_the_launchers_run(momentum_study, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    # `mlflow run . -e report` creates a run of its own and passes it as MLFLOW_RUN_ID.
+    client = MlflowClient(momentum_study["tracking"])
+    experiment = client.get_experiment_by_name(momentum_study["name"]).experiment_id
+    launcher = client.create_run(experiment, run_name="report").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    assert _run_cli(momentum_study, tmp_path / "out") == 0
+    for run in (launcher, momentum_study["parent"]):
+        assert {"report/report.html", "report/report.md"} <= {a.path for a in client.list_artifacts(run, "report")}
+
+
 def test_unknown_study_exits_2_listing_studies(momentum_study, tmp_path, capsys):
     assert _run_cli(momentum_study, tmp_path / "out", "--study_name", "nope") == 2
     err = capsys.readouterr().err
