@@ -1,4 +1,4 @@
-"""Matplotlib figures shared by the trial runs and the report (Agg backend, no display needed).
+"""Matplotlib figures shared by the trial runs and the report (no pyplot, so no display needed).
 
 Every trial logs two confusion matrices and its learning curves. Laying out and drawing the
 static parts (tick labels, axis labels, tight_layout) costs most of the time, so trials use
@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import functools
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.artist import Artist  # noqa: E402
-from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.artist import Artist
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 class _Confusion:
@@ -157,7 +153,3 @@ def trial_curves_renderer(epochs: int) -> CurvesRenderer:
     """The learning-curves renderer for runs of up to `epochs` epochs, shared by the trials."""
     return CurvesRenderer(epochs)
 
-
-def close(figure: Figure) -> None:
-    """Release a figure made with pyplot; figures made here directly need no closing."""
-    plt.close(figure)

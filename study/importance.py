@@ -48,9 +48,6 @@ def param_importances(study: optuna.Study) -> dict[str, object]:
             result[target] = {}
             result["reason"] = f"importance evaluation failed: {error}"
             continue
-        result[target] = {_public_name(name): float(score) for name, score in scores.items()}
+        result[target] = {space.public_name(name): float(score) for name, score in scores.items()}
     return result
 
-
-def _public_name(param: str) -> str:
-    return "bn_momentum" if param == space.MOMENTUM_PARAM else param

@@ -14,7 +14,7 @@ import optuna
 
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
-from gaplab.train import EpochCallback, TrainResult, train
+from gaplab.train import EpochCallback, train
 from study import space, tracking
 
 # Trial user attributes the report reads; one per final metric, plus bookkeeping.
@@ -70,7 +70,6 @@ class Objective:
         self.data = data
         self.base = base
         self.fixed_params = fixed_params
-        self.last_result: TrainResult | None = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         if stop_requested.is_set():
@@ -92,9 +91,9 @@ class Objective:
         pruning = PruningCallback(trial, prunable=preset is None)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
         result = train(config, self.data, callbacks=callbacks)
-        self.last_result = result
+        final = result.final_metrics()
         for name in RESULT_ATTRS:
-            trial.set_user_attr(name, result.final_metrics()[name])
+            trial.set_user_attr(name, final[name])
         trial.set_user_attr("bn_momentum", config.bn_momentum)
         pruned = pruning.pruned_at is not None
         model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)

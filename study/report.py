@@ -140,7 +140,7 @@ def _trial_views(study) -> list[TrialView]:
         params: dict[str, float] = {}
         momentum = trial.user_attrs.get("bn_momentum")
         if momentum is None and space.MOMENTUM_PARAM in trial.params:
-            momentum = 1.0 - trial.params[space.MOMENTUM_PARAM]
+            momentum = space.momentum_from(trial.params[space.MOMENTUM_PARAM])
         if momentum is not None:
             params["bn_momentum"] = float(momentum)
         for name in ("batch_size", "dropout", "depth"):
@@ -430,11 +430,8 @@ def top_table(views: list[TrialView]) -> Table:
 
 
 def _png(figure) -> bytes:
-    from study import figures
-
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    figures.close(figure)
     return buffer.getvalue()
 
 
@@ -443,10 +440,11 @@ def _state_colours(views):
 
 
 def params_figure(finished: list[TrialView]) -> bytes:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     names = ("bn_momentum", "batch_size", "dropout", "depth")
-    figure, axes = plt.subplots(2, 4, figsize=(13, 6), sharey="row")
+    figure = Figure(figsize=(13, 6))
+    axes = figure.subplots(2, 4, sharey="row")
     for column, name in enumerate(names):
         subset = [v for v in finished if name in v.params and (name != "bn_momentum" or v.batchnorm)]
         for row, target in enumerate(("gap", "val_accuracy")):
@@ -470,10 +468,11 @@ def params_figure(finished: list[TrialView]) -> bytes:
 
 
 def horizon_figure(finished: list[TrialView]) -> bytes:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     subset = [v for v in finished if v.batchnorm and math.isfinite(v.horizon) and v.horizon > 0]
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
     ax.scatter([v.horizon for v in subset], [v.get("gap") for v in subset], c=_state_colours(subset), s=30)
     ax.set_xscale("log")
     ax.axvline(1.0, color="red", linestyle="--", label="horizon = 1")
@@ -487,10 +486,11 @@ def horizon_figure(finished: list[TrialView]) -> bytes:
 
 
 def momentum_batch_figure(finished: list[TrialView]) -> bytes:
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     subset = [v for v in finished if v.batchnorm and "bn_momentum" in v.params and "batch_size" in v.params]
-    figure, ax = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
     points = ax.scatter([1 - v.params["bn_momentum"] for v in subset], [v.params["batch_size"] for v in subset],
                         c=[v.get("gap") for v in subset], cmap="viridis", s=60, edgecolors="k")
     figure.colorbar(points, ax=ax, label="gap (train − val)")
@@ -540,29 +540,22 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
 
 
 def _edge(view: TrialView, name: str) -> str | None:
-    """'lower'/'upper' when the best value sits at the edge of its search range."""
+    """'lower'/'upper' when the best value sits at the edge of the range it was sampled from."""
     from study import space
 
-    optuna_name = space.MOMENTUM_PARAM if name == "bn_momentum" else name
-    dist = view.distributions.get(optuna_name)
+    dist = view.distributions.get(space.optuna_name(name))
     value = view.params.get(name)
-    if value is None:
+    if value is None or dist is None:
         return None
     if name == "bn_momentum":
         value = 1.0 - value  # compare in the sampled (log) space of 1 - momentum
-    if dist is not None and hasattr(dist, "choices"):
+    if hasattr(dist, "choices"):
         choices = sorted(dist.choices)
         return "lower" if value == choices[0] else "upper" if value == choices[-1] else None
-    if dist is not None:
-        low, high, log = dist.low, dist.high, getattr(dist, "log", False)
-    else:
-        ranges = {"bn_momentum": (1 - space.MOMENTUM_RANGE[1], 1 - space.MOMENTUM_RANGE[0], True),
-                  "batch_size": (min(space.BATCH_SIZES), max(space.BATCH_SIZES), True),
-                  "dropout": (*space.DROPOUT_RANGE, False), "depth": (*space.DEPTH_RANGE, False)}
-        low, high, log = ranges[name]
+    low, high = dist.low, dist.high
     if name == "depth":
         return "lower" if value <= low else "upper" if value >= high else None
-    scale = (lambda x: math.log(x)) if log and low > 0 else (lambda x: x)
+    scale = (lambda x: math.log(x)) if getattr(dist, "log", False) and low > 0 else (lambda x: x)
     position = (scale(value) - scale(low)) / (scale(high) - scale(low)) if high > low else 0.5
     edge = "lower" if position <= 0.05 else "upper" if position >= 0.95 else None
     if edge and name == "bn_momentum":  # 1 - momentum's lower edge is momentum's upper edge
@@ -571,11 +564,10 @@ def _edge(view: TrialView, name: str) -> str | None:
 
 
 def _range_text(view: TrialView, name: str) -> str:
+    """The range `name` was sampled from; only for parameters `_edge` found a distribution for."""
     from study import space
 
-    dist = view.distributions.get(space.MOMENTUM_PARAM if name == "bn_momentum" else name)
-    if dist is None:
-        return "see study/space.py"
+    dist = view.distributions[space.optuna_name(name)]
     if hasattr(dist, "choices"):
         return ", ".join(str(c) for c in dist.choices)
     if name == "bn_momentum":

@@ -91,19 +91,25 @@ def _format_seconds(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def count_finished(study) -> int:
+    """Complete or pruned trials: what `--trials` counts."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
 class ProgressPrinter:
     """Optuna callback: one line per finished trial with n/N, state, val, gap, best and ETA."""
 
-    def __init__(self, target: int, already: int, stream=sys.stdout):
-        self.target, self.already, self.stream = target, already, stream
+    def __init__(self, target: int, stream=sys.stdout):
+        self.target, self.stream = target, stream
         self.started = time.perf_counter()
         self.finished_here = 0
 
     def __call__(self, study, trial) -> None:
         import optuna
 
-        done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                          optuna.trial.TrialState.PRUNED)))
+        done = count_finished(study)
         if trial.state != optuna.trial.TrialState.FAIL:
             self.finished_here += 1
         per_trial = (time.perf_counter() - self.started) / max(self.finished_here, 1)
@@ -205,8 +211,7 @@ def run_study(settings: Settings) -> int:
         pruner=make_pruner(settings.pruner, settings.epochs),
     )
     queued = space.enqueue_presets(study, base)
-    finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
-    already = len(study.get_trials(deepcopy=False, states=finished_states))
+    already = count_finished(study)
 
     launcher_run = tracking.parent_run_id_from_launcher()
     if launcher_run:
@@ -234,18 +239,18 @@ def run_study(settings: Settings) -> int:
           + (f"; queued presets {', '.join(queued)}" if queued else ""), flush=True)
 
     objective = Objective(study_name, data, base, fixed)
-    progress = ProgressPrinter(settings.trials, already)
-    stop_at_target = optuna.study.MaxTrialsCallback(settings.trials, states=finished_states)
+    progress = ProgressPrinter(settings.trials)
+    stop_at_target = optuna.study.MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
     status = "FINISHED"
     try:
         while True:
-            done = len(study.get_trials(deepcopy=False, states=finished_states))
+            done = count_finished(study)
             remaining = settings.trials - done
             if remaining <= 0:
                 break
             study.optimize(objective, n_trials=remaining, callbacks=[progress, stop_at_target],
                            catch=(Exception,), gc_after_trial=False)
-            if len(study.get_trials(deepcopy=False, states=finished_states)) == done:
+            if count_finished(study) == done:
                 print(f"error: the last {remaining} trial(s) all failed; see the FAILED runs' 'error' tag "
                       "in MLflow. Stopping.", file=sys.stderr)
                 status = "FAILED"

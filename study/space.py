@@ -41,6 +41,21 @@ def depth_choices(image_size: int) -> list[int]:
     return allowed
 
 
+def optuna_name(name: str) -> str:
+    """The Optuna parameter behind a public parameter name."""
+    return MOMENTUM_PARAM if name == "bn_momentum" else name
+
+
+def public_name(param: str) -> str:
+    """The public name of an Optuna parameter."""
+    return "bn_momentum" if param == MOMENTUM_PARAM else param
+
+
+def momentum_from(complement: float) -> float:
+    """bn_momentum from the sampled `one_minus_bn_momentum`."""
+    return round(1.0 - complement, 6)
+
+
 def _optuna_params(config: TrainConfig) -> dict[str, object]:
     return {
         MOMENTUM_PARAM: 1.0 - config.bn_momentum,
@@ -59,7 +74,7 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         base = base.replace(batchnorm=PRESETS[preset].batchnorm)
     complement = trial.suggest_float(MOMENTUM_PARAM, 1.0 - MOMENTUM_RANGE[1], 1.0 - MOMENTUM_RANGE[0], log=True)
     return base.replace(
-        bn_momentum=round(1.0 - complement, 6),
+        bn_momentum=momentum_from(complement),
         batch_size=trial.suggest_categorical("batch_size", BATCH_SIZES),
         dropout=trial.suggest_float("dropout", *DROPOUT_RANGE),
         depth=trial.suggest_int("depth", depths[0], depths[-1]),
@@ -83,7 +98,3 @@ def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
         study.enqueue_trial(_optuna_params(config), user_attrs={PRESET_ATTR: name})
     return missing
 
-
-def searched_values(config: TrainConfig) -> dict[str, object]:
-    """The searched parameters of a config under their public names."""
-    return {name: getattr(config, name) for name in SEARCHED}

@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from study import space, tracking
 from study.importance import IMPORTANCE_TARGETS, param_importances
 
+
 def trials_table(study: optuna.Study):
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
     if "params_" + space.MOMENTUM_PARAM in frame:
@@ -21,8 +22,7 @@ def trials_table(study: optuna.Study):
 
 def log_study_summary(study: optuna.Study, study_name: str) -> None:
     """Log best trial, importances, trials.csv and register the best model, on the active run."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if complete:
+    if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = study.best_trial
         mlflow.log_metrics({
             "best_val_accuracy": float(best.value),

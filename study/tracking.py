@@ -57,10 +57,11 @@ class EpochLogger(EpochCallback):
 
 def log_params_once(run_id: str, params: dict[str, object]) -> None:
     """Log params the run lacks; keep values already there (e.g. those `mlflow run` logged)."""
-    existing = MlflowClient().get_run(run_id).data.params
-    missing = {key: str(value) for key, value in params.items() if key not in existing}
-    for key, value in missing.items():
-        MlflowClient().log_param(run_id, key, value)
+    client = MlflowClient()
+    existing = client.get_run(run_id).data.params
+    for key, value in params.items():
+        if key not in existing:
+            client.log_param(run_id, key, str(value))
 
 
 def log_dataset(data: Dataset) -> None:

@@ -470,3 +470,19 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
     assert "The study is still running: rerun the report when it has finished." in caveats
     # Trials without metrics change no number: the findings are those of the finished trials.
     assert any(line.startswith("High bn_momentum widens the gap") for line in report.findings)
+
+
+def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
+    from study.report import TrialView, caveats
+
+    best = TrialView(7, "COMPLETE", None, True, {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5},
+                     {}, 0.9, _distributions())
+    edges = [line for line in caveats([best], best, "0", []) if "edge" in line]
+    assert edges == [
+        "The best trial's bn_momentum = 0.999 is at the upper edge of its search range (0.5 to 0.999): widen "
+        "the range to see whether the optimum lies beyond it.",
+        "The best trial's batch_size = 8 is at the lower edge of its search range (8, 16, 32, 64, 128, 256): "
+        "widen the range to see whether the optimum lies beyond it.",
+        "The best trial's depth = 5 is at the upper edge of its search range (1 to 5): widen the range to see "
+        "whether the optimum lies beyond it.",
+    ]
