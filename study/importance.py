@@ -8,15 +8,14 @@ from __future__ import annotations
 import math
 
 import optuna
-from optuna.trial import TrialState
-
 from study import space
+from study.contract import FINISHED_STATES
 
 IMPORTANCE_TARGETS = ("val_accuracy", "gap")
 
 
 def _finished_with(study: optuna.Study, attr: str) -> list[optuna.trial.FrozenTrial]:
-    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    trials = study.get_trials(deepcopy=False, states=FINISHED_STATES)
     return [t for t in trials if isinstance(t.user_attrs.get(attr), (int, float)) and math.isfinite(t.user_attrs[attr])]
 
 

@@ -16,13 +16,7 @@ from gaplab.config import TrainConfig
 from gaplab.data import Dataset
 from gaplab.train import EpochCallback, train
 from study import space, tracking
-
-# Trial user attributes the report reads; one per final metric, plus bookkeeping.
-RESULT_ATTRS = (
-    "train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
-    "generalization_gap", "val_accuracy_recalibrated", "steps", "epochs_run", "fit_seconds",
-)
-
+from study.contract import BATCHNORM_ATTR, BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial fails and is never a best."""
@@ -75,8 +69,8 @@ class Objective:
         if stop_requested.is_set():
             raise KeyboardInterrupt("stop requested")
         config = space.suggest(trial, self.base)
-        preset = trial.user_attrs.get(space.PRESET_ATTR)
-        params = {**self.fixed_params, **config.as_params(), **({"preset": preset} if preset else {})}
+        preset = trial.user_attrs.get(PRESET_ATTR)
+        params = {**self.fixed_params, **config.as_params(), **({PRESET_ATTR: preset} if preset else {})}
         with tracking.trial_run(self.study_name, trial, params) as run:
             try:
                 return self._train_and_log(trial, config, preset, run.info.run_id)
@@ -91,14 +85,14 @@ class Objective:
         pruning = PruningCallback(trial, prunable=preset is None)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
         result = train(config, self.data, callbacks=callbacks)
-        final = result.final_metrics()
-        for name in RESULT_ATTRS:
-            trial.set_user_attr(name, final[name])
-        trial.set_user_attr("bn_momentum", config.bn_momentum)
+        for name, value in result.final_metrics().items():
+            trial.set_user_attr(name, value)
+        trial.set_user_attr(BN_MOMENTUM_ATTR, config.bn_momentum)
+        trial.set_user_attr(BATCHNORM_ATTR, config.batchnorm)
         pruned = pruning.pruned_at is not None
         model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)
         if model_uri:
-            trial.set_user_attr("model_uri", model_uri)
+            trial.set_user_attr(MODEL_URI_ATTR, model_uri)
         if result.diverged:
             raise TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
         if pruned:

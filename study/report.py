@@ -30,7 +30,9 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from study import contract
 from study.cli import UsageError, check_storage_url, default_storage, quiet_logging
+from study.contract import SEARCHED
 
 SECTION_TITLES = (
     "1. Findings",
@@ -127,7 +129,7 @@ class TrialView:
 
     @property
     def run_id(self) -> str:
-        return str(self.attrs.get("mlflow_run_id") or "")
+        return str(self.attrs.get(contract.RUN_ID_ATTR) or "")
 
 
 def _trial_views(study) -> list[TrialView]:
@@ -136,24 +138,25 @@ def _trial_views(study) -> list[TrialView]:
 
     views = []
     for trial in study.get_trials(deepcopy=False):
-        preset = trial.user_attrs.get(space.PRESET_ATTR)
+        preset = trial.user_attrs.get(contract.PRESET_ATTR)
         params: dict[str, float] = {}
-        momentum = trial.user_attrs.get("bn_momentum")
+        momentum = trial.user_attrs.get(contract.BN_MOMENTUM_ATTR)
         if momentum is None and space.MOMENTUM_PARAM in trial.params:
             momentum = space.momentum_from(trial.params[space.MOMENTUM_PARAM])
         if momentum is not None:
             params["bn_momentum"] = float(momentum)
-        for name in ("batch_size", "dropout", "depth"):
-            if name in trial.params:
+        for name in SEARCHED:
+            if name != "bn_momentum" and name in trial.params:
                 params[name] = trial.params[name]
-        batchnorm = PRESETS[preset].batchnorm if preset in PRESETS else True
+        # Studies written before the batchnorm attribute existed: presets are the only BN-less trials.
+        batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, PRESETS[preset].batchnorm if preset in PRESETS else True)
         views.append(TrialView(trial.number, trial.state.name, preset, batchnorm, params,
                                dict(trial.user_attrs), trial.value, dict(trial.distributions)))
     return views
 
 
 def _finished(views: list[TrialView]) -> list[TrialView]:
-    return [v for v in views if v.state in ("COMPLETE", "PRUNED") and math.isfinite(v.get("gap"))]
+    return [v for v in views if v.state in contract.FINISHED_STATE_NAMES and math.isfinite(v.get("gap"))]
 
 
 def _median(values) -> float:
@@ -176,7 +179,7 @@ def _fmt_param(name: str, value: float) -> str:
 
 def _describe(view: TrialView) -> str:
     return ", ".join(f"{name} {_fmt_param(name, view.params[name])}" for name in
-                     ("bn_momentum", "batch_size", "dropout", "depth") if name in view.params)
+                     SEARCHED if name in view.params)
 
 
 # ----------------------------------------------------------------------------- findings
@@ -305,7 +308,7 @@ def findings(views: list[TrialView], best: TrialView | None) -> tuple[list[str],
     # Momentum only matters where there is batchnorm; the no-BN presets are left out of its split.
     with_bn = [v for v in finished if v.batchnorm]
     splits = {param: best_split(with_bn if param == "bn_momentum" else finished, param)
-              for param in ("bn_momentum", "batch_size", "dropout", "depth")}
+              for param in SEARCHED}
     valid = [s for s in splits.values() if s is not None]
     if not valid:
         out.append("No parameter split leaves at least 2 finished trials on each side: which parameter "
@@ -442,7 +445,7 @@ def _state_colours(views):
 def params_figure(finished: list[TrialView]) -> bytes:
     from matplotlib.figure import Figure
 
-    names = ("bn_momentum", "batch_size", "dropout", "depth")
+    names = SEARCHED
     figure = Figure(figsize=(13, 6))
     axes = figure.subplots(2, 4, sharey="row")
     for column, name in enumerate(names):
@@ -586,7 +589,7 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, no
         out.append("Pruned trials are measured at the epoch where they stopped, so their gap and accuracies "
                    "come from fewer epochs than complete trials.")
     if best is not None:
-        for name in ("bn_momentum", "batch_size", "dropout", "depth"):
+        for name in SEARCHED:
             edge = _edge(best, name)
             if edge:
                 out.append(f"The best trial's {name} = {_fmt_param(name, best.params[name])} is at the {edge} edge of "
@@ -610,7 +613,7 @@ def build_report(study, client) -> Report:
     finished = _finished(views)
     complete = sorted((v for v in views if v.state == "COMPLETE" and v.value is not None), key=lambda v: -v.value)
     best = complete[0] if complete else None
-    parent = study.user_attrs.get("mlflow_parent_run_id")
+    parent = study.user_attrs.get(contract.PARENT_RUN_ID_ATTR)
     notes: list[str] = []
     seed = None
     if parent:
@@ -669,7 +672,7 @@ def build_report(study, client) -> Report:
                             tables=[top_table(views)]))
     sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes)))
 
-    classes = study.user_attrs.get("class_names") or []
+    classes = study.user_attrs.get(contract.CLASS_NAMES_ATTR) or []
     summary = [f"Study: {study.study_name}",
                f"Classes: {', '.join(str(c) for c in classes) or 'unknown'}",
                f"Trials: {len(views)} ({len(finished)} finished with metrics)",
@@ -830,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.out or "reports") / _safe_folder(name)
     paths = write_report(report, folder)
     # The study's parent run keeps the report; a run `mlflow run . -e report` created gets a copy.
-    targets = [run for run in (study.user_attrs.get("mlflow_parent_run_id"), os.environ.get("MLFLOW_RUN_ID"))
+    targets = [run for run in (study.user_attrs.get(contract.PARENT_RUN_ID_ATTR), os.environ.get("MLFLOW_RUN_ID"))
                if run]
     logged = []
     for run in dict.fromkeys(targets):

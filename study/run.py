@@ -93,9 +93,9 @@ def _format_seconds(seconds: float) -> str:
 
 def count_finished(study) -> int:
     """Complete or pruned trials: what `--trials` counts."""
-    from optuna.trial import TrialState
+    from study.contract import FINISHED_STATES
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 
 
 class ProgressPrinter:
@@ -109,6 +109,8 @@ class ProgressPrinter:
     def __call__(self, study, trial) -> None:
         import optuna
 
+        from study.contract import PRESET_ATTR
+
         done = count_finished(study)
         if trial.state != optuna.trial.TrialState.FAIL:
             self.finished_here += 1
@@ -120,7 +122,7 @@ class ProgressPrinter:
             best = f"{study.best_value:.3f} (#{study.best_trial.number})"
         except ValueError:
             best = "-"
-        preset = trial.user_attrs.get("preset")
+        preset = trial.user_attrs.get(PRESET_ATTR)
         label = f" [{preset}]" if preset else ""
         print(f"[{done}/{self.target}] trial {trial.number}{label} {trial.state.name:<8} val={val:.3f} "
               f"gap={gap:+.3f} best={best} ETA {_format_seconds(eta)}", file=self.stream, flush=True)
@@ -179,10 +181,9 @@ def run_study(settings: Settings) -> int:
     import keras
     import mlflow
     import optuna
-    from optuna.trial import TrialState
 
     from gaplab.config import TrainConfig
-    from study import space, summary, tracking
+    from study import contract, space, summary, tracking
     from study.objective import Objective
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -220,10 +221,10 @@ def run_study(settings: Settings) -> int:
         mlflow.set_experiment(study_name)
         parent = mlflow.start_run(run_name=study_name)
     parent_id = parent.info.run_id
-    study.set_user_attr("mlflow_parent_run_id", parent_id)
-    study.set_user_attr("mlflow_tracking_uri", mlflow.get_tracking_uri())
-    study.set_user_attr("class_names", list(data.class_names))
-    mlflow.set_tag(tracking.STUDY_TAG, study_name)
+    study.set_user_attr(contract.PARENT_RUN_ID_ATTR, parent_id)
+    study.set_user_attr(contract.TRACKING_URI_ATTR, mlflow.get_tracking_uri())
+    study.set_user_attr(contract.CLASS_NAMES_ATTR, list(data.class_names))
+    mlflow.set_tag(contract.STUDY_TAG, study_name)
     fixed = {"image_size": settings.image_size, "epochs": settings.epochs, "seed": settings.seed}
     tracking.log_params_once(parent_id, {
         "trials": settings.trials, "data_dir": settings.data_dir, "study_name": study_name,
@@ -240,7 +241,7 @@ def run_study(settings: Settings) -> int:
 
     objective = Objective(study_name, data, base, fixed)
     progress = ProgressPrinter(settings.trials)
-    stop_at_target = optuna.study.MaxTrialsCallback(settings.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    stop_at_target = optuna.study.MaxTrialsCallback(settings.trials, states=contract.FINISHED_STATES)
     status = "FINISHED"
     try:
         while True:

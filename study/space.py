@@ -22,14 +22,13 @@ from __future__ import annotations
 import optuna
 
 from gaplab.config import PRESETS, TrainConfig
+from study.contract import FINISHED_STATES, PRESET_ATTR
 
 MOMENTUM_RANGE = (0.5, 0.999)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 DROPOUT_RANGE = (0.0, 0.6)
 DEPTH_RANGE = (1, 5)
-SEARCHED = ("bn_momentum", "batch_size", "dropout", "depth")
 MOMENTUM_PARAM = "one_minus_bn_momentum"
-PRESET_ATTR = "preset"
 
 
 def depth_choices(image_size: int) -> list[int]:
@@ -89,7 +88,7 @@ def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
     """
     from optuna.trial import TrialState
 
-    kept = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+    kept = (*FINISHED_STATES, TrialState.WAITING, TrialState.RUNNING)
     present = {t.user_attrs.get(PRESET_ATTR) for t in study.get_trials(deepcopy=False, states=kept)}
     missing = [name for name in PRESETS if name not in present]
     for name in missing:

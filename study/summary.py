@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from study import space, tracking
+from study.contract import MODEL_URI_ATTR, RUN_ID_ATTR, SEARCHED
 from study.importance import IMPORTANCE_TARGETS, param_importances
 
 
@@ -28,10 +29,10 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
             "best_val_accuracy": float(best.value),
             "best_trial_number": float(best.number),
             **{f"best_{name}": float(best.user_attrs.get(name, best.params.get(name)))
-               for name in space.SEARCHED},
+               for name in SEARCHED},
         })
-        if best.user_attrs.get("model_uri"):
-            version = tracking.register_best(study_name, best.user_attrs["model_uri"], best.user_attrs["mlflow_run_id"])
+        if best.user_attrs.get(MODEL_URI_ATTR):
+            version = tracking.register_best(study_name, best.user_attrs[MODEL_URI_ATTR], best.user_attrs[RUN_ID_ATTR])
             mlflow.set_tag("registered_model", f"models:/{study_name}@best (version {version})")
     importances = param_importances(study)
     tracking.log_json(importances, "param_importances.json")

@@ -32,13 +32,8 @@ from gaplab.data import Dataset
 from gaplab.model import to_portable
 from gaplab.train import EpochCallback, TrainResult
 from study import figures
+from study.contract import ERROR_TAG, RUN_ID_ATTR, RUN_STATUS, STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG
 
-TRIAL_STATE_TAG = "trial_state"
-TRIAL_NUMBER_TAG = "optuna_trial_number"
-STUDY_TAG = "study_name"
-ERROR_TAG = "error"
-# MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.
-RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 
 
 class EpochLogger(EpochCallback):
@@ -83,7 +78,7 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object]) -
         tags={TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name, TRIAL_STATE_TAG: "RUNNING"},
     )
     try:
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
         mlflow.log_params({key: str(value) for key, value in params.items()})
         yield run
     except optuna.TrialPruned:

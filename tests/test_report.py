@@ -87,7 +87,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from study import space
+    from study import contract, space
 
     root.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{root / 'optuna.db'}"
@@ -101,9 +101,9 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
     client.log_param(parent, "seed", "0")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize")
-    study.set_user_attr("mlflow_parent_run_id", parent)
-    study.set_user_attr("mlflow_tracking_uri", tracking)
-    study.set_user_attr("class_names", list(class_names))
+    study.set_user_attr(contract.PARENT_RUN_ID_ATTR, parent)
+    study.set_user_attr(contract.TRACKING_URI_ATTR, tracking)
+    study.set_user_attr(contract.CLASS_NAMES_ATTR, list(class_names))
     specs = _specs(kind)
     state = optuna.trial.TrialState
     for number, spec in enumerate(specs):
@@ -120,9 +120,10 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
                  "val_accuracy": spec["val"], "test_accuracy": spec["test"], "gap": spec["gap"],
                  "mode_gap": spec["mode_gap"], "generalization_gap": spec["generalization_gap"],
                  "val_accuracy_recalibrated": spec["recal"], "steps": float(spec["steps"]), "epochs_run": 3.0,
-                 "fit_seconds": 1.0, "bn_momentum": spec["bn_momentum"], "mlflow_run_id": run_id}
+                 "fit_seconds": 1.0, contract.BN_MOMENTUM_ATTR: spec["bn_momentum"], contract.RUN_ID_ATTR: run_id,
+                 contract.BATCHNORM_ATTR: spec["batchnorm"]}
         if spec.get("preset"):
-            attrs[space.PRESET_ATTR] = spec["preset"]
+            attrs[contract.PRESET_ATTR] = spec["preset"]
         params = {space.MOMENTUM_PARAM: round(1 - spec["bn_momentum"], 6), "batch_size": spec["batch_size"],
                   "dropout": spec["dropout"], "depth": spec["depth"]}
         complete = spec["state"] == "COMPLETE"

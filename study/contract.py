@@ -1,0 +1,46 @@
+"""The study↔report contract: every name the study writes and the report (or a user) reads back.
+
+The study (`study.run`, `study.objective`, `study.tracking`, `study.summary`) writes these into
+Optuna's storage and MLflow; the report, the importances and the tests read them. Each name is
+defined here once, so "where is `mlflow_run_id` defined?" has one answer. Nothing here imports
+Keras or MLflow.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+# The searched parameters under their public names (Optuna calls bn_momentum's complement
+# `one_minus_bn_momentum`; see study.space).
+SEARCHED = ("bn_momentum", "batch_size", "dropout", "depth")
+
+# What `--trials` counts, and what the report treats as measured.
+FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+FINISHED_STATE_NAMES = tuple(state.name for state in FINISHED_STATES)
+
+# ---------------------------------------------------------------- study user attributes
+PARENT_RUN_ID_ATTR = "mlflow_parent_run_id"
+TRACKING_URI_ATTR = "mlflow_tracking_uri"
+CLASS_NAMES_ATTR = "class_names"
+# The study's fixed settings (image size, epochs, seed, data, dataset digest): a resume with
+# other settings is refused, and the report reads the seed from here.
+SETTINGS_ATTR = "settings"
+
+# ---------------------------------------------------------------- trial user attributes
+PRESET_ATTR = "preset"
+RUN_ID_ATTR = "mlflow_run_id"
+MODEL_URI_ATTR = "model_uri"
+# The trial's settings that are not Optuna parameters: momentum as trained (derived from its
+# complement), and whether the model has batchnorm at all (presets without BN).
+BN_MOMENTUM_ATTR = "bn_momentum"
+BATCHNORM_ATTR = "batchnorm"
+# Besides these, every key of `gaplab.train.TrainResult.final_metrics()` is a trial user
+# attribute of the same name (val_accuracy, gap, mode_gap, steps, ...).
+
+# ---------------------------------------------------------------- MLflow tags and statuses
+TRIAL_STATE_TAG = "trial_state"
+TRIAL_NUMBER_TAG = "optuna_trial_number"
+STUDY_TAG = "study_name"
+ERROR_TAG = "error"
+# MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.
+RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
