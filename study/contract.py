@@ -44,3 +44,14 @@ STUDY_TAG = "study_name"
 ERROR_TAG = "error"
 # MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+
+# ---------------------------------------------------------------- momentum measured in pairs
+# Trial user attribute holding the same object as the trial run's `momentum_curve.json`:
+#   {"own_momentum": m, "momentum": [...sorted grid incl. m...], "val_accuracy": [...],
+#    "train_eval_accuracy": [...], "gap": [...], "mode_gap": [...],
+#    "recalibrated": {"val_accuracy": v, "train_eval_accuracy": t, "gap": g, "mode_gap": d}}
+# Lists have equal length; gap = train_accuracy - val_accuracy at that momentum, mode_gap =
+# train_accuracy - train_eval_accuracy at that momentum. Absent for trials without batchnorm
+# or that diverged.
+MOMENTUM_CURVE_ATTR = "momentum_curve"
+MOMENTUM_CURVE_KEYS = ("momentum", "val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
