@@ -121,6 +121,15 @@ def test_single_class_is_an_error(tmp_path):
         load_image_folder(root, 8)
 
 
+def test_folder_one_level_too_high_suggests_the_deeper_folder(tmp_path):
+    make_folder(tmp_path / "root" / "trashnet", {"cat": 3, "dog": 3}, size=8)
+    with pytest.raises(DataError) as error:
+        load_image_folder(tmp_path / "root", 8)
+    message = str(error.value)
+    assert "single class" not in message
+    assert "cat, dog" in message and f"one level deeper: {tmp_path / 'root' / 'trashnet'}" in message
+
+
 def test_class_with_too_few_images_is_named(tmp_path):
     root = make_folder(tmp_path / "few", {"cat": 10, "dog": 2}, size=8)
     with pytest.raises(DataError, match=r"class 'dog' .* has 2 image\(s\).*at least 3"):
@@ -137,7 +146,7 @@ def test_bad_image_file_is_named_with_a_remedy(image_folder, content):
     bad.write_bytes(content)
     with pytest.raises(DataError) as error:
         load_image_folder(image_folder, 16)
-    assert str(bad) in str(error.value) and "skip_bad_images" in str(error.value)
+    assert str(bad) in str(error.value) and "--skip_bad_images" in str(error.value)
 
 
 def test_skip_bad_images_reports_each_skipped_file(image_folder):

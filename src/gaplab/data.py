@@ -172,6 +172,14 @@ def _check_classes(where: Path, classes: dict[str, list[Path]]) -> None:
         )
     if len(with_images) < 2:
         only = next(iter(with_images))
+        nested = [entry.name for entry in sorted((where / only).iterdir())
+                  if entry.is_dir() and not _is_hidden(entry)] if (where / only).is_dir() else []
+        if len(nested) >= 2:
+            raise DataError(
+                f"{where} has a single folder ({only!r}) whose subfolders ({', '.join(nested[:4])}"
+                f"{', ...' if len(nested) > 4 else ''}) look like the classes; point --data_dir one level "
+                f"deeper: {where / only}."
+            )
         raise DataError(
             f"{where} has a single class ({only!r}); classification needs at least two class "
             f"folders with images, e.g. {where}/{only}/ and {where}/other/."
@@ -301,7 +309,7 @@ def _decode_all(
         more = f"\n  … and {len(bad) - 10} more" if len(bad) > 10 else ""
         raise DataError(
             f"{len(bad)} file(s) under {root} could not be read as images:\n{listed}{more}\n"
-            "Remove or replace them, or pass skip_bad_images=True (--skip-bad-images) to skip them."
+            "Remove or replace them, or pass skip_bad_images=True (--skip_bad_images) to skip them."
         )
     keep = [i for i, item in enumerate(decoded) if not isinstance(item, str)]
     images = (
