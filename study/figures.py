@@ -18,23 +18,41 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
+# A confusion matrix stays readable with counts in its cells up to this many classes, and with
+# class names on its axes up to the next; beyond, the figure shows the pattern only and the
+# JSON beside it keeps every count and name.
+MAX_ANNOTATED_CLASSES = 30
+MAX_LABELLED_CLASSES = 80
+# At 100 dpi: at most 1200 x 1200 px whatever the class count (200 classes once gave 12250 px).
+MAX_FIGURE_INCHES = 12.0
+
+
 class _Confusion:
     """A laid-out confusion-matrix figure: counts per true (rows) and predicted (columns) class."""
 
     def __init__(self, class_names: list[str] | tuple[str, ...]):
         names = [str(name) for name in class_names]
         count = len(names)
-        size = max(4.0, 0.6 * count + 2.5)
+        size = min(max(4.0, 0.6 * count + 2.5), MAX_FIGURE_INCHES)
         self.figure = Figure(figsize=(size, size), dpi=100)
         self.axes = self.figure.add_subplot()
         self.image = self.axes.imshow(np.zeros((count, count)), cmap="Blues", vmin=0, vmax=1)
-        self.axes.set_xticks(range(count), names, rotation=45, ha="right")
-        self.axes.set_yticks(range(count), names)
-        self.axes.set_xlabel("predicted class")
-        self.axes.set_ylabel("true class")
+        if count <= MAX_LABELLED_CLASSES:
+            fontsize = 10 if count <= MAX_ANNOTATED_CLASSES else 6
+            self.axes.set_xticks(range(count), names, rotation=45 if count <= MAX_ANNOTATED_CLASSES else 90,
+                                 ha="right" if count <= MAX_ANNOTATED_CLASSES else "center", fontsize=fontsize)
+            self.axes.set_yticks(range(count), names, fontsize=fontsize)
+            unlabelled = ""
+        else:
+            self.axes.set_xticks([])
+            self.axes.set_yticks([])
+            unlabelled = f" ({count} classes; names and counts in the JSON)"
+        self.axes.set_xlabel("predicted class" + unlabelled)
+        self.axes.set_ylabel("true class" + unlabelled)
         self.title = self.axes.set_title("Confusion matrix")
+        annotated = count <= MAX_ANNOTATED_CLASSES
         self.cells = {(row, column): self.axes.text(column, row, "", ha="center", va="center", fontsize=9)
-                      for row in range(count) for column in range(count)}
+                      for row in range(count) for column in range(count)} if annotated else {}
         self.shape = (count, count)
 
     def fill(self, matrix, title: str) -> None:
@@ -45,8 +63,8 @@ class _Confusion:
         highest = int(matrix.max()) if matrix.size else 0
         self.image.set_data(matrix)
         self.image.set_clim(0, max(highest, 1))
-        for (row, column), count in np.ndenumerate(matrix):
-            cell = self.cells[row, column]
+        for (row, column), cell in self.cells.items():
+            count = matrix[row, column]
             cell.set_text(str(count))
             cell.set_color("white" if count > highest / 2 else "black")
         self.title.set_text(title)

@@ -31,3 +31,19 @@ def test_curves_renderer_redraws_a_shorter_run_cleanly():
 def test_confusion_matrix_of_the_wrong_size_names_both_sizes():
     with pytest.raises(ValueError, match=r"shape \(2, 2\).*3 class names"):
         figures.ConfusionRenderer(NAMES)(np.eye(2, dtype=int), "x")
+
+
+def test_confusion_matrix_of_many_classes_is_capped_and_drawn_without_cell_numbers():
+    names = tuple(f"class{index}" for index in range(200))
+    matrix = np.random.default_rng(0).integers(0, 5, size=(200, 200))
+    pixels = figures.ConfusionRenderer(names)(matrix, "Confusion matrix (val)")
+    assert pixels.shape[0] <= 100 * figures.MAX_FIGURE_INCHES and pixels.shape[1] <= 100 * figures.MAX_FIGURE_INCHES
+    figure = figures.confusion_figure(matrix, names, "x")
+    assert figure.get_size_inches().max() <= figures.MAX_FIGURE_INCHES
+    texts = [text.get_text() for text in figure.axes[0].texts]
+    assert texts == [] and "200 classes" in figure.axes[0].get_xlabel()
+
+
+def test_confusion_matrix_of_few_classes_keeps_its_numbers():
+    figure = figures.confusion_figure(np.array([[3, 1], [0, 4]]), ("a", "b"), "x")
+    assert sorted(text.get_text() for text in figure.axes[0].texts) == ["0", "1", "3", "4"]
