@@ -66,10 +66,12 @@ def validate(args: argparse.Namespace) -> Settings:
     """Check every value before anything is created; raise UsageError naming the value."""
     if args.trials < 1:
         raise UsageError(f"--trials={args.trials} is invalid; use at least 1.")
-    if args.epochs < 1:
-        raise UsageError(f"--epochs={args.epochs} is invalid; use at least 1.")
-    if args.image_size < 8:
-        raise UsageError(f"--image_size={args.image_size} is too small; use at least 8.")
+    from gaplab.config import ConfigError, TrainConfig
+
+    try:
+        TrainConfig(image_size=args.image_size, epochs=args.epochs, seed=args.seed).validate()
+    except ConfigError as error:
+        raise UsageError(f"--{error}") from None
     if args.pruner not in PRUNERS:
         raise UsageError(f"--pruner={args.pruner!r} is unknown; use one of {', '.join(PRUNERS)}.")
     if args.data_dir and not Path(args.data_dir).expanduser().is_dir():

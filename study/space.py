@@ -36,7 +36,8 @@ def depth_choices(image_size: int) -> list[int]:
 
     allowed = [d for d in allowed_depths(image_size) if DEPTH_RANGE[0] <= d <= DEPTH_RANGE[1]]
     if not allowed:
-        raise ValueError(f"image_size={image_size} allows no conv block; use image_size >= 8.")
+        raise ValueError(f"image_size={image_size} allows no conv block of depth {DEPTH_RANGE[0]}-{DEPTH_RANGE[1]}; "
+                         "use a larger image_size.")
     return allowed
 
 

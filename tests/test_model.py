@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from gaplab.config import PRESETS, TrainConfig
-from gaplab.model import ConfigError, allowed_depths, build_model, build_preset, feature_map_sizes, to_portable
+from gaplab.config import ConfigError
+from gaplab.model import allowed_depths, build_model, build_preset, feature_map_sizes, to_portable
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ import pytest
 
 from gaplab.config import TrainConfig
 from gaplab.metrics import accuracy, predict_classes, recalibrated_batchnorm
-from gaplab.model import ConfigError
+from gaplab.config import ConfigError
 from gaplab.train import EPOCH_METRICS, EpochCallback, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import importlib
 _EXPORTS = {
     "PRESETS": "config", "SEED_RESULTS": "config", "TrainConfig": "config",
     "DataError": "data", "Dataset": "data", "generate_shapes": "data", "load_image_folder": "data",
-    "ConfigError": "model", "allowed_depths": "model", "build_model": "model", "build_preset": "model",
+    "ConfigError": "config", "allowed_depths": "model", "build_model": "model", "build_preset": "model",
     "EpochCallback": "train", "TrainResult": "train", "train": "train",
 }
 __all__ = sorted(_EXPORTS)

@@ -9,6 +9,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# Smaller images leave no room for a single conv block (3x3 conv, then 2x2 pool).
+MIN_IMAGE_SIZE = 8
+
+
+class ConfigError(ValueError):
+    """Raised for a config value that cannot train; the message names the value."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,6 +30,25 @@ class TrainConfig:
     learning_rate: float = 1e-3
     image_size: int = 32
     seed: int = 0
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError naming the first value out of range; the config itself otherwise.
+
+        Whether `depth` fits `image_size` is the model's to say (`gaplab.model.allowed_depths`).
+        """
+        checks = (
+            (self.image_size >= MIN_IMAGE_SIZE, "image_size", f"use at least {MIN_IMAGE_SIZE} pixels"),
+            (self.depth >= 1, "depth", "use at least 1 conv block"),
+            (0.0 <= self.dropout < 1.0, "dropout", "use 0 <= dropout < 1"),
+            (0.0 <= self.bn_momentum < 1.0, "bn_momentum", "use 0 <= bn_momentum < 1"),
+            (self.batch_size >= 1, "batch_size", "use at least 1"),
+            (self.epochs >= 1, "epochs", "use at least 1"),
+            (self.learning_rate > 0, "learning_rate", "use a positive value"),
+        )
+        for valid, name, remedy in checks:
+            if not valid:
+                raise ConfigError(f"{name}={getattr(self, name)} is invalid; {remedy}.")
+        return self
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)

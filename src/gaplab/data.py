@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from gaplab.config import MIN_IMAGE_SIZE
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 DEFAULT_SPLIT = (0.70, 0.15, 0.15)
 SPLIT_NAMES = ("train", "val", "test")
@@ -360,8 +362,8 @@ def load_image_folder(
     Bad images raise DataError naming each file, unless skip_bad_images is set, in which case
     they are skipped and listed in `Dataset.skipped_files`.
     """
-    if image_size < 8:
-        raise DataError(f"image_size={image_size} is too small; use at least 8 pixels.")
+    if image_size < MIN_IMAGE_SIZE:
+        raise DataError(f"image_size={image_size} is too small; use at least {MIN_IMAGE_SIZE} pixels.")
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"data folder {root} does not exist; pass a folder with one subfolder of images per class.")
@@ -503,8 +505,8 @@ def generate_shapes(
     split: tuple[float, float, float] = DEFAULT_SPLIT,
 ) -> Dataset:
     """The built-in dataset: `n_images` drawn shapes in six balanced classes, deterministic in `seed`."""
-    if image_size < 8:
-        raise DataError(f"image_size={image_size} is too small; use at least 8 pixels.")
+    if image_size < MIN_IMAGE_SIZE:
+        raise DataError(f"image_size={image_size} is too small; use at least {MIN_IMAGE_SIZE} pixels.")
     if n_images < 3 * len(SHAPE_CLASSES):
         raise DataError(f"n_images={n_images} is too few; the built-in dataset needs at least 18 (3 per class).")
     rng = np.random.default_rng(seed)

@@ -20,11 +20,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from gaplab.config import PRESETS, TrainConfig
-
-
-class ConfigError(ValueError):
-    """Raised for a config value that cannot build a model; the message names the value."""
+from gaplab.config import PRESETS, ConfigError, TrainConfig
 
 
 # Each block's conv shrinks the map by 2 (kernel 3, no padding); its pool halves it or takes 1.
@@ -54,8 +50,7 @@ def allowed_depths(image_size: int, max_depth: int = 8) -> list[int]:
 
 
 def _check(config: TrainConfig, num_classes: int) -> None:
-    if config.depth < 1:
-        raise ConfigError(f"depth={config.depth} is invalid; use at least 1 conv block.")
+    config.validate()
     sizes = feature_map_sizes(config.image_size, config.depth)
     if min(sizes) < 1:
         allowed = allowed_depths(config.image_size)
@@ -64,10 +59,6 @@ def _check(config: TrainConfig, num_classes: int) -> None:
             f"shrinks to nothing after block {next(i for i, s in enumerate(sizes) if s < 1) + 1}. "
             f"Use depth <= {max(allowed) if allowed else 0} or a larger image_size."
         )
-    if not 0.0 <= config.dropout < 1.0:
-        raise ConfigError(f"dropout={config.dropout} is invalid; use 0 <= dropout < 1.")
-    if not 0.0 <= config.bn_momentum < 1.0:
-        raise ConfigError(f"bn_momentum={config.bn_momentum} is invalid; use 0 <= bn_momentum < 1.")
     if num_classes < 2:
         raise ConfigError(f"num_classes={num_classes} is invalid; a classifier needs at least 2 classes.")
 

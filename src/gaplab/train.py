@@ -29,10 +29,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from gaplab.config import TrainConfig
+from gaplab.config import ConfigError, TrainConfig
 from gaplab.data import Dataset
 from gaplab.metrics import EVAL_BATCH_SIZE, accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
-from gaplab.model import ConfigError, batchnorm_layers, build_model, set_runtime_hyperparameters
+from gaplab.model import batchnorm_layers, build_model, set_runtime_hyperparameters
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 _KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy"}
@@ -209,12 +209,7 @@ def train(
             f"image_size={config.image_size} does not match the data's {data.image_size} px images; "
             "load the data at the config's image_size."
         )
-    if config.epochs < 1:
-        raise ConfigError(f"epochs={config.epochs} is invalid; use at least 1.")
-    if config.batch_size < 1:
-        raise ConfigError(f"batch_size={config.batch_size} is invalid; use at least 1.")
-    if not config.learning_rate > 0:
-        raise ConfigError(f"learning_rate={config.learning_rate} is invalid; use a positive value.")
+    config.validate()
 
     started = time.perf_counter()
     enable_compilation_cache()
