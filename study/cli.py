@@ -3,6 +3,7 @@
 * `UsageError`: a bad command-line value, printed as one line with exit code 2;
 * `default_storage` / `check_storage_url`: the Optuna storage URL, its default beside a sqlite
   MLflow store, and its checks (both CLIs accept the same URLs and default to the same file);
+* `ArgumentParser`: the CLIs' parser: one-line usage errors with exit code 2, no abbreviations;
 * `quiet_logging`: no Keras/TF/Optuna/MLflow chatter by default.
 
 Nothing here imports Keras, so the report starts without loading a deep learning backend.
@@ -10,6 +11,7 @@ Nothing here imports Keras, so the report starts without loading a deep learning
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from pathlib import Path
@@ -17,6 +19,16 @@ from pathlib import Path
 
 class UsageError(ValueError):
     """A bad command-line value; reported as one line with exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit 2) and no abbreviations: `--tri 2` is not `--trials 2`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
 def default_storage(tracking_uri: str | None = None) -> str:

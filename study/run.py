@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from study.cli import UsageError, check_storage_url, default_storage, quiet_logging
+from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, quiet_logging
 
 DEFAULT_TRIALS = 50
 PRUNERS = ("median", "hyperband", "none")
@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     from gaplab.config import TrainConfig
 
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m study.run", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m study.run", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--trials", type=int, default=DEFAULT_TRIALS,
         help="total finished (complete or pruned) trials the study should have (default %(default)s)")

@@ -69,7 +69,8 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
      (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
      (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
      (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels"),
-     (["--epochs", "0"], "--epochs=0 is invalid; use at least 1")],
+     (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
+     (["--tri", "2"], "unrecognized arguments: --tri 2")],
 )
 def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=_env(tmp_path),

@@ -41,7 +41,7 @@ def format_table(rows: list[dict[str, float | str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gaplab", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gaplab", description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--data-dir", default="", help="image folder (default: the built-in dataset)")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="built-in dataset size")
