@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import TrialState
+
+from study import contract
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
@@ -76,9 +80,9 @@ def _specs(kind: str) -> list[dict]:
         spec.update(gap=gap, steps=steps, mode_gap=mode, generalization_gap=round(gap - mode, 6), val=val,
                     train=round(val + gap, 6), test=round(val - 0.01, 6),
                     recal=round(val + (0.4 if high_momentum and kind == "momentum" else 0.0), 6))
-        spec["state"] = "COMPLETE"
-    specs[-1]["state"] = "PRUNED"
-    specs[-2]["state"] = "PRUNED"
+        spec["state"] = TrialState.COMPLETE
+    specs[-1]["state"] = TrialState.PRUNED
+    specs[-2]["state"] = TrialState.PRUNED
     return specs
 
 
@@ -87,7 +91,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from study import contract, space
+    from study import space
 
     root.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{root / 'optuna.db'}"
@@ -105,9 +109,8 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
     study.set_user_attr(contract.TRACKING_URI_ATTR, tracking)
     study.set_user_attr(contract.CLASS_NAMES_ATTR, list(class_names))
     specs = _specs(kind)
-    state = optuna.trial.TrialState
     for number, spec in enumerate(specs):
-        run = client.create_run(experiment, run_name=f"trial-{number:03d}", tags={"mlflow.parentRunId": parent})
+        run = client.create_run(experiment, run_name=f"trial-{number:03d}", tags={MLFLOW_PARENT_RUN_ID: parent})
         run_id = run.info.run_id
         for epoch in range(1, 4):
             client.log_metric(run_id, "train_accuracy", spec["train"] * epoch / 3, step=epoch)
@@ -115,7 +118,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
         matrix = [[5, 1, 0], [0, 6, 1], [1, 0, 4]]
         client.log_text(run_id, json.dumps({"split": "val", "class_names": list(class_names), "matrix": matrix}),
                         "confusion_matrix.json")
-        client.set_terminated(run_id, "FINISHED" if spec["state"] == "COMPLETE" else "KILLED")
+        client.set_terminated(run_id, contract.RUN_STATUS[spec["state"].name])
         attrs = {"train_accuracy": spec["train"], "train_eval_accuracy": spec["train"] - spec["mode_gap"],
                  "val_accuracy": spec["val"], "test_accuracy": spec["test"], "gap": spec["gap"],
                  "mode_gap": spec["mode_gap"], "generalization_gap": spec["generalization_gap"],
@@ -126,14 +129,13 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
             attrs[contract.PRESET_ATTR] = spec["preset"]
         params = {space.MOMENTUM_PARAM: round(1 - spec["bn_momentum"], 6), "batch_size": spec["batch_size"],
                   "dropout": spec["dropout"], "depth": spec["depth"]}
-        complete = spec["state"] == "COMPLETE"
+        complete = spec["state"] == TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=_distributions(), user_attrs=attrs,
-            value=spec["val"] if complete else None, intermediate_values={3: spec["val"]},
-            state=state.COMPLETE if complete else state.PRUNED))
+            value=spec["val"] if complete else None, intermediate_values={3: spec["val"]}, state=spec["state"]))
     # One failed trial with no metrics, as a crash leaves it.
-    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=state.FAIL))
-    client.set_terminated(parent, "FINISHED")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
+    client.set_terminated(parent, contract.RUN_STATUS[TrialState.COMPLETE.name])
     return {"storage": storage, "tracking": tracking, "name": study_name, "specs": specs, "parent": parent,
             "root": root}
 
@@ -183,7 +185,7 @@ def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
     assert "bn_momentum ≥ 0.95 the median is 0.400 (n=7)" in recal
     # Best: the highest val among complete trials (the first low-momentum searched trial, number 4).
     specs = momentum_study["specs"]
-    best = max((i for i, s in enumerate(specs) if s["state"] == "COMPLETE"), key=lambda i: specs[i]["val"])
+    best = max((i for i, s in enumerate(specs) if s["state"] == TrialState.COMPLETE), key=lambda i: specs[i]["val"])
     assert f"Best setting: trial {best} " in text
     assert f"val accuracy {specs[best]['val']:.3f} and test accuracy {specs[best]['test']:.3f}" in text
 
@@ -265,7 +267,7 @@ def test_cli_writes_report_logs_it_and_leaves_the_study_unchanged(momentum_study
     client = MlflowClient(momentum_study["tracking"])
     logged = {a.path for a in client.list_artifacts(momentum_study["parent"], "report")}
     assert {"report/report.html", "report/report.md", "report/params.png"} <= logged
-    assert client.get_run(momentum_study["parent"]).info.status == "FINISHED"
+    assert client.get_run(momentum_study["parent"]).info.status == contract.RUN_STATUS[TrialState.COMPLETE.name]
 
 
 def test_under_mlflow_run_the_report_also_fills_the_launchers_run(momentum_study, tmp_path, monkeypatch):
@@ -297,6 +299,18 @@ def test_missing_storage_is_refused_not_created(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not db.exists()
 
 
+def test_a_storage_without_studies_says_so(tmp_path, capsys):
+    import optuna
+
+    from study.report import main
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.delete_study(study_name=optuna.create_study(storage=storage).study_name, storage=storage)
+    assert main(["--storage", storage, "--tracking_uri", f"sqlite:///{tmp_path}/m.db", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no study; run python -m study.run first" in err and "--study_name" not in err
+
+
 def test_several_studies_need_a_name(tmp_path, capsys):
     first = build_study(tmp_path / "store", "momentum", "first")
     build_study(tmp_path / "store", "dropout", "second")
@@ -316,14 +330,43 @@ def test_user_data_is_escaped(dropout_study, tmp_path):
     assert "<script" not in page.lower()
     assert _unbalanced_tags(page) == []
     markdown = to_markdown(report)
-    assert "<img" not in markdown and "<b>" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
-    assert "dog\\|pipe" in markdown
-    # Every table row keeps its column count: no cell breaks the table.
-    for line in markdown.splitlines():
-        if line.startswith("| trial | state |"):
-            width = line.count(" | ")
-    rows = [l for l in markdown.splitlines() if l.startswith("| ") and l.count(" | ") == width]
-    assert len(rows) > 10
+    # Markdown escapes with backslashes: no raw tag, and no HTML entity shown as literal text.
+    assert re.search(r"(?<!\\)[<>]", markdown) is None
+    assert "\\<img src=x onerror=alert(1)\\>" in markdown and "&lt;" not in markdown
+    assert "dog\\|pipe" in markdown and "dropout \\<b\\>study\\</b\\>" in markdown
+    assert "\\< 3" in markdown  # the findings' "steps × (1 − bn_momentum) < 3"
+    tables = _markdown_tables(markdown)
+    assert len(tables) == 4 and sum(len(rows) for _, rows in tables) > 20  # seed, decomposition, importance, top
+    assert _broken_rows(markdown) == []
+
+
+def _cells(line: str) -> int:
+    """Cells of a Markdown table line: its unescaped pipes, less one."""
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+
+def _markdown_tables(markdown: str) -> list[tuple[str, list[str]]]:
+    """Each table's header and body rows: the lines starting with '|' after a header and a '|---|' line."""
+    tables, lines = [], markdown.splitlines()
+    for index, line in enumerate(lines[:-1]):
+        if line.startswith("|") and lines[index + 1].startswith("|---|"):
+            body = []
+            for row in lines[index + 2:]:
+                if not row.startswith("|"):
+                    break
+                body.append(row)
+            tables.append((line, body))
+    return tables
+
+
+def _broken_rows(markdown: str) -> list[str]:
+    """Body rows whose cell count differs from their table's header."""
+    return [row for header, rows in _markdown_tables(markdown) for row in rows if _cells(row) != _cells(header)]
+
+
+def test_the_table_check_finds_a_broken_row():
+    table = "| trial | class |\n|---|---|\n| 1 | cat |\n| 2 | dog|pipe |\n| 3 | dog\\|pipe |\n"
+    assert _broken_rows(table) == ["| 2 | dog|pipe |"]
 
 
 def _unbalanced_tags(page: str) -> list[str]:
@@ -411,10 +454,10 @@ def test_end_to_end_study_then_report(tmp_path):
     from mlflow.tracking import MlflowClient
 
     stored = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    parent = stored.user_attrs["mlflow_parent_run_id"]
+    parent = stored.user_attrs[contract.PARENT_RUN_ID_ATTR]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
-    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(parent).info.status == contract.RUN_STATUS[TrialState.COMPLETE.name]
 
 
 def test_the_report_module_loads_without_a_deep_learning_backend():
@@ -426,9 +469,9 @@ def test_the_report_module_loads_without_a_deep_learning_backend():
 
 
 def _bn_trial(number: int, momentum: float, steps: int, gap: float, mode_gap: float):
-    from study.report import TrialView
+    from study.report.views import TrialView
 
-    return TrialView(number, "COMPLETE", None, True, {"bn_momentum": momentum}, {"steps": steps, "gap": gap,
+    return TrialView(number, TrialState.COMPLETE, None, True, {"bn_momentum": momentum}, {"steps": steps, "gap": gap,
                      "mode_gap": mode_gap}, 0.5, {})
 
 
@@ -440,7 +483,7 @@ def _bn_trial(number: int, momentum: float, steps: int, gap: float, mode_gap: fl
     (0.20, -0.001, "0.20 and mode gap of 0.00", "bn_momentum: trials with"),  # printed 0.00, never -0.00
 ])
 def test_momentum_finding_judges_gap_and_mode_gap(stale_gap, stale_mode, numbers, expected):
-    from study.report import momentum_finding
+    from study.report.findings import momentum_finding
 
     stale = [_bn_trial(i, 0.99, 100, stale_gap, stale_mode) for i in range(2)]  # horizon 1
     low = [_bn_trial(2 + i, 0.8, 100, 0.19, 0.0) for i in range(3)]
@@ -473,10 +516,24 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
     assert any(line.startswith("High bn_momentum widens the gap") for line in report.findings)
 
 
-def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
-    from study.report import TrialView, caveats
+def test_an_interrupted_study_is_not_called_running(tmp_path):
+    import optuna
 
-    best = TrialView(7, "COMPLETE", None, True, {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5},
+    info = build_study(tmp_path / "interrupted", "momentum", "interrupted-study")
+    study = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    study.enqueue_trial({"batch_size": 32})  # queued, and no process runs the study
+    caveats = _report(info).section("7. Caveats").bullets
+    assert caveats[0].endswith("1 failed, 1 waiting.")
+    assert not any("still running" in line for line in caveats)
+    assert any(line.startswith("1 trial(s) are queued but none is running: the study was interrupted")
+               for line in caveats)
+
+
+def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
+    from study.report.caveats import caveats
+    from study.report.views import TrialView
+
+    best = TrialView(7, TrialState.COMPLETE, None, True, {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5},
                      {}, 0.9, _distributions())
     edges = [line for line in caveats([best], best, "0", []) if "edge" in line]
     assert edges == [

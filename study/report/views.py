@@ -1,0 +1,104 @@
+"""Reading a stored study into views: one `TrialView` per trial, its numbers under public names.
+
+Also how those numbers are written in sentences and tables (`fmt`, `fmt_param`, `describe`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from optuna.trial import TrialState
+
+from study import contract
+from study.contract import SEARCHED
+
+
+@dataclass
+class TrialView:
+    """One trial's numbers under public names; NaN where absent."""
+
+    number: int
+    state: TrialState
+    preset: str | None
+    batchnorm: bool
+    params: dict[str, float]
+    attrs: dict[str, Any]
+    value: float | None
+    distributions: dict[str, Any]
+
+    def get(self, name: str) -> float:
+        raw = self.attrs.get(name)
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+            return float(raw)
+        return math.nan
+
+    @property
+    def momentum(self) -> float:
+        return self.params.get("bn_momentum", math.nan)
+
+    @property
+    def horizon(self) -> float:
+        """steps x (1 - bn_momentum): how many EMA time constants BN statistics had to settle."""
+        return self.get("steps") * (1.0 - self.momentum)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.attrs.get(contract.RUN_ID_ATTR) or "")
+
+
+def trial_views(study) -> list[TrialView]:
+    from gaplab.config import PRESETS
+    from study import space
+
+    views = []
+    for trial in study.get_trials(deepcopy=False):
+        preset = trial.user_attrs.get(contract.PRESET_ATTR)
+        params: dict[str, float] = {}
+        momentum = trial.user_attrs.get(contract.BN_MOMENTUM_ATTR)
+        if momentum is None and space.MOMENTUM_PARAM in trial.params:
+            momentum = space.momentum_from(trial.params[space.MOMENTUM_PARAM])
+        if momentum is not None:
+            params["bn_momentum"] = float(momentum)
+        for name in SEARCHED:
+            if name != "bn_momentum" and name in trial.params:
+                params[name] = trial.params[name]
+        # Studies written before the batchnorm attribute existed: presets are the only BN-less trials.
+        batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, PRESETS[preset].batchnorm if preset in PRESETS else True)
+        views.append(TrialView(trial.number, trial.state, preset, batchnorm, params,
+                               dict(trial.user_attrs), trial.value, dict(trial.distributions)))
+    return views
+
+
+def finished(views: list[TrialView]) -> list[TrialView]:
+    """Complete or pruned trials with measured metrics."""
+    return [v for v in views if v.state in contract.FINISHED_STATES and math.isfinite(v.get("gap"))]
+
+
+def complete_by_value(views: list[TrialView]) -> list[TrialView]:
+    """Complete trials, best objective value first."""
+    return sorted((v for v in views if v.state == TrialState.COMPLETE and v.value is not None), key=lambda v: -v.value)
+
+
+def finite_median(values) -> float:
+    values = [v for v in values if math.isfinite(v)]
+    return median(values) if values else math.nan
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
+
+
+def fmt_param(name: str, value: float) -> str:
+    if name in ("batch_size", "depth"):
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return f"{value:.3g}"
+
+
+def describe(view: TrialView) -> str:
+    return ", ".join(f"{name} {fmt_param(name, view.params[name])}" for name in SEARCHED if name in view.params)
