@@ -6,7 +6,7 @@ Pure: it reads the Optuna study and the MLflow runs, and writes nothing anywhere
 from __future__ import annotations
 
 from study import contract
-from study.report import figures, tables
+from study.report import figures, paired, tables
 from study.report.caveats import caveats
 from study.report.document import SECTION_TITLES, FigureImage, Report, Section
 from study.report.findings import findings
@@ -42,12 +42,16 @@ def build_report(study, client) -> Report:
 
     figs = Section(SECTION_TITLES[4])
     plots = [
+        ("momentum_curves.png", "Momentum curves", lambda: figures.momentum_curves_figure(paired.with_curves(finished))),
         ("params.png", "Gap and val accuracy vs each parameter", lambda: figures.params_figure(finished)),
         ("ema_horizon.png", "Gap vs EMA horizon", lambda: figures.horizon_figure(finished)),
         ("momentum_batch.png", "Momentum × batch size", lambda: figures.momentum_batch_figure(finished)),
         ("learning_curves.png", "Learning curves of the top trials", lambda: figures.curves_figure(client, complete[:3])),
     ]
     captions = {
+        "momentum_curves.png": "Each line is one trained model evaluated with batchnorm statistics tracked at each "
+                               "momentum of a grid (same weights); colour is the trial's training steps. Where a "
+                               "line drops, the statistics had too few steps at that momentum to settle.",
         "params.png": "Each point is a finished trial; momentum is shown as 1 − bn_momentum on a log axis.",
         "ema_horizon.png": "Horizon = training steps × (1 − bn_momentum); left of the red line the running "
                            "statistics have seen less than one time constant of updates.",
@@ -62,6 +66,9 @@ def build_report(study, client) -> Report:
             continue
         if png:
             figs.figures.append(FigureImage(filename, title, captions[filename], png))
+        elif filename == "momentum_curves.png":
+            notes.append(f"Figure '{title}' is left out: no finished batchnorm trial has a momentum curve (see 1. "
+                         "Findings).")
         else:
             notes.append(f"Figure '{title}' has no data yet.")
     if best is not None:

@@ -1,4 +1,5 @@
-"""The caveats: trial counts by state, pruning, edges of the search range, a single seed."""
+"""The caveats: trial counts by state, pruning (and trials pruned for stale statistics), missing momentum
+curves, edges of the search range, a single seed."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import math
 from optuna.trial import TrialState
 
 from study.contract import SEARCHED
+from study.report import paired
 from study.report.views import TrialView, fmt_param
+from study.report.views import finished as finished_trials
 
 
 def _edge(view: TrialView, name: str) -> str | None:
@@ -58,6 +61,10 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, no
         out.append(f"{counts[TrialState.WAITING]} trial(s) are queued but none is running: the study was interrupted "
                    "or has not been resumed. Rerun python -m study.run with the same --study_name and --storage to "
                    "finish it, then rerun the report.")
+    finished = finished_trials(views)
+    for line in (paired.pruned_for_statistics(finished), paired.with_curves(finished) and paired.missing_curves(finished)):
+        if line:
+            out.append(line)
     if counts[TrialState.PRUNED]:
         out.append("Pruned trials are measured at the epoch where they stopped, so their gap and accuracies "
                    "come from fewer epochs than complete trials.")

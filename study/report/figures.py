@@ -1,5 +1,5 @@
-"""The report's figures, as PNG bytes: parameters, EMA horizon, momentum × batch size, learning
-curves and the best trial's confusion matrix. Trial figures and the shared plot styles live in
+"""The report's figures, as PNG bytes: every trial's momentum curve, parameters, EMA horizon,
+momentum × batch size, learning curves and the best trial's confusion matrix. Trial figures and the shared plot styles live in
 `study.figures`.
 """
 
@@ -11,6 +11,7 @@ import math
 import tempfile
 from pathlib import Path
 
+from matplotlib.cm import ScalarMappable
 from optuna.trial import TrialState
 
 from study.contract import SEARCHED
@@ -122,3 +123,34 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
     figure = figures.confusion_figure(data["matrix"], names,
                                       f"Trial {best.number}, {data.get('split', 'val')} split")
     return _png(figure), names
+
+
+def momentum_curves_figure(paired: list[TrialView]) -> bytes | None:
+    """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps."""
+    from matplotlib import colormaps
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    if not paired:
+        return None
+    steps = [v.get("steps") for v in paired]
+    norm = LogNorm(vmin=min(steps), vmax=max(steps) * (1.0001 if min(steps) == max(steps) else 1))
+    colours = colormaps["viridis"]
+    figure = Figure(figsize=(8, 5))
+    ax = figure.subplots()
+    for v in paired:
+        curve, colour = v.curve, colours(norm(v.get("steps")))
+        ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", color=colour, alpha=0.75, linewidth=1.2)
+        ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=colour,
+                markeredgecolor="k", markersize=5)
+    decades = max(3, *(math.ceil(-math.log10(1 - m) - 1e-9) for v in paired for m in v.curve.momentum if m < 1))
+    ax.set_xscale("log")
+    ax.set_xlim(1.5, 10.0 ** -decades / 1.5)  # momentum grows to the right
+    ax.set_xticks([10.0 ** -k for k in range(decades + 1)], ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
+    ax.set_xlabel("bn_momentum (log axis on 1 − momentum)")
+    ax.set_ylabel("val accuracy (same weights)")
+    ax.set_title(f"Momentum curves of {len(paired)} trials (dot: the trial's own momentum)")
+    ax.grid(alpha=0.3)
+    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label="training steps (log)")
+    figure.tight_layout()
+    return _png(figure)

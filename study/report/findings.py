@@ -50,10 +50,10 @@ def _candidate_thresholds(param: str, values: list[float]) -> list[float]:
     return sorted(candidates)
 
 
-def best_split(views: list[TrialView], param: str) -> ThresholdSplit | None:
-    """The threshold on `param` (median or a meaningful value) with the largest median-gap difference,
-    among those leaving at least 2 trials on each side; None when none does."""
-    points = [(v.params[param], v.get("gap")) for v in views if param in v.params]
+def best_split(views: list[TrialView], param: str, value=lambda v: v.get("gap")) -> ThresholdSplit | None:
+    """The threshold on `param` (median or a meaningful value) with the largest difference in the median of
+    `value` (the gap unless told), among those leaving at least 2 trials on each side; None when none does."""
+    points = [(v.params[param], value(v)) for v in views if param in v.params and math.isfinite(value(v))]
     if len(points) < 4:
         return None
     best = None
@@ -130,6 +130,9 @@ def momentum_finding(with_bn: list[TrialView]) -> str:
 
 
 def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
+    """The report's findings: with momentum curves, the paired ones first; without, the comparison across trials."""
+    from study.report import paired
+
     out: list[str] = []
     finished = finished_trials(views)
     if best is not None:
@@ -139,6 +142,17 @@ def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
                    f"(train {fmt(best.get('train_accuracy'), 3)}, gap {fmt(best.get('gap'), 3)}).")
     else:
         out.append("No trial has completed yet, so there is no best setting.")
+    with_curves = paired.with_curves(finished)
+    if with_curves:
+        out.append(paired.paired_effect(with_curves))
+        out += paired.gap_attribution(with_curves, finished)
+        out.append(paired.momentum_rule(with_curves))
+        out.append(recalibration_finding([v for v in finished if v.batchnorm]))
+        return out
+    out.append("Paired momentum effect: not measured. " + (paired.missing_curves(finished) or
+               "No finished batchnorm trial yet.") + " The findings below compare momenta across trials, which also "
+               "differ in batch size, dropout, depth, steps and pruning; rerun the study with the current gaplab for "
+               "paired findings.")
     if len(finished) < 4:
         out.append(f"Only {len(finished)} finished trial(s): too few to say which parameter moves the gap "
                    "(inconclusive; at least 2 trials on each side of a split are needed).")
@@ -191,6 +205,12 @@ def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
         else:
             out.append(f"The remaining gap is mostly generalization gap (overfitting proper): {numbers}.")
 
+    out.append(recalibration_finding(with_bn))
+    return out
+
+
+def recalibration_finding(with_bn: list[TrialView]) -> str:
+    """What re-estimating BN statistics exactly (PreciseBN) recovers, overall and at high momentum."""
     recovered = [v.get("val_accuracy_recalibrated") - v.get("val_accuracy") for v in with_bn]
     recovered = [r for r in recovered if math.isfinite(r)]
     if len(recovered) >= 2:
@@ -204,7 +224,5 @@ def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
                          f"{fmt(median(high), 3)} (n={len(high)}).")
         else:
             sentence += f"; with {len(high)} trial(s) at bn_momentum ≥ {HIGH_MOMENTUM:g} that subset is inconclusive."
-        out.append(sentence)
-    else:
-        out.append("Fewer than 2 finished batchnorm trials: what recalibration recovers is inconclusive.")
-    return out
+        return sentence
+    return "Fewer than 2 finished batchnorm trials: what recalibration recovers is inconclusive."

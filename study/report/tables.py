@@ -31,12 +31,17 @@ def decomposition_table(views: list[TrialView]) -> Table:
         if not math.isfinite(v.get("gap")):
             continue
         before, after = v.get("val_accuracy"), v.get("val_accuracy_recalibrated")
-        rows.append([v.number, v.state.name, v.preset or "", v.params.get("bn_momentum", math.nan) if v.batchnorm else "no BN",
+        curve = v.curve if v.batchnorm else None
+        paired = ([curve.momentum[curve.best], curve.val_accuracy[curve.best], curve.momentum_part] if curve
+                  else [None, None, None])
+        rows.append([v.number, v.state.name, v.preset or "", v.momentum if v.batchnorm else "no BN",
                      v.get("steps"), v.horizon if v.batchnorm else math.nan, v.get("gap"), v.get("mode_gap"),
-                     v.get("generalization_gap"), before, after, after - before])
+                     v.get("generalization_gap"), before, after, after - before, *paired])
     return Table(["trial", "state", "preset", "bn_momentum", "steps", "EMA horizon", "gap", "mode gap",
-                  "generalization gap", "val", "val recalibrated", "recovered"], rows,
-                 "gap = mode gap + generalization gap; EMA horizon = steps × (1 − bn_momentum).")
+                  "generalization gap", "val", "val recalibrated", "recovered", "best momentum",
+                  "val at best momentum", "momentum's part of the gap"], rows,
+                 "gap = mode gap + generalization gap; EMA horizon = steps × (1 − bn_momentum); best momentum: the "
+                 "momentum curve's (same weights), and momentum's part = mode gap at the own momentum minus at it.")
 
 
 def importance_section(study) -> Section:
