@@ -630,3 +630,25 @@ def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
         "The best trial's depth = 5 is at the upper edge of its search range (1 to 5): widen the range to see "
         "whether the optimum lies beyond it.",
     ]
+
+
+def test_an_unreadable_curve_is_named_not_used():
+    from study.report import paired
+    from study.report.views import MomentumCurve, TrialView
+
+    good = _curve({"train": 0.9, "bn_momentum": 0.99, "steps": 1000, "gap": 0.1, "mode_gap": 0.0,
+                   "state": TrialState.COMPLETE}, "dropout")
+    curve = MomentumCurve.read(good)
+    assert curve.momentum[curve.own] == 0.99 and curve.gain == pytest.approx(0.0)
+    # 1000 steps: up to 0.995 (horizon 5) the statistics settled, at 0.999 (horizon 1) not.
+    assert curve.settled_horizon(1000, 0.01) == (pytest.approx(5.0), False)
+    assert curve.settled_horizon(1000, 0.5) == (pytest.approx(1.0), True)  # within at the grid's end
+    broken = {**good, "gap": good["gap"][:-1]}
+    with pytest.raises(ValueError, match="different lengths"):
+        MomentumCurve.read(broken)
+    views = [TrialView(n, TrialState.COMPLETE, None, True, {"bn_momentum": 0.99},
+                       {"gap": 0.1, "steps": 100.0, contract.MOMENTUM_CURVE_ATTR: raw}, 0.8, {})
+             for n, raw in enumerate((good, broken))]
+    assert [v.number for v in paired.with_curves(views)] == [0]
+    assert paired.missing_curves(views) == ("Of 2 finished batchnorm trials, 1 have a curve that cannot be read "
+                                            "(trial 1: its lists are empty or of different lengths).")
