@@ -87,8 +87,8 @@ def gap_attribution(paired: list[TrialView], finished: list[TrialView]) -> list[
                f"{fmt(mean_part)} of it (mode gap at the trial's own momentum minus at its best grid momentum; median "
                f"per trial {fmt(median(parts))}, paired) and the rest, {fmt(mean_gap - mean_part)}, is generalization "
                "gap and other train/inference differences")
-    if max(mean_part, mean_gap - mean_part) < MIN_EFFECT:
-        lead = f"There is little gap to attribute: {numbers}."
+    if mean_gap < MIN_EFFECT:
+        lead = f"There is little gap to attribute on average: {numbers}."
     elif mean_part >= mean_gap - mean_part:
         lead = f"Stale batchnorm statistics (bn_momentum) explain most of the gap: {numbers}."
     else:
