@@ -1,5 +1,6 @@
 """The report's figures, as PNG bytes: every trial's momentum curve, parameters, EMA horizon,
-momentum × batch size, learning curves and the best trial's confusion matrix. Trial figures and the shared plot styles live in
+momentum × batch size, learning curves and the best trial's confusion matrix. Trial figures, and
+the confusion-matrix and learning-curve figures the report shares with the trials, are in
 `study.figures`.
 """
 

@@ -130,8 +130,8 @@ def momentum_rule(paired: list[TrialView]) -> str:
     examples = ", ".join(f"{steps:,} steps → bn_momentum ≤ {_at_most(1 - need / steps)}" for steps in RULE_STEPS)
     return (f"Rule for bn_momentum, read off the curves: val accuracy was within {RULE_TOLERANCE:g} of the curve's "
             f"best once training steps × (1 − bn_momentum) ≥ {need:.3g} for {share} of the {len(seen)} trials whose "
-            f"curve falls off within the grid (median {median(seen):.3g}, paired). So with S training steps use bn_momentum ≤ 1 − {need:.3g} / S: "
-            f"{examples}.{tail}")
+            f"curve falls off within the grid (median {median(seen):.3g}, paired). So with S training steps use "
+            f"bn_momentum ≤ 1 − {need:.3g} / S: {examples}.{tail}")
 
 
 def pruned_for_statistics(finished: list[TrialView]) -> str | None:
@@ -152,8 +152,8 @@ def pruned_for_statistics(finished: list[TrialView]) -> str | None:
     return (f"The pruner stopped {len(stopped)} of {len(pruned)} pruned trials with a curve (trials "
             f"{', '.join(str(v.number) for v in stopped)}) whose val accuracy at their best momentum was at or above "
             f"the median of the {len(kept)} complete trials ({fmt(bar)}), and below it at their own momentum: they "
-            "were pruned for stale batchnorm statistics, not bad weights. Pruning on the val accuracy at the best momentum (--prune_on best_momentum) "
-            "keeps such trials.")
+            "were pruned for stale batchnorm statistics, not bad weights. Pruning on the val accuracy at the best "
+            "momentum (--prune_on best_momentum) keeps such trials.")
 
 
 def missing_curves(finished: list[TrialView]) -> str | None:

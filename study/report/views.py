@@ -188,4 +188,6 @@ def fmt_param(name: str, value: float) -> str:
 
 
 def describe(view: TrialView) -> str:
-    return ", ".join(f"{name} {fmt_param(name, view.params[name])}" for name in SEARCHED if name in view.params)
+    """The trial's searched values; momentum only where there is batchnorm for it to act on."""
+    return ", ".join(f"{name} {fmt_param(name, view.params[name])}" for name in SEARCHED
+                     if name in view.params and (view.batchnorm or name != "bn_momentum"))
