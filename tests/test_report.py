@@ -17,6 +17,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import TrialState
+
+from study import contract
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
@@ -76,18 +80,49 @@ def _specs(kind: str) -> list[dict]:
         spec.update(gap=gap, steps=steps, mode_gap=mode, generalization_gap=round(gap - mode, 6), val=val,
                     train=round(val + gap, 6), test=round(val - 0.01, 6),
                     recal=round(val + (0.4 if high_momentum and kind == "momentum" else 0.0), 6))
-        spec["state"] = "COMPLETE"
-    specs[-1]["state"] = "PRUNED"
-    specs[-2]["state"] = "PRUNED"
+        spec["state"] = TrialState.COMPLETE
+    specs[-1]["state"] = TrialState.PRUNED
+    specs[-2]["state"] = TrialState.PRUNED
     return specs
 
 
-def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> dict:
+# The momenta every BN layer tracks besides its own (as gaplab's trainer does), for the synthetic curves.
+GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
+def _curve(spec: dict, kind: str) -> dict:
+    """A momentum curve in contract.MOMENTUM_CURVE_ATTR's format, equal to the spec's numbers at its own momentum.
+
+    At a momentum whose statistics had too few steps to settle (steps x (1 - m) < 3) the model scores as
+    stale statistics make it; elsewhere as its weights allow. In the momentum study stale statistics cost
+    0.47 of val accuracy and 0.48 of train-eval accuracy; in the dropout study no trial's own momentum is
+    stale, and only momentum 0.999 (horizon 1) is, at a cost of 0.2.
+    """
+    train, momenta = spec["train"], sorted(set(GRID) | {spec["bn_momentum"]})
+    val, train_eval = [], []
+    for momentum in momenta:
+        stale = spec["steps"] * (1 - momentum) < 3
+        if kind == "momentum":
+            # Pruned trials had good weights: stale statistics alone got them pruned.
+            settled_val = train - 0.03 + (0.02 if spec["state"] == TrialState.PRUNED else 0.0)
+            val.append(train - 0.5 if stale else settled_val)
+            train_eval.append(train - 0.48 if stale else train)
+        else:
+            val.append(train - spec["gap"] - (0.2 if stale else 0.0))
+            train_eval.append(train - spec["mode_gap"] - (0.2 if stale else 0.0))
+    return {"own_momentum": spec["bn_momentum"], "momentum": momenta, "val_accuracy": val,
+            "train_eval_accuracy": train_eval, "gap": [train - v for v in val],
+            "mode_gap": [train - t for t in train_eval],
+            "recalibrated": {"val_accuracy": max(val), "train_eval_accuracy": max(train_eval),
+                             "gap": train - max(val), "mode_gap": train - max(train_eval)}}
+
+
+def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, curves: bool = True) -> dict:
     """An Optuna sqlite study plus MLflow parent and child runs under `root`, as study.run leaves them."""
     import optuna
     from mlflow.tracking import MlflowClient
 
-    from study import contract, space
+    from study import space
 
     root.mkdir(parents=True, exist_ok=True)
     storage = f"sqlite:///{root / 'optuna.db'}"
@@ -105,9 +140,8 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
     study.set_user_attr(contract.TRACKING_URI_ATTR, tracking)
     study.set_user_attr(contract.CLASS_NAMES_ATTR, list(class_names))
     specs = _specs(kind)
-    state = optuna.trial.TrialState
     for number, spec in enumerate(specs):
-        run = client.create_run(experiment, run_name=f"trial-{number:03d}", tags={"mlflow.parentRunId": parent})
+        run = client.create_run(experiment, run_name=f"trial-{number:03d}", tags={MLFLOW_PARENT_RUN_ID: parent})
         run_id = run.info.run_id
         for epoch in range(1, 4):
             client.log_metric(run_id, "train_accuracy", spec["train"] * epoch / 3, step=epoch)
@@ -115,7 +149,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
         matrix = [[5, 1, 0], [0, 6, 1], [1, 0, 4]]
         client.log_text(run_id, json.dumps({"split": "val", "class_names": list(class_names), "matrix": matrix}),
                         "confusion_matrix.json")
-        client.set_terminated(run_id, "FINISHED" if spec["state"] == "COMPLETE" else "KILLED")
+        client.set_terminated(run_id, contract.RUN_STATUS[spec["state"].name])
         attrs = {"train_accuracy": spec["train"], "train_eval_accuracy": spec["train"] - spec["mode_gap"],
                  "val_accuracy": spec["val"], "test_accuracy": spec["test"], "gap": spec["gap"],
                  "mode_gap": spec["mode_gap"], "generalization_gap": spec["generalization_gap"],
@@ -124,16 +158,21 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES) -> 
                  contract.BATCHNORM_ATTR: spec["batchnorm"]}
         if spec.get("preset"):
             attrs[contract.PRESET_ATTR] = spec["preset"]
+        if curves and spec["batchnorm"]:
+            curve = _curve(spec, kind)
+            best = max(range(len(curve["momentum"])), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
+            attrs[contract.MOMENTUM_CURVE_ATTR] = curve
+            attrs[contract.BEST_MOMENTUM_METRIC] = curve["momentum"][best]
+            attrs[contract.VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC] = curve["val_accuracy"][best]
         params = {space.MOMENTUM_PARAM: round(1 - spec["bn_momentum"], 6), "batch_size": spec["batch_size"],
                   "dropout": spec["dropout"], "depth": spec["depth"]}
-        complete = spec["state"] == "COMPLETE"
+        complete = spec["state"] == TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=_distributions(), user_attrs=attrs,
-            value=spec["val"] if complete else None, intermediate_values={3: spec["val"]},
-            state=state.COMPLETE if complete else state.PRUNED))
+            value=spec["val"] if complete else None, intermediate_values={3: spec["val"]}, state=spec["state"]))
     # One failed trial with no metrics, as a crash leaves it.
-    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=state.FAIL))
-    client.set_terminated(parent, "FINISHED")
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
+    client.set_terminated(parent, contract.RUN_STATUS[TrialState.COMPLETE.name])
     return {"storage": storage, "tracking": tracking, "name": study_name, "specs": specs, "parent": parent,
             "root": root}
 
@@ -160,13 +199,62 @@ def momentum_study(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def study_without_curves(tmp_path_factory):
+    return build_study(tmp_path_factory.mktemp("old"), "momentum", "before-curves", curves=False)
+
+
+@pytest.fixture(scope="module")
 def dropout_study(tmp_path_factory):
     return build_study(tmp_path_factory.mktemp("dropout"), "dropout", "dropout <b>study</b>")
 
 
 def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
     report = _report(momentum_study)
+    findings = report.findings
+    # The paired findings come first, right after the best setting.
+    assert findings[1].startswith("Paired momentum effect (each model evaluated at a grid of momenta")
+    # 6 searched high-momentum trials + seed-bn (0.99), 50 steps each: stale; best grid momentum 0.9 (horizon 5).
+    assert ("trials trained with bn_momentum 0.96–0.998 for at most 50 steps, too few to settle (steps × "
+            "(1 − bn_momentum) < 3), would have scored a median +0.47 val accuracy at their best grid momentum (0.9 "
+            "for 7 of them; middle half +0.47 to +0.48, all +0.47 to +0.49; n=7, paired)") in findings[1]
+    # 6 low-momentum trials + seed-final (0.8), 400 steps: settled, nothing to gain.
+    assert ("trials trained with bn_momentum 0.6–0.88 for at most 400 steps, enough to settle (steps × "
+            "(1 − bn_momentum) ≥ 3), would have scored a median +0.00 val accuracy at their best grid momentum (0.99 "
+            "for 7 of them; ") in findings[1]
+    assert findings[2].startswith("Stale batchnorm statistics (bn_momentum) explain most of the gap: over 14 trials "
+                                  "with curves")
+    assert "momentum explains 0.24 of it" in findings[2] and "median per trial 0.24" in findings[2]
+    # What is left (0.02-0.03 everywhere) is moved by nothing else.
+    assert findings[3].startswith("None of batch_size, dropout, depth moves the rest of the gap"), findings[3]
+    # Stale trials are within 1 point of their best from momentum 0.9 (50 steps x 0.1 = 5), settled ones
+    # from 0.99 (400 x 0.01 = 4): the upper quartile of [4] * 7 + [5] * 7 is 5.
+    assert findings[4] == (
+        "Rule for bn_momentum, read off the curves: val accuracy was within 0.01 of the curve's best once training "
+        "steps × (1 − bn_momentum) ≥ 5 for 3 in 4 of the 14 trials whose curve falls off within the grid (median 4.5, "
+        "paired). So with S training steps use "
+        "bn_momentum ≤ 1 − 5 / S: 100 steps → bn_momentum ≤ 0.95, 1,000 steps → bn_momentum ≤ 0.995, 10,000 steps "
+        "→ bn_momentum ≤ 0.9995.")
+    assert not any("moves the gap most" in line for line in findings)  # the confounded split is gone
+    caveats = report.section("7.").bullets
+    assert ("The pruner stopped 2 of 2 pruned trials with a curve (trials 14, 15) whose val accuracy at their best "
+            "momentum was at or above the median of the 12 complete trials") in "\n".join(caveats)
+    assert not any("have no momentum curve" in line for line in caveats)
+    figure = next(f for f in report.figures if f.filename == "momentum_curves.png")
+    assert figure.png.startswith(b"\x89PNG")
+    decomposition = report.section("3.").tables[0]
+    seed_bn = next(row for row in decomposition.rows if row[2] == "seed-bn")
+    assert seed_bn[12:14] == [0.9, pytest.approx(seed_bn[9] + 0.47)] and seed_bn[14] == pytest.approx(0.48)
+
+
+def test_a_study_without_curves_says_why_and_compares_across_trials(study_without_curves):
+    report = _report(study_without_curves)
     text = "\n".join(report.findings)
+    assert report.findings[1].startswith(
+        "Paired momentum effect: not measured. Of 14 finished batchnorm trials, 14 have no momentum curve (trial user "
+        "attribute momentum_curve): they were run before gaplab measured every model at a grid of momenta")
+    assert "momentum_curves.png" not in {f.filename for f in report.figures}
+    assert any(line.startswith("Figure 'Momentum curves' is left out: no finished batchnorm trial has a momentum curve")
+               for line in report.section("7.").bullets)
     gap_line = next(line for line in report.findings if "moves the gap most" in line)
     assert gap_line.startswith("bn_momentum moves the gap most"), gap_line
     # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03.
@@ -182,37 +270,37 @@ def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
     recal = next(line for line in report.findings if line.startswith("Re-estimating"))
     assert "bn_momentum ≥ 0.95 the median is 0.400 (n=7)" in recal
     # Best: the highest val among complete trials (the first low-momentum searched trial, number 4).
-    specs = momentum_study["specs"]
-    best = max((i for i, s in enumerate(specs) if s["state"] == "COMPLETE"), key=lambda i: specs[i]["val"])
+    specs = study_without_curves["specs"]
+    best = max((i for i, s in enumerate(specs) if s["state"] == TrialState.COMPLETE), key=lambda i: specs[i]["val"])
     assert f"Best setting: trial {best} " in text
     assert f"val accuracy {specs[best]['val']:.3f} and test accuracy {specs[best]['test']:.3f}" in text
 
 
 def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     report = _report(dropout_study)
-    gap_line = next(line for line in report.findings if "moves the gap most" in line)
-    assert gap_line.startswith("dropout moves the gap most"), gap_line
-    assert "higher dropout goes with a smaller gap" in gap_line
-    # The sentence's numbers are the medians of the gaps put in, on each side of its threshold.
-    match = re.search(r"dropout ≥ ([0-9.]+) had a median gap of ([0-9.]+) \(n=(\d+)\); with dropout < \1 it was "
-                      r"([0-9.]+) \(n=(\d+)\)", gap_line)
-    assert match, gap_line
+    findings = report.findings
+    # Every trial ran 1000 steps at bn_momentum <= 0.99: settled, so momentum gains nothing.
+    assert "no trial had too few to settle" in findings[1]
+    assert "would have scored a median +0.00 val accuracy at their best grid momentum (0.995 for 14 of them" in findings[1]
+    assert findings[2].startswith("Most of the gap is not momentum's: over 14 trials with curves"), findings[2]
+    assert "momentum explains 0.00 of it" in findings[2]
+    rest = findings[3]
+    assert rest.startswith("dropout moves the rest of the gap (gap minus momentum's part) most"), rest
+    assert "higher dropout goes with a smaller rest of the gap" in rest
+    # The sentence's numbers are the medians of the gaps put in (momentum's part is 0), on each side.
+    match = re.search(r"dropout ≥ ([0-9.]+) had a median of ([0-9.]+) \(n=(\d+)\); with dropout < \1, "
+                      r"([0-9.]+) \(n=(\d+)\)", rest)
+    assert match, rest
     threshold = float(match[1])
-    finished = [s for s in dropout_study["specs"]]
-    high = [s["gap"] for s in finished if s["dropout"] >= threshold]
-    low = [s["gap"] for s in finished if s["dropout"] < threshold]
+    high = [s["gap"] for s in dropout_study["specs"] if s["dropout"] >= threshold]
+    low = [s["gap"] for s in dropout_study["specs"] if s["dropout"] < threshold]
     assert (match[2], int(match[3])) == (f"{statistics.median(high):.2f}", len(high))
     assert (match[4], int(match[5])) == (f"{statistics.median(low):.2f}", len(low))
     assert statistics.median(low) - statistics.median(high) > 0.3
-    mode_line = next(line for line in report.findings if "remaining gap is mostly" in line)
-    assert "generalization gap" in mode_line
-    # Every trial ran 1000 steps, so no high-momentum trial kept stale statistics: no momentum claim.
-    momentum = next(line for line in report.findings if line.startswith("bn_momentum: "))
-    assert momentum.startswith("bn_momentum: 0 trial(s) with bn_momentum ≥ 0.95 and too few steps")
-    assert "momentum's effect is inconclusive" in momentum
-    settled = [s["gap"] for s in dropout_study["specs"] if s["batchnorm"] and s["bn_momentum"] >= 0.95]
-    assert (f"enough steps to settle had a median gap of {statistics.median(settled):.2f} and mode gap of 0.01 "
-            f"(n={len(settled)})") in momentum
+    # Only momentum 0.999 (1000 steps x 0.001 = 1) is stale: the curves are within 1 point from 0.995 (5).
+    assert findings[4].startswith("Rule for bn_momentum, read off the curves: val accuracy was within 0.01 of the "
+                                  "curve's best once training steps × (1 − bn_momentum) ≥ 5 for 3 in 4 of the 14 trials")
+    assert not any("pruner stopped" in line for line in report.section("7.").bullets)
 
 
 def test_tables_carry_the_stored_numbers(momentum_study):
@@ -238,8 +326,8 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     caveats = "\n".join(report.section("7.").bullets)
     assert "complete, 2 pruned, 1 failed" in caveats
     assert "re-run the best setting" in caveats
-    assert {f.filename for f in report.figures} == {"params.png", "ema_horizon.png", "momentum_batch.png",
-                                                   "learning_curves.png", "confusion_matrix.png"}
+    assert {f.filename for f in report.figures} == {"momentum_curves.png", "params.png", "ema_horizon.png",
+                                                   "momentum_batch.png", "learning_curves.png", "confusion_matrix.png"}
     assert all(f.png.startswith(b"\x89PNG") for f in report.figures)
 
 
@@ -265,7 +353,7 @@ def test_cli_writes_report_logs_it_and_leaves_the_study_unchanged(momentum_study
     client = MlflowClient(momentum_study["tracking"])
     logged = {a.path for a in client.list_artifacts(momentum_study["parent"], "report")}
     assert {"report/report.html", "report/report.md", "report/params.png"} <= logged
-    assert client.get_run(momentum_study["parent"]).info.status == "FINISHED"
+    assert client.get_run(momentum_study["parent"]).info.status == contract.RUN_STATUS[TrialState.COMPLETE.name]
 
 
 def test_under_mlflow_run_the_report_also_fills_the_launchers_run(momentum_study, tmp_path, monkeypatch):
@@ -297,6 +385,18 @@ def test_missing_storage_is_refused_not_created(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err and not db.exists()
 
 
+def test_a_storage_without_studies_says_so(tmp_path, capsys):
+    import optuna
+
+    from study.report import main
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.delete_study(study_name=optuna.create_study(storage=storage).study_name, storage=storage)
+    assert main(["--storage", storage, "--tracking_uri", f"sqlite:///{tmp_path}/m.db", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no study; run python -m study.run first" in err and "--study_name" not in err
+
+
 def test_several_studies_need_a_name(tmp_path, capsys):
     first = build_study(tmp_path / "store", "momentum", "first")
     build_study(tmp_path / "store", "dropout", "second")
@@ -316,14 +416,43 @@ def test_user_data_is_escaped(dropout_study, tmp_path):
     assert "<script" not in page.lower()
     assert _unbalanced_tags(page) == []
     markdown = to_markdown(report)
-    assert "<img" not in markdown and "<b>" not in markdown and "&lt;img src=x onerror=alert(1)&gt;" in markdown
-    assert "dog\\|pipe" in markdown
-    # Every table row keeps its column count: no cell breaks the table.
-    for line in markdown.splitlines():
-        if line.startswith("| trial | state |"):
-            width = line.count(" | ")
-    rows = [l for l in markdown.splitlines() if l.startswith("| ") and l.count(" | ") == width]
-    assert len(rows) > 10
+    # Markdown escapes with backslashes: no raw tag, and no HTML entity shown as literal text.
+    assert re.search(r"(?<!\\)[<>]", markdown) is None
+    assert "\\<img src=x onerror=alert(1)\\>" in markdown and "&lt;" not in markdown
+    assert "dog\\|pipe" in markdown and "dropout \\<b\\>study\\</b\\>" in markdown
+    assert "\\< 3" in markdown  # the findings' "steps × (1 − bn_momentum) < 3"
+    tables = _markdown_tables(markdown)
+    assert len(tables) == 4 and sum(len(rows) for _, rows in tables) > 20  # seed, decomposition, importance, top
+    assert _broken_rows(markdown) == []
+
+
+def _cells(line: str) -> int:
+    """Cells of a Markdown table line: its unescaped pipes, less one."""
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+
+def _markdown_tables(markdown: str) -> list[tuple[str, list[str]]]:
+    """Each table's header and body rows: the lines starting with '|' after a header and a '|---|' line."""
+    tables, lines = [], markdown.splitlines()
+    for index, line in enumerate(lines[:-1]):
+        if line.startswith("|") and lines[index + 1].startswith("|---|"):
+            body = []
+            for row in lines[index + 2:]:
+                if not row.startswith("|"):
+                    break
+                body.append(row)
+            tables.append((line, body))
+    return tables
+
+
+def _broken_rows(markdown: str) -> list[str]:
+    """Body rows whose cell count differs from their table's header."""
+    return [row for header, rows in _markdown_tables(markdown) for row in rows if _cells(row) != _cells(header)]
+
+
+def test_the_table_check_finds_a_broken_row():
+    table = "| trial | class |\n|---|---|\n| 1 | cat |\n| 2 | dog|pipe |\n| 3 | dog\\|pipe |\n"
+    assert _broken_rows(table) == ["| 2 | dog|pipe |"]
 
 
 def _unbalanced_tags(page: str) -> list[str]:
@@ -381,7 +510,7 @@ def test_html_renders_in_headless_chromium(dropout_study, tmp_path):
     # The hostile class name is text in the DOM, never an element.
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom.stdout and "onerror=alert(1)>" not in dom.stdout.replace(
         "&gt;", "")
-    assert dom.stdout.count("<img ") == 5  # the five figures, nothing else
+    assert dom.stdout.count("<img ") == 6  # the six figures, nothing else
     for problem in ("Uncaught", "CONSOLE(", ":ERROR:CONSOLE"):
         assert problem not in dom.stderr, dom.stderr[-2000:]
     shot = tmp_path / "shot.png"
@@ -411,10 +540,10 @@ def test_end_to_end_study_then_report(tmp_path):
     from mlflow.tracking import MlflowClient
 
     stored = optuna.load_study(study_name=folder.name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    parent = stored.user_attrs["mlflow_parent_run_id"]
+    parent = stored.user_attrs[contract.PARENT_RUN_ID_ATTR]
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
     assert "report/report.html" in {a.path for a in client.list_artifacts(parent, "report")}
-    assert client.get_run(parent).info.status == "FINISHED"
+    assert client.get_run(parent).info.status == contract.RUN_STATUS[TrialState.COMPLETE.name]
 
 
 def test_the_report_module_loads_without_a_deep_learning_backend():
@@ -426,9 +555,9 @@ def test_the_report_module_loads_without_a_deep_learning_backend():
 
 
 def _bn_trial(number: int, momentum: float, steps: int, gap: float, mode_gap: float):
-    from study.report import TrialView
+    from study.report.views import TrialView
 
-    return TrialView(number, "COMPLETE", None, True, {"bn_momentum": momentum}, {"steps": steps, "gap": gap,
+    return TrialView(number, TrialState.COMPLETE, None, True, {"bn_momentum": momentum}, {"steps": steps, "gap": gap,
                      "mode_gap": mode_gap}, 0.5, {})
 
 
@@ -440,7 +569,7 @@ def _bn_trial(number: int, momentum: float, steps: int, gap: float, mode_gap: fl
     (0.20, -0.001, "0.20 and mode gap of 0.00", "bn_momentum: trials with"),  # printed 0.00, never -0.00
 ])
 def test_momentum_finding_judges_gap_and_mode_gap(stale_gap, stale_mode, numbers, expected):
-    from study.report import momentum_finding
+    from study.report.findings import momentum_finding
 
     stale = [_bn_trial(i, 0.99, 100, stale_gap, stale_mode) for i in range(2)]  # horizon 1
     low = [_bn_trial(2 + i, 0.8, 100, 0.19, 0.0) for i in range(3)]
@@ -470,13 +599,27 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
                           "1 waiting.")
     assert "The study is still running: rerun the report when it has finished." in caveats
     # Trials without metrics change no number: the findings are those of the finished trials.
-    assert any(line.startswith("High bn_momentum widens the gap") for line in report.findings)
+    assert any(line.startswith("Stale batchnorm statistics (bn_momentum) explain most of the gap") for line in report.findings)
+
+
+def test_an_interrupted_study_is_not_called_running(tmp_path):
+    import optuna
+
+    info = build_study(tmp_path / "interrupted", "momentum", "interrupted-study")
+    study = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    study.enqueue_trial({"batch_size": 32})  # queued, and no process runs the study
+    caveats = _report(info).section("7. Caveats").bullets
+    assert caveats[0].endswith("1 failed, 1 waiting.")
+    assert not any("still running" in line for line in caveats)
+    assert any(line.startswith("1 trial(s) are queued but none is running: the study was interrupted")
+               for line in caveats)
 
 
 def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
-    from study.report import TrialView, caveats
+    from study.report.caveats import caveats
+    from study.report.views import TrialView
 
-    best = TrialView(7, "COMPLETE", None, True, {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5},
+    best = TrialView(7, TrialState.COMPLETE, None, True, {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5},
                      {}, 0.9, _distributions())
     edges = [line for line in caveats([best], best, "0", []) if "edge" in line]
     assert edges == [
@@ -487,3 +630,25 @@ def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
         "The best trial's depth = 5 is at the upper edge of its search range (1 to 5): widen the range to see "
         "whether the optimum lies beyond it.",
     ]
+
+
+def test_an_unreadable_curve_is_named_not_used():
+    from study.report import paired
+    from study.report.views import MomentumCurve, TrialView
+
+    good = _curve({"train": 0.9, "bn_momentum": 0.99, "steps": 1000, "gap": 0.1, "mode_gap": 0.0,
+                   "state": TrialState.COMPLETE}, "dropout")
+    curve = MomentumCurve.read(good)
+    assert curve.momentum[curve.own] == 0.99 and curve.gain == pytest.approx(0.0)
+    # 1000 steps: up to 0.995 (horizon 5) the statistics settled, at 0.999 (horizon 1) not.
+    assert curve.settled_horizon(1000, 0.01) == (pytest.approx(5.0), False)
+    assert curve.settled_horizon(1000, 0.5) == (pytest.approx(1.0), True)  # within at the grid's end
+    broken = {**good, "gap": good["gap"][:-1]}
+    with pytest.raises(ValueError, match="different lengths"):
+        MomentumCurve.read(broken)
+    views = [TrialView(n, TrialState.COMPLETE, None, True, {"bn_momentum": 0.99},
+                       {"gap": 0.1, "steps": 100.0, contract.MOMENTUM_CURVE_ATTR: raw}, 0.8, {})
+             for n, raw in enumerate((good, broken))]
+    assert [v.number for v in paired.with_curves(views)] == [0]
+    assert paired.missing_curves(views) == ("Of 2 finished batchnorm trials, 1 have a curve that cannot be read "
+                                            "(trial 1: its lists are empty or of different lengths).")

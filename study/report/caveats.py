@@ -1,0 +1,84 @@
+"""The caveats: trial counts by state, pruning (and trials pruned for stale statistics), missing momentum
+curves, edges of the search range, a single seed."""
+
+from __future__ import annotations
+
+import math
+
+from optuna.trial import TrialState
+
+from study.contract import SEARCHED
+from study.report import paired
+from study.report.views import TrialView, fmt_param
+from study.report.views import finished as finished_trials
+
+
+def _edge(view: TrialView, name: str) -> str | None:
+    """'lower'/'upper' when the best value sits at the edge of the range it was sampled from."""
+    from study import space
+
+    dist = view.distributions.get(space.optuna_name(name))
+    value = view.params.get(name)
+    if value is None or dist is None:
+        return None
+    if name == "bn_momentum":
+        value = 1.0 - value  # compare in the sampled (log) space of 1 - momentum
+    if hasattr(dist, "choices"):
+        choices = sorted(dist.choices)
+        return "lower" if value == choices[0] else "upper" if value == choices[-1] else None
+    low, high = dist.low, dist.high
+    if name == "depth":
+        return "lower" if value <= low else "upper" if value >= high else None
+    scale = (lambda x: math.log(x)) if getattr(dist, "log", False) and low > 0 else (lambda x: x)
+    position = (scale(value) - scale(low)) / (scale(high) - scale(low)) if high > low else 0.5
+    edge = "lower" if position <= 0.05 else "upper" if position >= 0.95 else None
+    if edge and name == "bn_momentum":  # 1 - momentum's lower edge is momentum's upper edge
+        edge = "upper" if edge == "lower" else "lower"
+    return edge
+
+
+def _range_text(view: TrialView, name: str) -> str:
+    """The range `name` was sampled from; only for parameters `_edge` found a distribution for."""
+    from study import space
+
+    dist = view.distributions[space.optuna_name(name)]
+    if hasattr(dist, "choices"):
+        return ", ".join(str(c) for c in dist.choices)
+    if name == "bn_momentum":
+        return f"{fmt_param(name, 1 - dist.high)} to {fmt_param(name, 1 - dist.low)}"
+    return f"{fmt_param(name, dist.low)} to {fmt_param(name, dist.high)}"
+
+
+def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, notes: list[str]) -> list[str]:
+    counts = {state: sum(v.state == state for v in views) for state in TrialState}
+    out = [f"{len(views)} trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+           f"{counts[TrialState.FAIL]} failed"
+           + (f", {counts[TrialState.RUNNING]} running" if counts[TrialState.RUNNING] else "")
+           + (f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else "") + "."]
+    if counts[TrialState.RUNNING]:
+        out.append("The study is still running: rerun the report when it has finished.")
+    elif counts[TrialState.WAITING]:
+        out.append(f"{counts[TrialState.WAITING]} trial(s) are queued but none is running: the study was interrupted "
+                   "or has not been resumed. Rerun python -m study.run with the same --study_name and --storage to "
+                   "finish it, then rerun the report.")
+    finished = finished_trials(views)
+    for line in (paired.pruned_for_statistics(finished), paired.with_curves(finished) and paired.missing_curves(finished)):
+        if line:
+            out.append(line)
+    if counts[TrialState.PRUNED]:
+        out.append("Pruned trials are measured at the epoch where they stopped, so their gap and accuracies "
+                   "come from fewer epochs than complete trials.")
+    if best is not None:
+        for name in SEARCHED:
+            edge = _edge(best, name)
+            if edge:
+                out.append(f"The best trial's {name} = {fmt_param(name, best.params[name])} is at the {edge} edge of "
+                           f"its search range ({_range_text(best, name)}): widen the range to see whether the "
+                           "optimum lies beyond it.")
+    seed_text = f"seed {seed}" if seed else "one seed"
+    out.append(f"Every trial ran once ({seed_text}): re-run the best setting with other seeds to measure the "
+               "variance before trusting differences smaller than it.")
+    if any(not v.batchnorm for v in views):
+        out.append("The seed-initial and seed-deeper presets have no batchnorm; they are left out of the momentum "
+                   "split, the EMA horizon and the recalibration figures.")
+    return out + notes

@@ -1,0 +1,69 @@
+"""The report's tables: seed presets, gap decomposition, parameter importances, top trials."""
+
+from __future__ import annotations
+
+import math
+
+from study.report.document import SECTION_TITLES, Section, Table
+from study.report.views import TrialView, complete_by_value, describe
+
+TOP_N = 5
+
+
+def seed_table(views: list[TrialView]) -> Table:
+    from gaplab.config import SEED_RESULTS
+
+    rows = []
+    for name, (s_train, s_val, s_test) in SEED_RESULTS.items():
+        trial = next((v for v in views if v.preset == name), None)
+        if trial is None:
+            rows.append([name, "not queued", None, None, None, s_train, s_val, s_test])
+            continue
+        rows.append([name, f"{trial.number} ({trial.state.name})", trial.get("train_accuracy"), trial.get("val_accuracy"),
+                     trial.get("test_accuracy"), s_train, s_val, s_test])
+    return Table(["preset", "trial (state)", "train here", "val here", "test here", "seed train", "seed val",
+                  "seed test"], rows, "Train is the running accuracy of fit at the last epoch, as the seed measured it.")
+
+
+def decomposition_table(views: list[TrialView]) -> Table:
+    rows = []
+    for v in views:
+        if not math.isfinite(v.get("gap")):
+            continue
+        before, after = v.get("val_accuracy"), v.get("val_accuracy_recalibrated")
+        curve = v.curve if v.batchnorm else None
+        paired = ([curve.momentum[curve.best], curve.val_accuracy[curve.best], curve.momentum_part] if curve
+                  else [None, None, None])
+        rows.append([v.number, v.state.name, v.preset or "", v.momentum if v.batchnorm else "no BN",
+                     v.get("steps"), v.horizon if v.batchnorm else math.nan, v.get("gap"), v.get("mode_gap"),
+                     v.get("generalization_gap"), before, after, after - before, *paired])
+    return Table(["trial", "state", "preset", "bn_momentum", "steps", "EMA horizon", "gap", "mode gap",
+                  "generalization gap", "val", "val recalibrated", "recovered", "best momentum",
+                  "val at best momentum", "momentum's part of the gap"], rows,
+                 "gap = mode gap + generalization gap; EMA horizon = steps × (1 − bn_momentum); best momentum: the "
+                 "momentum curve's (same weights), and momentum's part = mode gap at the own momentum minus at it.")
+
+
+def importance_section(study) -> Section:
+    from study.importance import IMPORTANCE_TARGETS, param_importances
+
+    result = param_importances(study)
+    section = Section(SECTION_TITLES[3])
+    section.paragraphs.append(f"Evaluator: {result['evaluator']}, over {result.get('trials', 0)} finished "
+                              "(complete or pruned) trials. Scores sum to 1 per target; higher means the parameter "
+                              "explains more of the target's variance.")
+    if result.get("reason"):
+        section.paragraphs.append(f"Not computed for every target: {result['reason']}.")
+    names = sorted({name for target in IMPORTANCE_TARGETS for name in result.get(target, {})})
+    if names:
+        rows = [[name] + [result.get(target, {}).get(name, math.nan) for target in IMPORTANCE_TARGETS]
+                for name in sorted(names, key=lambda n: -result.get("gap", {}).get(n, 0.0))]
+        section.tables.append(Table(["parameter", *IMPORTANCE_TARGETS], rows))
+    return section
+
+
+def top_table(views: list[TrialView]) -> Table:
+    complete = complete_by_value(views)[:TOP_N]
+    rows = [[rank, v.number, v.preset or "", v.get("val_accuracy"), v.get("test_accuracy"), v.get("gap"),
+             describe(v), v.run_id] for rank, v in enumerate(complete, 1)]
+    return Table(["rank", "trial", "preset", "val", "test", "gap", "parameters", "MLflow run id"], rows)

@@ -1,0 +1,193 @@
+"""Reading a stored study into views: one `TrialView` per trial, its numbers under public names,
+and its momentum curve (`MomentumCurve`, the format of `contract.MOMENTUM_CURVE_ATTR`).
+
+Also how those numbers are written in sentences and tables (`fmt`, `fmt_param`, `describe`).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from statistics import median
+from typing import Any
+
+from optuna.trial import TrialState
+
+from study import contract
+from study.contract import SEARCHED
+
+
+@dataclass(frozen=True)
+class MomentumCurve:
+    """One trained model measured at each momentum of a grid: same weights, only the statistics differ.
+
+    Lists are sorted by momentum; gap and mode gap are train_accuracy (fit's, which momentum does not
+    change) minus val and train-eval accuracy at each momentum.
+    """
+
+    own_momentum: float
+    momentum: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    train_eval_accuracy: tuple[float, ...]
+    gap: tuple[float, ...]
+    mode_gap: tuple[float, ...]
+
+    @classmethod
+    def read(cls, raw: Any) -> MomentumCurve:
+        """The curve stored as `contract.MOMENTUM_CURVE_ATTR`; ValueError saying what is wrong with it."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"not an object but {type(raw).__name__}")
+        missing = [key for key in ("own_momentum", *contract.MOMENTUM_CURVE_KEYS) if key not in raw]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        lists = {}
+        for key in contract.MOMENTUM_CURVE_KEYS:
+            values = raw[key]
+            if not isinstance(values, list) or not all(_is_number(x) for x in values):
+                raise ValueError(f"{key} is not a list of finite numbers")
+            lists[key] = tuple(float(x) for x in values)
+        if len({len(values) for values in lists.values()}) != 1 or not lists["momentum"]:
+            raise ValueError("its lists are empty or of different lengths")
+        if list(lists["momentum"]) != sorted(lists["momentum"]) or not _is_number(raw["own_momentum"]):
+            raise ValueError("momentum is not sorted, or own_momentum is not a number")
+        return cls(float(raw["own_momentum"]), **lists)
+
+    @property
+    def own(self) -> int:
+        """Index of the trial's own momentum (the nearest grid point, should it have been rounded)."""
+        return min(range(len(self.momentum)), key=lambda i: abs(self.momentum[i] - self.own_momentum))
+
+    @property
+    def best(self) -> int:
+        """Index of the highest val accuracy; ties go to the largest momentum, as in training."""
+        return max(range(len(self.momentum)), key=lambda i: (self.val_accuracy[i], self.momentum[i]))
+
+    @property
+    def gain(self) -> float:
+        """Val accuracy at the best momentum minus at the trial's own: the paired momentum effect."""
+        return self.val_accuracy[self.best] - self.val_accuracy[self.own]
+
+    @property
+    def momentum_part(self) -> float:
+        """The part of the gap momentum explains: mode gap at the own momentum minus at the best."""
+        return self.mode_gap[self.own] - self.mode_gap[self.best]
+
+    def settled_horizon(self, steps: float, tolerance: float) -> tuple[float, bool]:
+        """The smallest steps x (1 - m) on the curve whose val accuracy is within `tolerance` of the best,
+        and whether it is only an upper bound (the curve is still within at its largest momentum)."""
+        best = self.val_accuracy[self.best]
+        close = [i for i in range(len(self.momentum)) if self.val_accuracy[i] >= best - tolerance]
+        largest = max(close, key=lambda i: self.momentum[i])
+        return steps * (1.0 - self.momentum[largest]), largest == len(self.momentum) - 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class TrialView:
+    """One trial's numbers under public names; NaN where absent."""
+
+    number: int
+    state: TrialState
+    preset: str | None
+    batchnorm: bool
+    params: dict[str, float]
+    attrs: dict[str, Any]
+    value: float | None
+    distributions: dict[str, Any]
+
+    def get(self, name: str) -> float:
+        raw = self.attrs.get(name)
+        return float(raw) if _is_number(raw) else math.nan
+
+    @functools.cached_property
+    def curve(self) -> MomentumCurve | None:
+        """The stored momentum curve; None when absent or unreadable (see `curve_problem`)."""
+        try:
+            return MomentumCurve.read(self.attrs[contract.MOMENTUM_CURVE_ATTR])
+        except (KeyError, ValueError):
+            return None
+
+    @property
+    def curve_problem(self) -> str | None:
+        """Why a stored curve cannot be read; None when there is none or it reads."""
+        if contract.MOMENTUM_CURVE_ATTR not in self.attrs:
+            return None
+        try:
+            MomentumCurve.read(self.attrs[contract.MOMENTUM_CURVE_ATTR])
+        except ValueError as error:
+            return str(error)
+        return None
+
+    @property
+    def momentum(self) -> float:
+        return self.params.get("bn_momentum", math.nan)
+
+    @property
+    def horizon(self) -> float:
+        """steps x (1 - bn_momentum): how many EMA time constants BN statistics had to settle."""
+        return self.get("steps") * (1.0 - self.momentum)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.attrs.get(contract.RUN_ID_ATTR) or "")
+
+
+def trial_views(study) -> list[TrialView]:
+    from gaplab.config import PRESETS
+    from study import space
+
+    views = []
+    for trial in study.get_trials(deepcopy=False):
+        preset = trial.user_attrs.get(contract.PRESET_ATTR)
+        params: dict[str, float] = {}
+        momentum = trial.user_attrs.get(contract.BN_MOMENTUM_ATTR)
+        if momentum is None and space.MOMENTUM_PARAM in trial.params:
+            momentum = space.momentum_from(trial.params[space.MOMENTUM_PARAM])
+        if momentum is not None:
+            params["bn_momentum"] = float(momentum)
+        for name in SEARCHED:
+            if name != "bn_momentum" and name in trial.params:
+                params[name] = trial.params[name]
+        # Studies written before the batchnorm attribute existed: presets are the only BN-less trials.
+        batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, PRESETS[preset].batchnorm if preset in PRESETS else True)
+        views.append(TrialView(trial.number, trial.state, preset, batchnorm, params,
+                               dict(trial.user_attrs), trial.value, dict(trial.distributions)))
+    return views
+
+
+def finished(views: list[TrialView]) -> list[TrialView]:
+    """Complete or pruned trials with measured metrics."""
+    return [v for v in views if v.state in contract.FINISHED_STATES and math.isfinite(v.get("gap"))]
+
+
+def complete_by_value(views: list[TrialView]) -> list[TrialView]:
+    """Complete trials, best objective value first."""
+    return sorted((v for v in views if v.state == TrialState.COMPLETE and v.value is not None), key=lambda v: -v.value)
+
+
+def finite_median(values) -> float:
+    values = [v for v in values if math.isfinite(v)]
+    return median(values) if values else math.nan
+
+
+def fmt(value: float, digits: int = 2) -> str:
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    return text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
+
+
+def fmt_param(name: str, value: float) -> str:
+    if name in ("batch_size", "depth"):
+        return str(int(value)) if float(value).is_integer() else f"{value:g}"
+    return f"{value:.3g}"
+
+
+def describe(view: TrialView) -> str:
+    """The trial's searched values; momentum only where there is batchnorm for it to act on."""
+    return ", ".join(f"{name} {fmt_param(name, view.params[name])}" for name in SEARCHED
+                     if name in view.params and (view.batchnorm or name != "bn_momentum"))
