@@ -18,13 +18,13 @@ import sys
 from pathlib import Path
 
 from study import contract
-from study.cli import UsageError, check_storage_url, default_storage, quiet_logging
+from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, quiet_logging
 from study.report.build import build_report
 from study.report.render import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m study.report", description="Write a study's report: findings, tables and figures.")
+    parser = ArgumentParser(prog="python -m study.report", description="Write a study's report: findings, tables and figures.")
     add = parser.add_argument
     add("--study_name", "--study-name", type=str, default="",
         help="study to report (default: the only study in the storage)")
