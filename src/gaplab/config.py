@@ -9,6 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+# Besides its own momentum, every BatchNormalization layer keeps moving statistics for these
+# momenta, so one training measures the model at each of them (see gaplab.momentum). An empty
+# grid switches that off.
+MOMENTUM_GRID: tuple[float, ...] = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -23,6 +28,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     image_size: int = 32
     seed: int = 0
+    momentum_grid: tuple[float, ...] = MOMENTUM_GRID
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -41,6 +47,10 @@ class TrainConfig:
             kind = type(field.default)
             if kind is bool and isinstance(raw, str):
                 values[field.name] = raw.strip().lower() in ("1", "true", "yes")
+            elif kind is tuple:
+                # A logged tuple reads back as its repr, e.g. "(0.0, 0.5)"; "()" is the empty grid.
+                items = raw.strip("()[] ").split(",") if isinstance(raw, str) else raw
+                values[field.name] = tuple(float(item) for item in items if str(item).strip())
             else:
                 values[field.name] = kind(raw)
         return cls(**values)
