@@ -55,3 +55,18 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # or that diverged.
 MOMENTUM_CURVE_ATTR = "momentum_curve"
 MOMENTUM_CURVE_KEYS = ("momentum", "val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
+MOMENTUM_CURVE_ARTIFACT = "momentum_curve.json"
+MOMENTUM_CURVE_FIGURE = "momentum_curve.png"
+# The curve as MLflow metrics, one point per momentum m at step gaplab.momentum.momentum_step(m)
+# = round(1000 · log10(1 / (1 − m))): 0 → 0, 0.9 → 1000, 0.99 → 2000, 0.999 → 3000. A curve
+# never holds two momenta with the same step, so the points cannot collide.
+VAL_ACCURACY_AT_MOMENTUM_METRIC = "val_accuracy_at_momentum"
+TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC = "train_eval_accuracy_at_momentum"
+# Per-epoch (step = epoch) and final metrics, and trial user attributes like every final metric:
+# the val accuracy at the curve's best momentum, and that momentum.
+BEST_MOMENTUM_METRIC = "best_momentum"
+VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC = "val_accuracy_at_best_momentum"
+# What the pruner is fed each epoch (`--prune_on`): the val accuracy at the trial's own momentum,
+# or at the best grid momentum. The objective is always the val accuracy at the own momentum.
+PRUNE_ON_METRIC = {"best_momentum": VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC, "own_momentum": "val_accuracy"}
+DEFAULT_PRUNE_ON = "best_momentum"

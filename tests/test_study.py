@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from gaplab.config import TrainConfig
+from gaplab.momentum import MomentumCurve
 from gaplab.train import EpochCallback, TrainResult
 from study import objective as objective_module
 from study import run as run_module
@@ -80,17 +81,28 @@ def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_p
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
 
 
-def fake_train(config: TrainConfig, data, callbacks=(), verbose=0) -> TrainResult:
+def _fake_val(config: TrainConfig, momentum: float) -> float:
+    # Stale statistics cost accuracy in proportion to momentum; dropout costs a little at any momentum.
+    return 0.9 - 0.5 * momentum * config.batchnorm - 0.1 * config.dropout
+
+
+def fake_train(config: TrainConfig, data, callbacks=(), verbose=0, best_momentum_each_epoch=False) -> TrainResult:
     """Gap grows with momentum, like the real phenomenon; dropout 0.6 exactly raises."""
     if config.dropout == 0.6:
         raise RuntimeError("simulated crash")
-    val = 0.9 - 0.5 * config.bn_momentum * config.batchnorm
+    val = _fake_val(config, config.bn_momentum)
+    momenta = sorted({*config.momentum_grid, config.bn_momentum}) if config.batchnorm else []
+    curve = MomentumCurve(config.bn_momentum, tuple(momenta), tuple(_fake_val(config, m) for m in momenta),
+                          tuple(_fake_val(config, m) + 0.05 for m in momenta), 0.9, 0.88, 0.93) if momenta else None
     history = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
     model_holder = type("Holder", (), {"stop_training": False})()
     for epoch in range(1, config.epochs + 1):
         metrics = {"train_loss": 1.0 / epoch, "train_accuracy": 0.9, "val_loss": 1.0, "val_accuracy": val}
+        if curve and best_momentum_each_epoch:
+            metrics.update(val_accuracy_at_best_momentum=curve.val_accuracy_at_best_momentum,
+                           best_momentum=curve.best_momentum)
         for key, value in metrics.items():
-            history[key].append(value)
+            history.setdefault(key, []).append(value)
         for callback in callbacks:
             if isinstance(callback, EpochCallback):
                 callback.set_model(model_holder)
@@ -102,7 +114,7 @@ def fake_train(config: TrainConfig, data, callbacks=(), verbose=0) -> TrainResul
                        False, model_holder.stop_training, 0.9, 0.85, val, val - 0.01, 0.88,
                        np.eye(n, dtype=int), np.eye(n, dtype=int),
                        {"data_seconds": 0.0, "build_seconds": 0.0, "fit_seconds": 0.1, "eval_seconds": 0.0,
-                        "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1})
+                        "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1}, momentum_curve=curve)
 
 
 @pytest.fixture
@@ -175,7 +187,7 @@ def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study
 
 
 def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
-    def diverging(config, data, callbacks=(), verbose=0):
+    def diverging(config, data, callbacks=(), verbose=0, **options):
         result = fake_train(config, data, callbacks)
         if config.bn_momentum == 0.8:  # seed-final, otherwise the best
             result.diverged = True
@@ -192,7 +204,7 @@ def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
 def test_an_error_raised_while_stopping_still_ends_the_trial_as_interrupted(mock_study, monkeypatch):
     # Ctrl-C can land inside library cleanup code (a zip file being closed, say) whose own error
     # then replaces the KeyboardInterrupt. The stop was requested all the same.
-    def interrupted_in_cleanup(config, data, callbacks=(), verbose=0):
+    def interrupted_in_cleanup(config, data, callbacks=(), verbose=0, **options):
         if config.batchnorm and config.bn_momentum == 0.99:  # seed-bn, the third trial
             objective_module.stop_requested.set()
             raise ValueError("I/O operation on closed file")
