@@ -31,3 +31,25 @@ def test_curves_renderer_redraws_a_shorter_run_cleanly():
 def test_confusion_matrix_of_the_wrong_size_names_both_sizes():
     with pytest.raises(ValueError, match=r"shape \(2, 2\).*3 class names"):
         figures.ConfusionRenderer(NAMES)(np.eye(2, dtype=int), "x")
+
+
+def _curve(own: float, shift: float) -> dict:
+    momenta = [0.0, 0.5, 0.9, own, 0.99, 0.999]
+    return {"own_momentum": own, "momentum": momenta,
+            "val_accuracy": [0.6 + shift - 0.2 * m for m in momenta],
+            "train_eval_accuracy": [0.7 + shift - 0.3 * m for m in momenta],
+            "recalibrated": {"val_accuracy": 0.65 + shift, "train_eval_accuracy": 0.75 + shift}}
+
+
+def test_momentum_renderer_redraws_another_trials_curve_cleanly():
+    reused = figures.MomentumCurveRenderer(decades=3)
+    first = reused(_curve(0.95, 0.2), "trial a").copy()
+    second = reused(_curve(0.7, 0.0), "trial b")
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, figures.MomentumCurveRenderer(decades=3)(_curve(0.7, 0.0), "trial b"))
+
+
+def test_the_momentum_axis_covers_every_momentum_of_the_curve():
+    assert figures.momentum_decades([0.0, 0.5, 0.999]) == 3
+    assert figures.momentum_decades([0.9, 0.9999]) == 4
+    assert figures.momentum_decades([0.99995]) == 5

@@ -66,6 +66,7 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
     [(["--trials", "0"], "--trials=0 is invalid"),
      (["--data_dir", "no/such/folder"], "--data_dir='no/such/folder' is not a folder"),
      (["--pruner", "sometimes"], "--pruner='sometimes' is unknown; use one of median, hyperband, none"),
+     (["--prune_on", "stale"], "--prune_on='stale' is unknown; use one of best_momentum, own_momentum"),
      (["--storage", "not a url"], "--storage='not a url' is not a database URL"),
      (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
      (["--study_name", "../etc"], "--study_name='../etc' is invalid")],
@@ -186,6 +187,56 @@ def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study
         assert {"gap", "mode_gap", "val_accuracy", "val_accuracy_recalibrated"} <= set(run.data.metrics)
 
 
+@pytest.mark.parametrize("prune_on, judged", [("own_momentum", "val_accuracy"),
+                                             ("best_momentum", "val_accuracy_at_best_momentum")])
+def test_the_pruner_judges_the_chosen_val_accuracy_and_the_objective_stays_the_own(mock_study, prune_on, judged):
+    assert run_module.main(["--trials", "7", "--epochs", "2", "--image_size", "16", "--pruner", "none",
+                            "--prune_on", prune_on]) == 0
+    searched = [t for t in _load(mock_study).trials if t.user_attrs["batchnorm"]]
+    for trial in searched:
+        assert trial.intermediate_values == {1: pytest.approx(trial.user_attrs[judged]),
+                                             2: pytest.approx(trial.user_attrs[judged])}
+        assert trial.value == trial.user_attrs["val_accuracy"]
+    assert any(t.user_attrs["val_accuracy"] < t.user_attrs["val_accuracy_at_best_momentum"] for t in searched)
+    parent = MlflowClient().get_run(_children("shapes-16px")[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.params["prune_on"] == prune_on
+
+
+def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attribute(mock_study):
+    from gaplab.momentum import momentum_step
+    from study.contract import MOMENTUM_CURVE_ATTR, MOMENTUM_CURVE_KEYS
+
+    assert run_module.main(["--trials", "6", "--epochs", "2", "--image_size", "16", "--pruner", "none"]) == 0
+    client = MlflowClient()
+    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
+    trials = _load(mock_study).trials
+    assert [MOMENTUM_CURVE_ATTR in t.user_attrs for t in trials] == [False, False, True, True, True, True]
+    for trial in trials:
+        run_id = runs[str(trial.number)].info.run_id
+        artifacts = {a.path for a in client.list_artifacts(run_id)}
+        if not trial.user_attrs["batchnorm"]:
+            assert not {"momentum_curve.json", "momentum_curve.png"} & artifacts
+            continue
+        curve = trial.user_attrs[MOMENTUM_CURVE_ATTR]
+        assert set(curve) == {"own_momentum", "recalibrated", *MOMENTUM_CURVE_KEYS}
+        assert curve["momentum"] == sorted({*TrainConfig().momentum_grid, trial.user_attrs["bn_momentum"]})
+        assert mlflow.artifacts.load_dict(f"runs:/{run_id}/momentum_curve.json") == curve
+        assert "momentum_curve.png" in artifacts
+        for key, values in (("val_accuracy_at_momentum", curve["val_accuracy"]),
+                            ("train_eval_accuracy_at_momentum", curve["train_eval_accuracy"])):
+            points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+            assert points == {momentum_step(m): pytest.approx(v) for m, v in zip(curve["momentum"], values)}
+            # The step reads back as the momentum: 1 - 10^(-step / 1000), to within 0.12 % of 1 - m.
+            for momentum in curve["momentum"]:
+                assert 1 - 10 ** (-momentum_step(momentum) / 1000) == pytest.approx(momentum, rel=0, abs=1.2e-3 * (1 - momentum))
+        metrics = client.get_run(run_id).data.metrics
+        best = max(range(len(curve["momentum"])), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
+        assert metrics["best_momentum"] == curve["momentum"][best] == trial.user_attrs["best_momentum"]
+        assert metrics["val_accuracy_at_best_momentum"] == pytest.approx(curve["val_accuracy"][best])
+        per_epoch = client.get_metric_history(run_id, "val_accuracy_at_best_momentum")
+        assert [m.step for m in per_epoch] == [1, 2]
+
+
 def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
     def diverging(config, data, callbacks=(), verbose=0, **options):
         result = fake_train(config, data, callbacks)
@@ -249,7 +300,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
     assert parent.info.status == "FINISHED"
     for key in ("trials", "image_size", "epochs", "seed", "dataset", "dataset_size", "dataset_digest", "backend",
-                "study_name", "pruner"):
+                "study_name", "pruner", "prune_on"):
         assert key in parent.data.params, key
     assert parent.data.params["backend"] == "tensorflow"
     assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.params["dataset_digest"]
@@ -275,6 +326,12 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"confusion_matrix.png", "confusion_matrix.json", "confusion_matrix_test.png",
                 "confusion_matrix_test.json", "learning_curves.png"} <= artifacts
+        if child.data.params["batchnorm"] == "True":  # seed-bn; the first two presets have no BN
+            assert {"momentum_curve.json", "momentum_curve.png"} <= artifacts
+            assert {"best_momentum", "val_accuracy_at_best_momentum", "val_accuracy_at_momentum"} <= set(
+                child.data.metrics)
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy_at_best_momentum")]
+            assert steps == [1, 2]
 
     best_number = int(parent.data.metrics["best_trial_number"])
     best_child = next(r for r in children if r.data.tags["optuna_trial_number"] == str(best_number))
