@@ -1,15 +1,17 @@
 """Matplotlib figures shared by the trial runs and the report (no pyplot, so no display needed).
 
-Every trial logs two confusion matrices and its learning curves. Laying out and drawing the
-static parts (tick labels, axis labels, tight_layout) costs most of the time, so trials use
-renderers that draw those once per process and then only redraw what changes (blitting):
-`trial_confusion_renderer(class_names)` and `trial_curves_renderer(epochs)` return RGBA arrays.
+Every trial logs two confusion matrices, its learning curves and its momentum curve. Laying out
+and drawing the static parts (tick labels, axis labels, tight_layout) costs most of the time, so
+trials use renderers that draw those once per process and then only redraw what changes
+(blitting): `trial_confusion_renderer(class_names)`, `trial_curves_renderer(epochs)` and
+`trial_momentum_renderer(decades)` return RGBA arrays.
 The report makes ordinary figures with `confusion_figure` and `learning_curves_figure`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 from matplotlib.artist import Artist
@@ -158,6 +160,60 @@ class CurvesRenderer(_BlitRenderer):
         self.val_line.set_data(range(1, len(val) + 1), val)
         self.title.set_text(title)
         return self.render()
+
+
+class MomentumCurveRenderer(_BlitRenderer):
+    """One trial's val and train-eval accuracy against momentum, log axis on 1 − momentum.
+
+    The axis runs from momentum 0 (1 − m = 1) to 1 − m = 10^-decades, labelled in momenta
+    (0, 0.9, 0.99, ...); the trial's own momentum is a vertical line, the recalibrated (PreciseBN)
+    accuracies, the curve's limit, are horizontal lines.
+    """
+
+    def __init__(self, decades: int):
+        figure = Figure(figsize=(7, 4.2), dpi=100)
+        axes = figure.add_subplot()
+        axes.set_xscale("log")
+        axes.set_xlim(1.5, 10.0 ** -decades / 1.5)  # momentum grows to the right
+        ticks = [10.0 ** -k for k in range(decades + 1)]
+        axes.set_xticks(ticks, ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
+        axes.set_xlabel("bn_momentum (log axis on 1 − momentum)")
+        axes.set_ylabel("accuracy")
+        axes.set_ylim(0, 1.02)
+        axes.grid(alpha=0.3)
+        (self.val_line,) = axes.plot([], [], "-o", color="C1", label="val")
+        (self.train_eval_line,) = axes.plot([], [], "-s", color="C0", label="train (inference mode)")
+        self.recalibrated_val = axes.axhline(np.nan, color="C1", linestyle=":", label="val, recalibrated BN")
+        self.recalibrated_train = axes.axhline(np.nan, color="C0", linestyle=":",
+                                               label="train (inference), recalibrated BN")
+        self.own = axes.axvline(np.nan, color="0.3", linestyle="--", label="own momentum")
+        self.title = axes.set_title("Momentum curve")
+        legend = axes.legend(fontsize=8, loc="best")
+        super().__init__(figure, [self.val_line, self.train_eval_line, self.recalibrated_val,
+                                  self.recalibrated_train, self.own, legend, self.title])
+
+    def __call__(self, curve: dict, title: str) -> np.ndarray:
+        """`curve` in the format of `study.contract.MOMENTUM_CURVE_ATTR`."""
+        complement = [1.0 - m for m in curve["momentum"]]
+        self.val_line.set_data(complement, curve["val_accuracy"])
+        self.train_eval_line.set_data(complement, curve["train_eval_accuracy"])
+        recalibrated = curve["recalibrated"]
+        self.recalibrated_val.set_ydata([recalibrated["val_accuracy"]] * 2)
+        self.recalibrated_train.set_ydata([recalibrated["train_eval_accuracy"]] * 2)
+        self.own.set_xdata([1.0 - curve["own_momentum"]] * 2)
+        self.title.set_text(title)
+        return self.render()
+
+
+def momentum_decades(momenta) -> int:
+    """How many decades of 1 − momentum an axis needs to show these momenta (at least 3: 0.999)."""
+    return max(3, *(math.ceil(-math.log10(1.0 - m) - 1e-9) for m in momenta))
+
+
+@functools.lru_cache(maxsize=4)
+def trial_momentum_renderer(decades: int) -> MomentumCurveRenderer:
+    """The momentum-curve renderer for an axis down to 1 − m = 10^-decades, shared by the trials."""
+    return MomentumCurveRenderer(decades)
 
 
 @functools.lru_cache(maxsize=4)

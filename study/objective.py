@@ -2,7 +2,9 @@
 
 Pruning never throws inside training: `PruningCallback` only stops it, so a pruned trial is
 still measured at the epoch where it stopped and logs the same final metrics as a complete one.
-The seed presets report to the pruner but are never pruned.
+The seed presets report to the pruner but are never pruned. The pruner is fed, per `prune_on`,
+the val accuracy at the trial's own momentum or at the best grid momentum (the same weights with
+better-settled statistics); the objective is always the val accuracy at the own momentum.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from gaplab.config import TrainConfig
 from gaplab.data import Dataset
 from gaplab.train import EpochCallback, train
 from study import space, tracking
-from study.contract import BATCHNORM_ATTR, BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
+from study.contract import (BATCHNORM_ATTR, BN_MOMENTUM_ATTR, DEFAULT_PRUNE_ON, MODEL_URI_ATTR, MOMENTUM_CURVE_ATTR,
+                            PRESET_ATTR, PRUNE_ON_METRIC)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial fails and is never a best."""
@@ -39,18 +42,23 @@ class StopRequestCallback(keras.callbacks.Callback):
 
 
 class PruningCallback(EpochCallback):
-    """Reports val accuracy to Optuna each epoch and stops training when the pruner says so."""
+    """Reports a val accuracy to Optuna each epoch and stops training when the pruner says so.
 
-    def __init__(self, trial: optuna.Trial, prunable: bool):
+    `prune_on` picks which (see `contract.PRUNE_ON_METRIC`). A model without batchnorm has no
+    momentum, so its val accuracy stands for the best momentum's.
+    """
+
+    def __init__(self, trial: optuna.Trial, prunable: bool, prune_on: str = DEFAULT_PRUNE_ON):
         super().__init__()
         self.trial = trial
         self.prunable = prunable
+        self.metric = PRUNE_ON_METRIC[prune_on]
         self.pruned_at: int | None = None
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
         if "val_accuracy" not in metrics:
             return
-        self.trial.report(metrics["val_accuracy"], epoch)
+        self.trial.report(metrics.get(self.metric, metrics["val_accuracy"]), epoch)
         if self.prunable and self.trial.should_prune():
             self.pruned_at = epoch
             self.model.stop_training = True
@@ -59,11 +67,13 @@ class PruningCallback(EpochCallback):
 class Objective:
     """Callable for `study.optimize`; the data is loaded once by the caller and shared."""
 
-    def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object]):
+    def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
+                 prune_on: str = DEFAULT_PRUNE_ON):
         self.study_name = study_name
         self.data = data
         self.base = base
         self.fixed_params = fixed_params
+        self.prune_on = prune_on
 
     def __call__(self, trial: optuna.Trial) -> float:
         if stop_requested.is_set():
@@ -82,13 +92,17 @@ class Objective:
                 raise
 
     def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None, run_id: str) -> float:
-        pruning = PruningCallback(trial, prunable=preset is None)
+        pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
-        result = train(config, self.data, callbacks=callbacks)
+        # The grid's val passes each epoch are only paid for where the pruner reads them.
+        result = train(config, self.data, callbacks=callbacks,
+                       best_momentum_each_epoch=self.prune_on == "best_momentum")
         for name, value in result.final_metrics().items():
             trial.set_user_attr(name, value)
         trial.set_user_attr(BN_MOMENTUM_ATTR, config.bn_momentum)
         trial.set_user_attr(BATCHNORM_ATTR, config.batchnorm)
+        if result.momentum_curve is not None:
+            trial.set_user_attr(MOMENTUM_CURVE_ATTR, result.momentum_curve.as_dict())
         pruned = pruning.pruned_at is not None
         model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)
         if model_uri:

@@ -31,6 +31,7 @@ STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 
 def build_parser() -> argparse.ArgumentParser:
     from gaplab.config import TrainConfig
+    from study.contract import DEFAULT_PRUNE_ON
 
     defaults = TrainConfig()
     parser = ArgumentParser(prog="python -m study.run", description=__doc__.split("\n\n")[0])
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--storage", type=str, default="",
         help="Optuna storage URL (default: sqlite:///optuna.db next to the MLflow store)")
     add("--pruner", type=str, default="median", help=f"one of {', '.join(PRUNERS)} (default %(default)s)")
+    add("--prune_on", "--prune-on", type=str, default=DEFAULT_PRUNE_ON,
+        help="what the pruner judges each epoch: the val accuracy at the best grid momentum (best_momentum) "
+             "or at the trial's own (own_momentum); the objective is always the latter (default %(default)s)")
     return parser
 
 
@@ -60,6 +64,7 @@ class Settings:
     study_name: str
     storage: str
     pruner: str
+    prune_on: str
 
 
 def validate(args: argparse.Namespace) -> Settings:
@@ -74,6 +79,10 @@ def validate(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--{error}") from None
     if args.pruner not in PRUNERS:
         raise UsageError(f"--pruner={args.pruner!r} is unknown; use one of {', '.join(PRUNERS)}.")
+    from study.contract import PRUNE_ON_METRIC
+
+    if args.prune_on not in PRUNE_ON_METRIC:
+        raise UsageError(f"--prune_on={args.prune_on!r} is unknown; use one of {', '.join(PRUNE_ON_METRIC)}.")
     if args.data_dir and not Path(args.data_dir).expanduser().is_dir():
         raise UsageError(f"--data_dir={args.data_dir!r} is not a folder; pass a folder of class subfolders, "
                          "or leave it empty for the built-in dataset.")
@@ -83,7 +92,7 @@ def validate(args: argparse.Namespace) -> Settings:
     storage = args.storage or default_storage()
     check_storage_url(storage)
     return Settings(args.trials, args.data_dir, args.image_size, args.epochs, args.seed,
-                    args.study_name, storage, args.pruner)
+                    args.study_name, storage, args.pruner, args.prune_on)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -230,7 +239,7 @@ def run_study(settings: Settings) -> int:
     fixed = {"image_size": settings.image_size, "epochs": settings.epochs, "seed": settings.seed}
     tracking.log_params_once(parent_id, {
         "trials": settings.trials, "data_dir": settings.data_dir, "study_name": study_name,
-        "storage": settings.storage, "pruner": settings.pruner, **fixed,
+        "storage": settings.storage, "pruner": settings.pruner, "prune_on": settings.prune_on, **fixed,
         "dataset": data.name, "dataset_size": data.size, "dataset_digest": data.digest,
         "dataset_source": data.source, "backend": keras.backend.backend(),
     })
@@ -241,7 +250,7 @@ def run_study(settings: Settings) -> int:
           f"MLflow {mlflow.get_tracking_uri()} run {parent_id}"
           + (f"; queued presets {', '.join(queued)}" if queued else ""), flush=True)
 
-    objective = Objective(study_name, data, base, fixed)
+    objective = Objective(study_name, data, base, fixed, prune_on=settings.prune_on)
     progress = ProgressPrinter(settings.trials)
     stop_at_target = optuna.study.MaxTrialsCallback(settings.trials, states=contract.FINISHED_STATES)
     status = "FINISHED"

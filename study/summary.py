@@ -10,15 +10,16 @@ import optuna
 from optuna.trial import TrialState
 
 from study import space, tracking
-from study.contract import MODEL_URI_ATTR, RUN_ID_ATTR, SEARCHED
+from study.contract import MODEL_URI_ATTR, MOMENTUM_CURVE_ATTR, RUN_ID_ATTR, SEARCHED
 from study.importance import IMPORTANCE_TARGETS, param_importances
 
 
 def trials_table(study: optuna.Study):
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
-    if "params_" + space.MOMENTUM_PARAM in frame:
-        frame = frame.drop(columns=["params_" + space.MOMENTUM_PARAM])
-    return frame
+    # The momentum curve is a nested object; each trial run has it as momentum_curve.json.
+    dropped = [column for column in ("params_" + space.MOMENTUM_PARAM, "user_attrs_" + MOMENTUM_CURVE_ATTR)
+               if column in frame]
+    return frame.drop(columns=dropped)
 
 
 def log_study_summary(study: optuna.Study, study_name: str) -> None:

@@ -6,7 +6,8 @@ the report and users rely on (see README, "What is logged"):
 * parent: study settings, dataset (log_input), best_val_accuracy, best params, importances,
   trials.csv, and the best model registered under the study's name with alias `best`;
 * child: params, tags `optuna_trial_number` / `trial_state`, per-epoch metrics (step = epoch),
-  final metrics, confusion matrices, learning curves and, for complete trials, the model.
+  final metrics, confusion matrices, learning curves, the momentum curve (json, png and metrics
+  whose step encodes the momentum) and, for complete trials, the model.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ from mlflow.tracking import MlflowClient
 
 from gaplab.data import Dataset
 from gaplab.model import to_portable
+from gaplab.momentum import MomentumCurve, momentum_step
 from gaplab.train import EpochCallback, TrainResult
 from study import figures
-from study.contract import ERROR_TAG, RUN_ID_ATTR, RUN_STATUS, STUDY_TAG, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG
+from study.contract import (ERROR_TAG, MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_ID_ATTR, RUN_STATUS,
+                            STUDY_TAG, TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, TRIAL_NUMBER_TAG, TRIAL_STATE_TAG,
+                            VAL_ACCURACY_AT_MOMENTUM_METRIC)
 
 
 
@@ -121,6 +125,8 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
                          artifact_file=f"confusion_matrix{suffix}.png")
     curves = figures.trial_curves_renderer(result.config.epochs)
     mlflow.log_image(curves(result.history, "Learning curves"), artifact_file="learning_curves.png")
+    if result.momentum_curve is not None:
+        log_momentum_curve(result.momentum_curve)
     if not with_model or result.model is None:
         return None
     portable = to_portable(result.model, result.config, data.num_classes)
@@ -133,6 +139,25 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
     info = mlflow.keras.log_model(portable, name="model", signature=signature, step=result.epochs,
                                   pip_requirements=model_requirements())
     return info.model_uri
+
+
+def momentum_curve_metrics(curve: MomentumCurve) -> list[Metric]:
+    """The curve as metrics the MLflow UI charts: one point per momentum m at step `momentum_step(m)`."""
+    timestamp = int(time.time() * 1000)
+    return [Metric(key, value, timestamp, momentum_step(momentum))
+            for momentum, val, train_eval in zip(curve.momentum, curve.val_accuracy, curve.train_eval_accuracy)
+            for key, value in ((VAL_ACCURACY_AT_MOMENTUM_METRIC, val),
+                               (TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, train_eval))]
+
+
+def log_momentum_curve(curve: MomentumCurve) -> None:
+    """momentum_curve.json (the trial's `MOMENTUM_CURVE_ATTR`), momentum_curve.png and the curve's metrics."""
+    data = curve.as_dict()
+    mlflow.log_dict(data, MOMENTUM_CURVE_ARTIFACT)
+    render = figures.trial_momentum_renderer(figures.momentum_decades(curve.momentum))
+    title = f"Momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
+    mlflow.log_image(render(data, title), artifact_file=MOMENTUM_CURVE_FIGURE)
+    MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=momentum_curve_metrics(curve))
 
 
 @functools.cache

@@ -47,3 +47,25 @@ def test_confusion_matrix_of_many_classes_is_capped_and_drawn_without_cell_numbe
 def test_confusion_matrix_of_few_classes_keeps_its_numbers():
     figure = figures.confusion_figure(np.array([[3, 1], [0, 4]]), ("a", "b"), "x")
     assert sorted(text.get_text() for text in figure.axes[0].texts) == ["0", "1", "3", "4"]
+
+
+def _curve(own: float, shift: float) -> dict:
+    momenta = [0.0, 0.5, 0.9, own, 0.99, 0.999]
+    return {"own_momentum": own, "momentum": momenta,
+            "val_accuracy": [0.6 + shift - 0.2 * m for m in momenta],
+            "train_eval_accuracy": [0.7 + shift - 0.3 * m for m in momenta],
+            "recalibrated": {"val_accuracy": 0.65 + shift, "train_eval_accuracy": 0.75 + shift}}
+
+
+def test_momentum_renderer_redraws_another_trials_curve_cleanly():
+    reused = figures.MomentumCurveRenderer(decades=3)
+    first = reused(_curve(0.95, 0.2), "trial a").copy()
+    second = reused(_curve(0.7, 0.0), "trial b")
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(second, figures.MomentumCurveRenderer(decades=3)(_curve(0.7, 0.0), "trial b"))
+
+
+def test_the_momentum_axis_covers_every_momentum_of_the_curve():
+    assert figures.momentum_decades([0.0, 0.5, 0.999]) == 3
+    assert figures.momentum_decades([0.9, 0.9999]) == 4
+    assert figures.momentum_decades([0.99995]) == 5

@@ -53,7 +53,9 @@ def test_too_deep_for_image_size_names_both_values():
 
 @pytest.mark.parametrize(
     "change, message",
-    [({"depth": 0}, "depth=0"), ({"dropout": 1.0}, "dropout=1.0"), ({"bn_momentum": 1.0}, "bn_momentum=1.0")],
+    [({"depth": 0}, "depth=0"), ({"dropout": 1.0}, "dropout=1.0"), ({"bn_momentum": 1.0}, "bn_momentum=1.0"),
+     ({"momentum_grid": (0.5, 1.0)}, r"momentum_grid=\(0.5, 1.0\) is invalid"),
+     ({"momentum_grid": (0.9, 0.9)}, r"momentum_grid=\(0.9, 0.9\) is invalid")],
 )
 def test_invalid_values_are_named(change, message):
     with pytest.raises(ConfigError, match=message):
@@ -75,7 +77,25 @@ def test_portable_copy_predicts_like_the_runtime_model():
     assert portable.get_layer("bn1").momentum == pytest.approx(0.9)
 
 
-def test_config_round_trips_through_string_params():
-    config = TrainConfig(depth=2, batchnorm=False, bn_momentum=0.8, dropout=0.25, batch_size=64)
+@pytest.mark.parametrize("grid", [(0.0, 0.5, 0.99), (0.9,), ()])
+def test_config_round_trips_through_string_params(grid):
+    config = TrainConfig(depth=2, batchnorm=False, bn_momentum=0.8, dropout=0.25, batch_size=64, momentum_grid=grid)
     as_strings = {key: str(value) for key, value in config.as_params().items()}
     assert TrainConfig.from_params(as_strings) == config
+
+
+def test_the_momentum_grid_is_layer_state_not_weights():
+    from gaplab.model import batchnorm_layers
+
+    with_grid = build_model(TrainConfig(image_size=16, depth=2), 6, runtime_hyperparameters=True)
+    without = build_model(TrainConfig(image_size=16, depth=2, momentum_grid=()), 6, runtime_hyperparameters=True)
+    assert with_grid.count_params() == without.count_params()
+    assert [w.shape for w in with_grid.get_weights()] == [w.shape for w in without.get_weights()]
+    grid = TrainConfig().momentum_grid
+    # Per BN layer: momenta, means and variances of the grid, beside momentum and dropout rate.
+    assert len(with_grid.variables) == len(without.variables) + 3 * 2
+    for layer in batchnorm_layers(with_grid):
+        means, variances = layer.grid_statistics()
+        assert means.shape == variances.shape == (len(grid), layer.moving_mean.shape[0])
+        assert (means == 0).all() and (variances == 1).all(), "Keras's initial moving statistics"
+        np.testing.assert_allclose(layer.momentum_grid, grid, rtol=1e-6)

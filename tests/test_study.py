@@ -18,6 +18,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from gaplab.config import TrainConfig
+from gaplab.momentum import MomentumCurve
 from gaplab.train import EpochCallback, TrainResult
 from study import objective as objective_module
 from study import run as run_module
@@ -65,6 +66,7 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
     [(["--trials", "0"], "--trials=0 is invalid"),
      (["--data_dir", "no/such/folder"], "--data_dir='no/such/folder' is not a folder"),
      (["--pruner", "sometimes"], "--pruner='sometimes' is unknown; use one of median, hyperband, none"),
+     (["--prune_on", "stale"], "--prune_on='stale' is unknown; use one of best_momentum, own_momentum"),
      (["--storage", "not a url"], "--storage='not a url' is not a database URL"),
      (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
      (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
@@ -83,17 +85,28 @@ def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_p
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
 
 
-def fake_train(config: TrainConfig, data, callbacks=(), verbose=0) -> TrainResult:
+def _fake_val(config: TrainConfig, momentum: float) -> float:
+    # Stale statistics cost accuracy in proportion to momentum; dropout costs a little at any momentum.
+    return 0.9 - 0.5 * momentum * config.batchnorm - 0.1 * config.dropout
+
+
+def fake_train(config: TrainConfig, data, callbacks=(), verbose=0, best_momentum_each_epoch=False) -> TrainResult:
     """Gap grows with momentum, like the real phenomenon; dropout 0.6 exactly raises."""
     if config.dropout == 0.6:
         raise RuntimeError("simulated crash")
-    val = 0.9 - 0.5 * config.bn_momentum * config.batchnorm
+    val = _fake_val(config, config.bn_momentum)
+    momenta = sorted({*config.momentum_grid, config.bn_momentum}) if config.batchnorm else []
+    curve = MomentumCurve(config.bn_momentum, tuple(momenta), tuple(_fake_val(config, m) for m in momenta),
+                          tuple(_fake_val(config, m) + 0.05 for m in momenta), 0.9, 0.88, 0.93) if momenta else None
     history = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
     model_holder = type("Holder", (), {"stop_training": False})()
     for epoch in range(1, config.epochs + 1):
         metrics = {"train_loss": 1.0 / epoch, "train_accuracy": 0.9, "val_loss": 1.0, "val_accuracy": val}
+        if curve and best_momentum_each_epoch:
+            metrics.update(val_accuracy_at_best_momentum=curve.val_accuracy_at_best_momentum,
+                           best_momentum=curve.best_momentum)
         for key, value in metrics.items():
-            history[key].append(value)
+            history.setdefault(key, []).append(value)
         for callback in callbacks:
             if isinstance(callback, EpochCallback):
                 callback.set_model(model_holder)
@@ -105,7 +118,7 @@ def fake_train(config: TrainConfig, data, callbacks=(), verbose=0) -> TrainResul
                        False, model_holder.stop_training, 0.9, 0.85, val, val - 0.01, 0.88,
                        np.eye(n, dtype=int), np.eye(n, dtype=int),
                        {"data_seconds": 0.0, "build_seconds": 0.0, "fit_seconds": 0.1, "eval_seconds": 0.0,
-                        "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1})
+                        "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1}, momentum_curve=curve)
 
 
 @pytest.fixture
@@ -177,8 +190,63 @@ def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study
         assert {"gap", "mode_gap", "val_accuracy", "val_accuracy_recalibrated"} <= set(run.data.metrics)
 
 
+@pytest.mark.parametrize("prune_on, judged", [("own_momentum", "val_accuracy"),
+                                             ("best_momentum", "val_accuracy_at_best_momentum")])
+def test_the_pruner_judges_the_chosen_val_accuracy_and_the_objective_stays_the_own(mock_study, prune_on, judged):
+    assert run_module.main(["--trials", "7", "--epochs", "2", "--image_size", "16", "--pruner", "none",
+                            "--prune_on", prune_on]) == 0
+    searched = [t for t in _load(mock_study).trials if t.user_attrs["batchnorm"]]
+    for trial in searched:
+        assert trial.intermediate_values == {1: pytest.approx(trial.user_attrs[judged]),
+                                             2: pytest.approx(trial.user_attrs[judged])}
+        assert trial.value == trial.user_attrs["val_accuracy"]
+    assert any(t.user_attrs["val_accuracy"] < t.user_attrs["val_accuracy_at_best_momentum"] for t in searched)
+    parent = MlflowClient().get_run(_children("shapes-16px")[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.params["prune_on"] == prune_on
+
+
+def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attribute(mock_study):
+    from gaplab.momentum import momentum_step
+    from study.contract import MOMENTUM_CURVE_ATTR, MOMENTUM_CURVE_KEYS
+
+    assert run_module.main(["--trials", "6", "--epochs", "2", "--image_size", "16", "--pruner", "none"]) == 0
+    client = MlflowClient()
+    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
+    trials = _load(mock_study).trials
+    assert [MOMENTUM_CURVE_ATTR in t.user_attrs for t in trials] == [False, False, True, True, True, True]
+    for trial in trials:
+        run_id = runs[str(trial.number)].info.run_id
+        artifacts = {a.path for a in client.list_artifacts(run_id)}
+        if not trial.user_attrs["batchnorm"]:
+            assert not {"momentum_curve.json", "momentum_curve.png"} & artifacts
+            continue
+        curve = trial.user_attrs[MOMENTUM_CURVE_ATTR]
+        assert set(curve) == {"own_momentum", "recalibrated", *MOMENTUM_CURVE_KEYS}
+        assert curve["momentum"] == sorted({*TrainConfig().momentum_grid, trial.user_attrs["bn_momentum"]})
+        assert mlflow.artifacts.load_dict(f"runs:/{run_id}/momentum_curve.json") == curve
+        assert "momentum_curve.png" in artifacts
+        for key, values in (("val_accuracy_at_momentum", curve["val_accuracy"]),
+                            ("train_eval_accuracy_at_momentum", curve["train_eval_accuracy"])):
+            points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+            assert points == {momentum_step(m): pytest.approx(v) for m, v in zip(curve["momentum"], values)}
+            # The step reads back as the momentum: 1 - 10^(-step / 1000), to within 0.12 % of 1 - m.
+            for momentum in curve["momentum"]:
+                assert 1 - 10 ** (-momentum_step(momentum) / 1000) == pytest.approx(momentum, rel=0, abs=1.2e-3 * (1 - momentum))
+        metrics = client.get_run(run_id).data.metrics
+        best = max(range(len(curve["momentum"])), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
+        assert metrics["best_momentum"] == curve["momentum"][best] == trial.user_attrs["best_momentum"]
+        assert metrics["val_accuracy_at_best_momentum"] == pytest.approx(curve["val_accuracy"][best])
+        per_epoch = client.get_metric_history(run_id, "val_accuracy_at_best_momentum")
+        assert [m.step for m in per_epoch] == [1, 2]
+    # trials.csv keeps the curve's summary, not the nested curve.
+    from study.summary import trials_table
+
+    columns = set(trials_table(_load(mock_study)).columns)
+    assert "user_attrs_best_momentum" in columns and "user_attrs_" + MOMENTUM_CURVE_ATTR not in columns
+
+
 def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
-    def diverging(config, data, callbacks=(), verbose=0):
+    def diverging(config, data, callbacks=(), verbose=0, **options):
         result = fake_train(config, data, callbacks)
         if config.bn_momentum == 0.8:  # seed-final, otherwise the best
             result.diverged = True
@@ -195,7 +263,7 @@ def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
 def test_an_error_raised_while_stopping_still_ends_the_trial_as_interrupted(mock_study, monkeypatch):
     # Ctrl-C can land inside library cleanup code (a zip file being closed, say) whose own error
     # then replaces the KeyboardInterrupt. The stop was requested all the same.
-    def interrupted_in_cleanup(config, data, callbacks=(), verbose=0):
+    def interrupted_in_cleanup(config, data, callbacks=(), verbose=0, **options):
         if config.batchnorm and config.bn_momentum == 0.99:  # seed-bn, the third trial
             objective_module.stop_requested.set()
             raise ValueError("I/O operation on closed file")
@@ -240,7 +308,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
     assert parent.info.status == "FINISHED"
     for key in ("trials", "image_size", "epochs", "seed", "dataset", "dataset_size", "dataset_digest", "backend",
-                "study_name", "pruner"):
+                "study_name", "pruner", "prune_on"):
         assert key in parent.data.params, key
     assert parent.data.params["backend"] == "tensorflow"
     assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.params["dataset_digest"]
@@ -266,6 +334,12 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"confusion_matrix.png", "confusion_matrix.json", "confusion_matrix_test.png",
                 "confusion_matrix_test.json", "learning_curves.png"} <= artifacts
+        if child.data.params["batchnorm"] == "True":  # seed-bn; the first two presets have no BN
+            assert {"momentum_curve.json", "momentum_curve.png"} <= artifacts
+            assert {"best_momentum", "val_accuracy_at_best_momentum", "val_accuracy_at_momentum"} <= set(
+                child.data.metrics)
+            steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy_at_best_momentum")]
+            assert steps == [1, 2]
 
     best_number = int(parent.data.metrics["best_trial_number"])
     best_child = next(r for r in children if r.data.tags["optuna_trial_number"] == str(best_number))

@@ -41,6 +41,7 @@ def test_result_has_history_gaps_and_identities(tiny_data):
                                    "first_epoch_seconds", "steady_epoch_seconds"}
     assert not result.diverged and not result.stopped_early
     assert result.final_metrics()["gap"] == result.gap
+    assert {"grid_validation_seconds", "momentum_curve_seconds"} <= set(result.timings)
 
 
 def test_same_config_and_seed_give_the_same_metrics(tiny_data):
@@ -189,3 +190,97 @@ def test_trains_under_the_jax_backend_and_reuses_compiled_programs(tmp_path):
     # A second config that differs only in momentum and dropout rate compiles nothing new.
     assert report["files_first"] > 0
     assert report["files_second"] == report["files_first"]
+
+
+# -- momentum measured in pairs ------------------------------------------------------------------
+
+
+def _trainable(model) -> list[np.ndarray]:
+    return [np.array(w.numpy()) for w in model.trainable_weights]
+
+
+def test_the_curve_of_one_training_equals_training_at_each_momentum():
+    """Weights do not depend on momentum; a tracked grid momentum is exactly that momentum's run."""
+    from gaplab.data import generate_shapes
+    from gaplab.model import batchnorm_layers
+
+    data = generate_shapes(image_size=16, n_images=240, seed=1)
+    config = TrainConfig(depth=2, dropout=0.2, batch_size=16, epochs=2, image_size=16)
+    trained_099 = train(config.replace(bn_momentum=0.99), data)
+    weights_099 = _trainable(trained_099.model)
+    grid_099 = [layer.grid_statistics() for layer in batchnorm_layers(trained_099.model)]
+    own_099 = [layer.moving_mean.numpy() for layer in batchnorm_layers(trained_099.model)]
+    curve_099 = trained_099.momentum_curve
+    trained_08 = train(config.replace(bn_momentum=0.8), data)
+
+    for got, want in zip(_trainable(trained_08.model), weights_099):
+        np.testing.assert_array_equal(got, want)
+    at_08 = config.momentum_grid.index(0.8)
+    for (means, variances), layer in zip(grid_099, batchnorm_layers(trained_08.model)):
+        np.testing.assert_allclose(means[at_08], layer.moving_mean.numpy(), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(variances[at_08], layer.moving_variance.numpy(), rtol=1e-6, atol=1e-7)
+    point = curve_099.momentum.index(0.8)
+    assert curve_099.val_accuracy[point] == trained_08.val_accuracy
+    assert curve_099.train_eval_accuracy[point] == trained_08.train_eval_accuracy
+    # The own entry is Keras's own statistics, and the tracked grid entry at 0.99 equals them.
+    own = curve_099.momentum.index(0.99)
+    assert curve_099.val_accuracy[own] == trained_099.val_accuracy
+    for (means, _), own_means in zip(grid_099, own_099):
+        np.testing.assert_allclose(means[config.momentum_grid.index(0.99)], own_means, rtol=1e-6, atol=1e-7)
+    # Momentum 0.99 after 22 steps leaves stale statistics; 0.8 has settled.
+    assert curve_099.val_accuracy[point] > curve_099.val_accuracy[own]
+
+
+def test_the_curve_holds_the_grid_and_own_momentum_with_gaps_and_the_recalibrated_limit(tiny_data):
+    result = train(SMALL.replace(bn_momentum=0.97, momentum_grid=(0.0, 0.9, 0.99)), tiny_data)
+    curve = result.momentum_curve.as_dict()
+    assert curve["own_momentum"] == 0.97 and curve["momentum"] == [0.0, 0.9, 0.97, 0.99]
+    assert {len(curve[key]) for key in ("val_accuracy", "train_eval_accuracy", "gap", "mode_gap")} == {4}
+    assert curve["val_accuracy"][2] == result.val_accuracy
+    assert curve["train_eval_accuracy"][2] == result.train_eval_accuracy
+    assert curve["gap"] == pytest.approx([result.train_accuracy - v for v in curve["val_accuracy"]])
+    assert curve["mode_gap"] == pytest.approx([result.train_accuracy - t for t in curve["train_eval_accuracy"]])
+    assert curve["recalibrated"]["val_accuracy"] == result.val_accuracy_recalibrated
+    assert curve["recalibrated"]["gap"] == pytest.approx(result.train_accuracy - result.val_accuracy_recalibrated)
+    best = max(range(4), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
+    metrics = result.final_metrics()
+    assert metrics["best_momentum"] == curve["momentum"][best]
+    assert metrics["val_accuracy_at_best_momentum"] == max(curve["val_accuracy"])
+
+
+def test_momenta_closer_than_the_curves_resolution_are_one_point_the_own_one(tiny_data):
+    from gaplab.momentum import momentum_step
+
+    assert [momentum_step(m) for m in (0.0, 0.5, 0.9, 0.99, 0.999)] == [0, 301, 1000, 2000, 3000]
+    result = train(SMALL.replace(bn_momentum=0.90005, momentum_grid=(0.5, 0.9)), tiny_data)
+    assert result.momentum_curve.momentum == (0.5, 0.90005)
+    assert result.momentum_curve.val_accuracy[1] == result.val_accuracy
+
+
+def test_without_a_grid_or_batchnorm_there_is_no_curve(tiny_data):
+    import gaplab.train
+
+    for config in (SMALL.replace(momentum_grid=()), SMALL.replace(batchnorm=False)):
+        result = train(config, tiny_data)
+        assert result.momentum_curve is None and result.timings["momentum_curve_seconds"] == 0.0
+        assert math.isnan(result.final_metrics()["best_momentum"])
+    # Grid values are runtime state like momentum: another grid of the same length reuses the model.
+    default = train(SMALL, tiny_data).model
+    halved = train(SMALL.replace(momentum_grid=tuple(m / 2 for m in SMALL.momentum_grid)), tiny_data)
+    assert halved.model is default and halved.momentum_curve.momentum[1] == 0.25
+    assert train(SMALL.replace(momentum_grid=()), tiny_data).model is not default
+
+
+def test_each_epoch_can_carry_the_val_accuracy_at_the_best_momentum(tiny_data):
+    recorder = Recorder()
+    result = train(SMALL, tiny_data, callbacks=[recorder], best_momentum_each_epoch=True)
+    for _, metrics in recorder.seen:
+        assert set(metrics) == set(EPOCH_METRICS) | {"val_accuracy_at_best_momentum", "best_momentum"}
+        assert metrics["val_accuracy_at_best_momentum"] >= metrics["val_accuracy"] - 1e-6
+        assert metrics["best_momentum"] in (*SMALL.momentum_grid, SMALL.bn_momentum)
+    last = recorder.seen[-1][1]
+    final = result.final_metrics()
+    assert last["val_accuracy_at_best_momentum"] == pytest.approx(final["val_accuracy_at_best_momentum"], abs=1e-6)
+    assert last["best_momentum"] == final["best_momentum"]
+    assert result.history["val_accuracy_at_best_momentum"][-1] == last["val_accuracy_at_best_momentum"]
+    assert result.timings["grid_validation_seconds"] > 0

@@ -2,7 +2,8 @@
 
 Modules: `data` (image folders and the built-in dataset), `config` (TrainConfig and the seed
 presets), `model` (the CNN builder), `train` (the trainer), `metrics` (inference-mode accuracy,
-confusion matrices, BatchNormalization recalibration). `python -m gaplab` reproduces the seed's
+confusion matrices, BatchNormalization recalibration), `momentum` (one model evaluated at every
+momentum of a grid). `python -m gaplab` reproduces the seed's
 table on the built-in dataset.
 """
 
@@ -10,10 +11,10 @@ import importlib
 
 # Submodules load on first use, so `import gaplab.config` (the CLI's defaults) does not import Keras.
 _EXPORTS = {
-    "PRESETS": "config", "SEED_RESULTS": "config", "TrainConfig": "config",
+    "MOMENTUM_GRID": "config", "PRESETS": "config", "SEED_RESULTS": "config", "TrainConfig": "config",
     "DataError": "data", "Dataset": "data", "generate_shapes": "data", "load_image_folder": "data",
     "ConfigError": "config", "allowed_depths": "model", "build_model": "model", "build_preset": "model",
-    "EpochCallback": "train", "TrainResult": "train", "train": "train",
+    "EpochCallback": "train", "TrainResult": "train", "train": "train", "MomentumCurve": "momentum",
 }
 __all__ = sorted(_EXPORTS)
 

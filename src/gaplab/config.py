@@ -17,6 +17,12 @@ class ConfigError(ValueError):
     """Raised for a config value that cannot train; the message names the value."""
 
 
+# Besides its own momentum, every BatchNormalization layer keeps moving statistics for these
+# momenta, so one training measures the model at each of them (see gaplab.momentum). An empty
+# grid switches that off.
+MOMENTUM_GRID: tuple[float, ...] = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """What one training run needs besides the data."""
@@ -30,6 +36,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     image_size: int = 32
     seed: int = 0
+    momentum_grid: tuple[float, ...] = MOMENTUM_GRID
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError naming the first value out of range; the config itself otherwise.
@@ -48,6 +55,9 @@ class TrainConfig:
         for valid, name, remedy in checks:
             if not valid:
                 raise ConfigError(f"{name}={getattr(self, name)} is invalid; {remedy}.")
+        grid = self.momentum_grid
+        if any(not 0.0 <= m < 1.0 for m in grid) or len(set(grid)) != len(grid):
+            raise ConfigError(f"momentum_grid={grid} is invalid; use distinct momenta with 0 <= m < 1, or () for none.")
         return self
 
     def replace(self, **changes) -> "TrainConfig":
@@ -67,6 +77,10 @@ class TrainConfig:
             kind = type(field.default)
             if kind is bool and isinstance(raw, str):
                 values[field.name] = raw.strip().lower() in ("1", "true", "yes")
+            elif kind is tuple:
+                # A logged tuple reads back as its repr, e.g. "(0.0, 0.5)"; "()" is the empty grid.
+                items = raw.strip("()[] ").split(",") if isinstance(raw, str) else raw
+                values[field.name] = tuple(float(item) for item in items if str(item).strip())
             else:
                 values[field.name] = kind(raw)
         return cls(**values)

@@ -18,6 +18,7 @@ Both have exactly the same weights, so parameter counts are the seed's.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from gaplab.config import PRESETS, ConfigError, TrainConfig
@@ -63,20 +64,22 @@ def _check(config: TrainConfig, num_classes: int) -> None:
         raise ConfigError(f"num_classes={num_classes} is invalid; a classifier needs at least 2 classes.")
 
 
-class _RuntimeScalar(keras.random.SeedGenerator):
-    """A float32 scalar held as layer state, not as a weight.
+class _RuntimeState(keras.random.SeedGenerator):
+    """Float32 values (a scalar or an array) held as layer state, not as a weight.
 
     Keras passes a layer's seed-generator states into compiled train steps as inputs, and leaves
     them out of `weights` and `count_params()`. Holding a hyperparameter the same way keeps it out
-    of the compiled program (no recompilation when it changes) and out of the parameter count.
+    of the compiled program (no recompilation when it changes) and out of the parameter count;
+    holding extra statistics this way keeps them out of the weights a saved model carries.
     """
 
-    def __init__(self, value: float, name: str):
+    def __init__(self, value, name: str):
         self.name = name
         self.backend = keras.backend
         self._initial_seed = None
         with keras.name_scope(name, caller=self):
-            self.state = keras.Variable(float(value), dtype="float32", trainable=False, name=name)
+            self.state = keras.Variable(np.asarray(value, dtype="float32"), dtype="float32", trainable=False,
+                                        name=name)
 
     def next(self, ordered=True):  # pragma: no cover - never used as a seed
         raise TypeError(f"{self.name} holds a hyperparameter, not a random seed")
@@ -84,10 +87,18 @@ class _RuntimeScalar(keras.random.SeedGenerator):
 
 @keras.saving.register_keras_serializable(package="gaplab")
 class RuntimeMomentumBatchNormalization(keras.layers.BatchNormalization):
-    """BatchNormalization whose momentum is runtime state (see `_RuntimeScalar`)."""
+    """BatchNormalization whose momentum is runtime state (see `_RuntimeState`).
 
-    def __init__(self, momentum: float = 0.99, **kwargs):
-        self._momentum_state = _RuntimeScalar(momentum, "bn_momentum")
+    With a `momentum_grid`, the layer also keeps moving statistics for each grid momentum, updated
+    from the same batch statistics and with the same rule as Keras's own moving statistics, so
+    one training measures the model at every grid momentum (`grid_statistics`). The grid's
+    momenta are runtime state too: grids of the same length share one compiled program.
+    """
+
+    def __init__(self, momentum: float = 0.99, momentum_grid=(), **kwargs):
+        self._momentum_state = _RuntimeState(momentum, "bn_momentum")
+        self._grid_momenta = _RuntimeState(tuple(momentum_grid), "grid_momenta") if momentum_grid else None
+        self._grid_mean = self._grid_variance = None
         super().__init__(momentum=momentum, **kwargs)
 
     @property
@@ -99,19 +110,59 @@ class RuntimeMomentumBatchNormalization(keras.layers.BatchNormalization):
         # BatchNormalization.__init__ assigns the float; keep it in the state variable.
         self._momentum_state.state.assign(float(value))
 
+    @property
+    def momentum_grid(self) -> tuple[float, ...]:
+        if self._grid_momenta is None:
+            return ()
+        return tuple(float(m) for m in self._grid_momenta.state.numpy())
+
+    @momentum_grid.setter
+    def momentum_grid(self, values) -> None:
+        if len(values) != len(self.momentum_grid):
+            raise ConfigError(f"momentum_grid of length {len(values)} does not fit layer {self.name}'s "
+                              f"grid of length {len(self.momentum_grid)}; build a new model.")
+        if self._grid_momenta is not None:
+            self._grid_momenta.state.assign(np.asarray(values, dtype="float32"))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self._grid_momenta is not None:
+            shape = (len(self.momentum_grid), input_shape[self.axis])
+            self._grid_mean = _RuntimeState(self.moving_mean_initializer(shape, dtype="float32"), "grid_mean")
+            self._grid_variance = _RuntimeState(self.moving_variance_initializer(shape, dtype="float32"),
+                                                "grid_variance")
+
+    def _moments(self, inputs, mask):
+        # Keras calls this only to update its moving statistics (training); the grid's updates
+        # use the very same batch moments and Keras's rule, moving * m + batch * (1 - m).
+        mean, variance = super()._moments(inputs, mask)
+        if self._grid_mean is not None:
+            grid = ops.expand_dims(self._grid_momenta.state.value, 1)
+            for state, batch in ((self._grid_mean, mean), (self._grid_variance, variance)):
+                moving = ops.cast(state.state.value, batch.dtype)
+                state.state.assign(moving * grid + ops.expand_dims(batch, 0) * (1.0 - grid))
+        return mean, variance
+
+    def grid_statistics(self) -> tuple[np.ndarray, np.ndarray]:
+        """The grid's moving means and variances, (grid size, channels) each."""
+        if self._grid_mean is None:
+            raise ConfigError(f"layer {self.name} tracks no momentum grid; build it with momentum_grid.")
+        return self._grid_mean.state.numpy(), self._grid_variance.state.numpy()
+
     def get_config(self):
         config = super().get_config()
         config["momentum"] = float(self._momentum_state.state.numpy())
+        config["momentum_grid"] = list(self.momentum_grid)
         return config
 
 
 @keras.saving.register_keras_serializable(package="gaplab")
 class RuntimeRateDropout(keras.layers.Layer):
-    """Dropout whose rate is runtime state (see `_RuntimeScalar`); inverted scaling like Dropout."""
+    """Dropout whose rate is runtime state (see `_RuntimeState`); inverted scaling like Dropout."""
 
     def __init__(self, rate: float, seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
-        self._rate = _RuntimeScalar(rate, "dropout_rate")
+        self._rate = _RuntimeState(rate, "dropout_rate")
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -148,7 +199,8 @@ def build_model(config: TrainConfig, num_classes: int, *, runtime_hyperparameter
         if config.batchnorm:
             name = f"bn{index + 1}"
             if runtime_hyperparameters:
-                x = RuntimeMomentumBatchNormalization(momentum=config.bn_momentum, name=name)(x)
+                x = RuntimeMomentumBatchNormalization(momentum=config.bn_momentum,
+                                                      momentum_grid=config.momentum_grid, name=name)(x)
             else:
                 x = keras.layers.BatchNormalization(momentum=config.bn_momentum, name=name)(x)
         stride = _block_pool_stride(index)
@@ -164,10 +216,11 @@ def build_model(config: TrainConfig, num_classes: int, *, runtime_hyperparameter
 
 
 def set_runtime_hyperparameters(model: keras.Model, config: TrainConfig) -> None:
-    """Set the BN momentum and dropout rate of a `runtime_hyperparameters=True` model to `config`'s."""
+    """Set the BN momentum (and grid) and dropout rate of a `runtime_hyperparameters=True` model to `config`'s."""
     for layer in model.layers:
         if isinstance(layer, RuntimeMomentumBatchNormalization):
             layer.momentum = config.bn_momentum
+            layer.momentum_grid = config.momentum_grid
         elif isinstance(layer, RuntimeRateDropout):
             layer.rate = config.dropout
 

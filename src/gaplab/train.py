@@ -9,6 +9,11 @@
   Stale BatchNormalization moving statistics show up here.
 * `generalization_gap` = train_eval_accuracy − val_accuracy: overfitting proper.
 * `val_accuracy_recalibrated`: val accuracy once BN statistics are re-estimated exactly.
+* `momentum_curve`: with `config.momentum_grid`, the same model at every grid momentum (see
+  `gaplab.momentum`); `best_momentum` and `val_accuracy_at_best_momentum` come from it. With
+  `best_momentum_each_epoch=True` each epoch's logs carry them too, at the cost of one val pass
+  per grid momentum per epoch (measured: 0.4 of a training epoch at batch 32 on 64 px photos),
+  which is why it is the caller's choice.
 
 The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, and
 `EpochCallback` gives them per-epoch metrics under the names used everywhere
@@ -33,9 +38,11 @@ from gaplab.config import ConfigError, TrainConfig
 from gaplab.data import Dataset
 from gaplab.metrics import EVAL_BATCH_SIZE, accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
 from gaplab.model import batchnorm_layers, build_model, set_runtime_hyperparameters
+from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, MomentumCurve, grid_layers, measure_curve
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-_KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy"}
+_KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy",
+                **{name: name for name in PER_EPOCH_METRICS}}
 
 
 def epoch_metrics(logs: dict | None) -> dict[str, float]:
@@ -86,6 +93,8 @@ class TrainResult:
     confusion_test: np.ndarray
     timings: dict[str, float]
     model: keras.Model | None = field(default=None, repr=False, compare=False)
+    # None without batchnorm, with an empty momentum_grid, or when training diverged.
+    momentum_curve: MomentumCurve | None = None
 
     @property
     def gap(self) -> float:
@@ -113,6 +122,9 @@ class TrainResult:
             "steps": float(self.steps),
             "epochs_run": float(self.epochs),
             "fit_seconds": self.timings["fit_seconds"],
+            "best_momentum": self.momentum_curve.best_momentum if self.momentum_curve else float("nan"),
+            "val_accuracy_at_best_momentum": (self.momentum_curve.val_accuracy_at_best_momentum
+                                              if self.momentum_curve else float("nan")),
         }
 
 
@@ -159,7 +171,9 @@ _compiled_models: "OrderedDict[tuple, _Compiled]" = OrderedDict()
 
 
 def _architecture(config: TrainConfig, num_classes: int) -> tuple:
-    return (config.depth, config.batchnorm, config.dropout > 0, config.image_size, num_classes)
+    # The grid's length shapes the BN layers' state; its values are runtime state.
+    grid_length = len(config.momentum_grid) if config.batchnorm else 0
+    return (config.depth, config.batchnorm, config.dropout > 0, config.image_size, num_classes, grid_length)
 
 
 def _prepared_model(config: TrainConfig, num_classes: int) -> keras.Model:
@@ -202,6 +216,7 @@ def train(
     data: Dataset,
     callbacks: list[keras.callbacks.Callback] | tuple = (),
     verbose: int = 0,
+    best_momentum_each_epoch: bool = False,
 ) -> TrainResult:
     """Train `config` on `data` and measure the gap; see the module docstring for the metrics."""
     if config.image_size != data.image_size:
@@ -223,6 +238,10 @@ def train(
     build_seconds = time.perf_counter() - started
 
     timer = _EpochTimer()
+    # Before the caller's callbacks, which read what it adds to each epoch's logs.
+    tracks_grid = bool(grid_layers(model))
+    grid_validation = ([BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y)]
+                       if tracks_grid and best_momentum_each_epoch else [])
     started = time.perf_counter()
     fitted = model.fit(
         x_train,
@@ -234,11 +253,12 @@ def train(
         validation_batch_size=EVAL_BATCH_SIZE,
         shuffle=True,
         verbose=verbose,
-        callbacks=[timer, keras.callbacks.TerminateOnNaN(), *callbacks],
+        callbacks=[timer, keras.callbacks.TerminateOnNaN(), *grid_validation, *callbacks],
     )
     fit_seconds = time.perf_counter() - started
 
-    history = {ours: [float(v) for v in fitted.history.get(theirs, [])] for theirs, ours in _KERAS_NAMES.items()}
+    history = {ours: [float(v) for v in fitted.history.get(theirs, [])] for theirs, ours in _KERAS_NAMES.items()
+               if theirs in fitted.history or ours in EPOCH_METRICS}
     epochs_run = len(history["train_loss"])
     diverged = not all(math.isfinite(v) for v in history["train_loss"]) or not all(
         np.all(np.isfinite(w)) for w in model.get_weights()
@@ -250,6 +270,7 @@ def train(
     if diverged:
         nan = float("nan")
         train_acc = train_eval = val_acc = test_acc = val_recal = nan
+        curve, curve_seconds = None, 0.0
         empty = np.zeros((num_classes, num_classes), dtype=np.int64)
         confusion_val = confusion_test = empty
     else:
@@ -264,8 +285,15 @@ def train(
         if batchnorm_layers(model):
             with recalibrated_batchnorm(model, x_train):
                 val_recal = accuracy(predict_classes(model, data.val.x), data.val.y)
+                train_eval_recal = accuracy(predict_classes(model, x_train), y_train) if tracks_grid else None
         else:
             val_recal = val_acc
+        curve, curve_seconds = None, 0.0
+        if tracks_grid:
+            curve_started = time.perf_counter()
+            curve = measure_curve(model, config.bn_momentum, config.momentum_grid, (x_train, y_train), validation,
+                                  train_acc, own=(train_eval, val_acc), recalibrated=(train_eval_recal, val_recal))
+            curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
 
     epoch_seconds = timer.seconds
@@ -277,6 +305,10 @@ def train(
         "first_epoch_seconds": epoch_seconds[0] if epoch_seconds else float("nan"),
         # The first epoch includes tracing and compiling the train step; later ones do not.
         "steady_epoch_seconds": statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else float("nan"),
+        # Part of fit_seconds: the per-epoch val passes at the grid's momenta.
+        "grid_validation_seconds": sum(grid_validation[0].seconds) if grid_validation else 0.0,
+        # Part of eval_seconds: the curve's passes after training.
+        "momentum_curve_seconds": curve_seconds,
     }
     return TrainResult(
         config=config,
@@ -295,4 +327,5 @@ def train(
         confusion_test=confusion_test,
         timings=timings,
         model=model,
+        momentum_curve=curve,
     )
