@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import math
 import os
 import signal
@@ -67,13 +68,25 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
      (["--pruner", "sometimes"], "--pruner='sometimes' is unknown; use one of median, hyperband, none"),
      (["--storage", "not a url"], "--storage='not a url' is not a database URL"),
      (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
-     (["--study_name", "../etc"], "--study_name='../etc' is invalid")],
+     (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
+     (["--device", "tpu"], "--device='tpu' is unknown; use one of auto, cpu, gpu")],
 )
 def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=_env(tmp_path),
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_device_gpu_without_a_gpu_is_one_line_naming_the_backend_and_exit_2(tmp_path):
+    env = {**_env(tmp_path), "CUDA_VISIBLE_DEVICES": "-1"}
+    done = subprocess.run([sys.executable, "-m", "study.run", "--device", "gpu"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: device 'gpu' was asked for but the Keras backend tensorflow")
+    assert "sees no GPU" in error and "CPU" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
 
 
@@ -225,6 +238,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "[3/3]" in done.stdout
+    assert "sees no GPU, so training runs on the CPU" in done.stdout
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
@@ -240,6 +254,8 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
                 "study_name", "pruner"):
         assert key in parent.data.params, key
     assert parent.data.params["backend"] == "tensorflow"
+    assert parent.data.params["backend_version"] == importlib.metadata.version("tensorflow")
+    assert parent.data.params["device"] == "auto"
     assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.params["dataset_digest"]
     assert {"best_val_accuracy", "best_trial_number", "best_bn_momentum", "best_batch_size", "best_dropout",
             "best_depth"} <= set(parent.data.metrics)
@@ -252,6 +268,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     for child in children:
         assert {"bn_momentum", "batch_size", "dropout", "depth", "image_size", "epochs", "seed"} <= set(child.data.params)
+        assert child.data.params["device"] == "CPU"
         assert child.data.tags["trial_state"] == "COMPLETE" and child.info.status == "FINISHED"
         assert {"train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
                 "generalization_gap", "val_accuracy_recalibrated", "steps", "fit_seconds"} <= set(child.data.metrics)
