@@ -95,7 +95,7 @@ class FullBatches(keras.utils.PyDataset):
 
 
 class _Validation(keras.callbacks.Callback):
-    """Adds val_loss and val_accuracy to each epoch's logs, ahead of every other callback.
+    """Adds val_loss and val_accuracy to each epoch's logs, ahead of the caller's callbacks.
 
     It runs the model's predict program, padded to the one evaluation batch size, which the
     measurements after fit use too; Keras's own validation would compile a test step for the
@@ -106,16 +106,19 @@ class _Validation(keras.callbacks.Callback):
     def __init__(self, x: np.ndarray, y: np.ndarray):
         super().__init__()
         self.x, self.y = x, y
+        self.seconds = 0.0
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not len(self.y):
             return
+        started = time.perf_counter()
         probabilities = predict_probabilities(self.model, self.x).astype(np.float64)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         epsilon = keras.config.epsilon()
         picked = np.clip(probabilities[np.arange(len(self.y)), self.y], epsilon, 1 - epsilon)
         logs["val_loss"] = float(-np.mean(np.log(picked)))
         logs["val_accuracy"] = accuracy(np.argmax(probabilities, axis=1), self.y)
+        self.seconds += time.perf_counter() - started
 
 
 @dataclass
@@ -283,6 +286,7 @@ def train(
     build_seconds = time.perf_counter() - started
 
     timer = _EpochTimer()
+    validation = _Validation(data.val.x, data.val.y)
     started = time.perf_counter()
     fitted = model.fit(
         batches,
@@ -290,7 +294,8 @@ def train(
         # FullBatches shuffles, from the config's seed; Keras's own shuffle of batch order is not seeded.
         shuffle=False,
         verbose=verbose,
-        callbacks=[_Validation(data.val.x, data.val.y), timer, keras.callbacks.TerminateOnNaN(), *callbacks],
+        # The timer's epochs end before validation: epoch times are training alone.
+        callbacks=[timer, validation, keras.callbacks.TerminateOnNaN(), *callbacks],
     )
     fit_seconds = time.perf_counter() - started
 
@@ -330,9 +335,13 @@ def train(
         "build_seconds": build_seconds,
         "fit_seconds": fit_seconds,
         "eval_seconds": eval_seconds,
+        # Within fit_seconds: the per-epoch validation passes.
+        "validation_seconds": validation.seconds,
         "first_epoch_seconds": epoch_seconds[0] if epoch_seconds else float("nan"),
-        # The first epoch includes tracing and compiling the train step; later ones do not.
+        # Training alone, without validation. The first epoch includes tracing and compiling the
+        # train step; later ones do not.
         "steady_epoch_seconds": statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else float("nan"),
+        "epochs_seconds": sum(epoch_seconds),
     }
     return TrainResult(
         config=config,
