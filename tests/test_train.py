@@ -216,7 +216,7 @@ COMPILE_COUNT_SCRIPT = textwrap.dedent(
     config = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
     counts = {}
     for name, trial in (("first", config), ("other_momentum_and_dropout", config.replace(bn_momentum=0.5, dropout=0.4)),
-                        ("new_batch_size", config.replace(batch_size=8))):
+                        ("new_batch_size", config.replace(batch_size=12))):
         compiled.clear()
         train(trial, data)
         counts[name] = sorted(compiled)
