@@ -44,7 +44,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from gaplab.device import DEVICES, DeviceError, hide_gpus  # noqa: E402
+from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus  # noqa: E402
 from study.cli import UsageError, quiet_logging  # noqa: E402
 
 PARTS = ("compile", "measurements", "tracking", "sampling", "once_per_run")
@@ -292,11 +292,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     quiet_logging()
-    if args.device == "cpu":
-        hide_gpus()
     try:
+        check_backend_installed()
+        if args.device == "cpu":
+            hide_gpus()
         if args.workers > 1:
-            # The children get the same arguments, less --workers and --json, which they are given.
+            # The children get the same arguments, less --workers, --json and --seed, which they are given.
             workers = compare_workers(args, _without(argv, ("--workers", "--json", "--seed")))
             report = {**workers.pop("one_worker"), "workers": workers}
         else:

@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab.device import DEVICES, DeviceError, hide_gpus
+from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus
 from study.cli import UsageError, check_storage_url, default_storage, quiet_logging
 
 DEFAULT_TRIALS = 50
@@ -154,6 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     quiet_logging()
+    try:
+        check_backend_installed()
+    except DeviceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if settings.device == "cpu":
         hide_gpus()
     # Heavy imports after validation, so bad input is answered at once.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import math
 import os
 import signal
@@ -88,6 +89,19 @@ def test_device_gpu_without_a_gpu_is_one_line_naming_the_backend_and_exit_2(tmp_
     assert error.startswith("error: device 'gpu' was asked for but the Keras backend tensorflow")
     assert "sees no GPU" in error and "CPU" in error
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_a_keras_backend_that_is_not_installed_is_one_line_and_exit_2(tmp_path):
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here")
+    env = {**_env(tmp_path), "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-m", "study.run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: the Keras backend is torch (KERAS_BACKEND) but torch is not installed; "
+                                   "install it (e.g. pip install -e \".[jax]\" and set KERAS_BACKEND=jax) or choose "
+                                   "an installed backend.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------

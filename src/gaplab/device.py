@@ -11,9 +11,12 @@ Keras has no backend-neutral way to list GPUs.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import os
 import sys
 from importlib import metadata
+from pathlib import Path
 
 DEVICES = ("auto", "cpu", "gpu")
 _BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
@@ -21,6 +24,28 @@ _BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 
 class DeviceError(RuntimeError):
     """The requested device is not available; the message names the backend and what it saw."""
+
+
+def check_backend_installed() -> str:
+    """The backend Keras will load (read as Keras reads it, without importing it); raise DeviceError if its package is missing.
+
+    Keras takes $KERAS_BACKEND, else "backend" in $KERAS_HOME/keras.json (default ~/.keras), else
+    tensorflow; a missing package would otherwise end in a traceback deep inside `import keras`.
+    """
+    name, source = os.environ.get("KERAS_BACKEND"), "KERAS_BACKEND"
+    if not name:
+        config = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras") / "keras.json"
+        try:
+            name, source = json.loads(config.read_text()).get("backend"), str(config)
+        except (OSError, ValueError):
+            name = None
+    if not name:
+        name, source = "tensorflow", "Keras's default"
+    package = _BACKEND_PACKAGES.get(name, name)
+    if importlib.util.find_spec(package) is None:
+        raise DeviceError(f"the Keras backend is {name} ({source}) but {package} is not installed; install it "
+                          "(e.g. pip install -e \".[jax]\" and set KERAS_BACKEND=jax) or choose an installed backend.")
+    return name
 
 
 def hide_gpus() -> None:
