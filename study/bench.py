@@ -47,6 +47,10 @@ from pathlib import Path  # noqa: E402
 from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus  # noqa: E402
 from study.cli import UsageError, quiet_logging  # noqa: E402
 
+class BenchFailed(RuntimeError):
+    """A trial of the benchmark study failed, so its figures would not describe a study."""
+
+
 PARTS = ("compile", "measurements", "tracking", "sampling", "once_per_run")
 NUM_CLASSES = 6
 
@@ -176,8 +180,8 @@ def run_bench(args: argparse.Namespace) -> dict:
             summary.log_study_summary(study, study_name)
         failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
         if failed:
-            raise RuntimeError(f"{len(failed)} benchmark trial(s) failed, e.g. trial {failed[0].number}: "
-                               f"{failed[0].user_attrs.get('error', 'see the traceback above')}")
+            raise BenchFailed(f"{len(failed)} of {args.trials} benchmark trials failed (first: trial "
+                              f"{failed[0].number}); Optuna's warning above shows the error.")
     wall = time.perf_counter() - _STARTED
     return _account(clock.trials, wall, data, args, training_device, device.backend(), device.backend_version())
 
@@ -207,7 +211,8 @@ def _account(trials: list[dict], wall: float, data, args, training_device: str, 
         parts["measurements"] += measured
         parts["tracking"] += tracking
         parts["sampling"] += sampling
-        images_per_epoch = len(data.train) // min(result.config.batch_size, len(data.train)) * result.config.batch_size
+        batch = min(result.config.batch_size, len(data.train))  # as gaplab.train.FullBatches cuts them
+        images_per_epoch = len(data.train) // batch * batch
         per_trial.append({
             "number": trial["number"], "batch_size": result.config.batch_size, "depth": result.config.depth,
             "epochs": result.epochs,
@@ -245,7 +250,8 @@ def compare_workers(args: argparse.Namespace, argv: list[str]) -> dict:
             reports = []
             for process, out in runs:
                 if process.wait() != 0:
-                    raise RuntimeError(f"a benchmark worker exited with {process.returncode}; run it alone to see why")
+                    raise BenchFailed(f"a benchmark worker exited with {process.returncode}; "
+                                      "run the same command without --workers to see why.")
                 reports.append(json.loads(out.read_text()))
             return reports
 
@@ -305,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except BenchFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(format_report(report), flush=True)
     if args.json:
         Path(args.json).expanduser().write_text(json.dumps(report, indent=2))

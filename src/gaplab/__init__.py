@@ -2,7 +2,8 @@
 
 Modules: `data` (image folders and the built-in dataset), `config` (TrainConfig and the seed
 presets), `model` (the CNN builder), `train` (the trainer), `metrics` (inference-mode accuracy,
-confusion matrices, BatchNormalization recalibration). `python -m gaplab` reproduces the seed's
+confusion matrices, BatchNormalization recalibration), `device` (which device the active Keras
+backend trains on). `python -m gaplab` reproduces the seed's
 table on the built-in dataset.
 """
 
