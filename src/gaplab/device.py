@@ -52,8 +52,8 @@ def hide_gpus() -> None:
     """Make every backend see only the CPU. Call before Keras is imported; raises if it already was."""
     loaded = [name for name in _BACKEND_PACKAGES.values() if name in sys.modules]
     if loaded:
-        raise DeviceError(f"device 'cpu' must be chosen before {', '.join(loaded)} is imported; "
-                          "call gaplab.device.hide_gpus() first.")
+        raise DeviceError(f"device 'cpu' must be chosen before Keras and its backend are imported "
+                          f"(already imported: {', '.join(loaded)}); call gaplab.device.hide_gpus() first.")
     os.environ["CUDA_VISIBLE_DEVICES"] = "-1"
     os.environ["JAX_PLATFORMS"] = "cpu"
 
