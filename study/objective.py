@@ -34,6 +34,11 @@ stop_requested = threading.Event()
 class StopRequestCallback(keras.callbacks.Callback):
     """Raises KeyboardInterrupt at the next batch once a stop was requested."""
 
+    # It reads no logs, so Keras may run it off the training thread: with a batch hook that is not
+    # async-safe, Keras waits for every step's results (a device sync per step on a GPU). The
+    # interrupt then surfaces at the next step; the signal handler raises one as well.
+    async_safe = True
+
     def on_train_batch_end(self, batch, logs=None):
         if stop_requested.is_set():
             raise KeyboardInterrupt("stop requested")

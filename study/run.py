@@ -22,6 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus
 from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, quiet_logging
 
 DEFAULT_TRIALS = 50
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--prune_on", "--prune-on", type=str, default=DEFAULT_PRUNE_ON,
         help="what the pruner judges each epoch: the val accuracy at the best grid momentum (best_momentum) "
              "or at the trial's own (own_momentum); the objective is always the latter (default %(default)s)")
+    add("--device", type=str, default="auto",
+        help="auto (the first GPU the backend sees, else the CPU), cpu, or gpu (an error without one) (default %(default)s)")
     return parser
 
 
@@ -65,6 +68,7 @@ class Settings:
     storage: str
     pruner: str
     prune_on: str
+    device: str = "auto"
 
 
 def validate(args: argparse.Namespace) -> Settings:
@@ -83,6 +87,8 @@ def validate(args: argparse.Namespace) -> Settings:
 
     if args.prune_on not in PRUNE_ON_METRIC:
         raise UsageError(f"--prune_on={args.prune_on!r} is unknown; use one of {', '.join(PRUNE_ON_METRIC)}.")
+    if args.device not in DEVICES:
+        raise UsageError(f"--device={args.device!r} is unknown; use one of {', '.join(DEVICES)}.")
     if args.data_dir and not Path(args.data_dir).expanduser().is_dir():
         raise UsageError(f"--data_dir={args.data_dir!r} is not a folder; pass a folder of class subfolders, "
                          "or leave it empty for the built-in dataset.")
@@ -92,7 +98,7 @@ def validate(args: argparse.Namespace) -> Settings:
     storage = args.storage or default_storage()
     check_storage_url(storage)
     return Settings(args.trials, args.data_dir, args.image_size, args.epochs, args.seed,
-                    args.study_name, storage, args.pruner, args.prune_on)
+                    args.study_name, storage, args.pruner, args.prune_on, args.device)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -159,12 +165,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     quiet_logging()
+    try:
+        check_backend_installed()
+    except DeviceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if settings.device == "cpu":
+        hide_gpus()
     # Heavy imports after validation, so bad input is answered at once.
     from gaplab.data import DataError
 
     try:
         return run_study(settings)
-    except DataError as error:
+    except (DataError, DeviceError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -197,8 +210,13 @@ def run_study(settings: Settings) -> int:
     from study import contract, space, summary, tracking
     from study.objective import Objective
 
+    from gaplab import device
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
+    training_device = device.choose_device(settings.device)
+    if training_device == "CPU" and settings.device == "auto":
+        print(device.cpu_notice(), flush=True)
     data = load_data(settings)
     study_name = settings.study_name or f"{data.name}-{settings.image_size}px"
     base = TrainConfig(image_size=settings.image_size, epochs=settings.epochs, seed=settings.seed)
@@ -242,6 +260,7 @@ def run_study(settings: Settings) -> int:
         "storage": settings.storage, "pruner": settings.pruner, "prune_on": settings.prune_on, **fixed,
         "dataset": data.name, "dataset_size": data.size, "dataset_digest": data.digest,
         "dataset_source": data.source, "backend": keras.backend.backend(),
+        "backend_version": device.backend_version(), "device": settings.device,
     })
     tracking.log_dataset(data)
 
@@ -250,7 +269,8 @@ def run_study(settings: Settings) -> int:
           f"MLflow {mlflow.get_tracking_uri()} run {parent_id}"
           + (f"; queued presets {', '.join(queued)}" if queued else ""), flush=True)
 
-    objective = Objective(study_name, data, base, fixed, prune_on=settings.prune_on)
+    # Each trial's run records the device it trained on (the parent records the one asked for).
+    objective = Objective(study_name, data, base, {**fixed, "device": training_device}, prune_on=settings.prune_on)
     progress = ProgressPrinter(settings.trials)
     stop_at_target = optuna.study.MaxTrialsCallback(settings.trials, states=contract.FINISHED_STATES)
     status = "FINISHED"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import math
 import os
 import signal
@@ -72,7 +74,8 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
      (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
      (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels"),
      (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
-     (["--tri", "2"], "unrecognized arguments: --tri 2")],
+     (["--tri", "2"], "unrecognized arguments: --tri 2"),
+     (["--device", "tpu"], "--device='tpu' is unknown; use one of auto, cpu, gpu")],
 )
 def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_path, args, message):
     done = subprocess.run([sys.executable, "-m", "study.run", *args], cwd=tmp_path, env=_env(tmp_path),
@@ -80,6 +83,30 @@ def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_p
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_device_gpu_without_a_gpu_is_one_line_naming_the_backend_and_exit_2(tmp_path):
+    env = {**_env(tmp_path), "CUDA_VISIBLE_DEVICES": "-1"}
+    done = subprocess.run([sys.executable, "-m", "study.run", "--device", "gpu"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert error.startswith("error: device 'gpu' was asked for but the Keras backend tensorflow")
+    assert "sees no GPU" in error and "CPU" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+def test_a_keras_backend_that_is_not_installed_is_one_line_and_exit_2(tmp_path):
+    if importlib.util.find_spec("torch") is not None:
+        pytest.skip("torch is installed here")
+    env = {**_env(tmp_path), "KERAS_BACKEND": "torch"}
+    done = subprocess.run([sys.executable, "-m", "study.run"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("error: the Keras backend is torch (KERAS_BACKEND) but torch is not installed; "
+                                   "install it (e.g. pip install -e \".[jax]\" and set KERAS_BACKEND=jax) or choose "
+                                   "an installed backend.")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
@@ -296,6 +323,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "[3/3]" in done.stdout
+    assert "sees no GPU, so training runs on the CPU" in done.stdout
 
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = MlflowClient()
@@ -311,6 +339,8 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
                 "study_name", "pruner", "prune_on"):
         assert key in parent.data.params, key
     assert parent.data.params["backend"] == "tensorflow"
+    assert parent.data.params["backend_version"] == importlib.metadata.version("tensorflow")
+    assert parent.data.params["device"] == "auto"
     assert parent.inputs.dataset_inputs[0].dataset.digest == parent.data.params["dataset_digest"]
     assert {"best_val_accuracy", "best_trial_number", "best_bn_momentum", "best_batch_size", "best_dropout",
             "best_depth"} <= set(parent.data.metrics)
@@ -323,6 +353,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     for child in children:
         assert {"bn_momentum", "batch_size", "dropout", "depth", "image_size", "epochs", "seed"} <= set(child.data.params)
+        assert child.data.params["device"] == "CPU"
         assert child.data.tags["trial_state"] == "COMPLETE" and child.info.status == "FINISHED"
         assert {"train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
                 "generalization_gap", "val_accuracy_recalibrated", "steps", "fit_seconds"} <= set(child.data.metrics)

@@ -27,7 +27,7 @@ def test_result_has_history_gaps_and_identities(tiny_data):
     result = train(SMALL, tiny_data)
     assert set(result.history) == set(EPOCH_METRICS)
     assert all(len(values) == 2 for values in result.history.values())
-    assert result.epochs == 2 and result.steps == 2 * math.ceil(len(tiny_data.train) / 16)
+    assert result.epochs == 2 and result.steps == 2 * (len(tiny_data.train) // 16)
     assert result.train_accuracy == result.history["train_accuracy"][-1]
     assert result.gap == pytest.approx(result.mode_gap + result.generalization_gap)
     assert result.gap == pytest.approx(result.train_accuracy - result.val_accuracy)
@@ -102,8 +102,10 @@ def test_recalibration_closes_the_mode_gap_of_a_high_momentum_model():
     from gaplab.data import generate_shapes
 
     data = generate_shapes(image_size=16, n_images=240, seed=1)
-    config = TrainConfig(depth=2, bn_momentum=0.99, dropout=0.0, batch_size=16, epochs=4, image_size=16)
+    # 168 training images in full batches of 15: 11 steps per epoch, 44 in all.
+    config = TrainConfig(depth=2, bn_momentum=0.99, dropout=0.0, batch_size=15, epochs=4, image_size=16)
     result = train(config, data)
+    assert result.steps == 44
     model = result.model
     before = accuracy(predict_classes(model, data.train.x), data.train.y)
     with recalibrated_batchnorm(model, data.train.x):
@@ -284,3 +286,53 @@ def test_each_epoch_can_carry_the_val_accuracy_at_the_best_momentum(tiny_data):
     assert last["best_momentum"] == final["best_momentum"]
     assert result.history["val_accuracy_at_best_momentum"][-1] == last["val_accuracy_at_best_momentum"]
     assert result.timings["grid_validation_seconds"] > 0
+
+
+COMPILE_COUNT_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, os, re
+    os.environ["KERAS_BACKEND"] = "jax"
+    import jax
+    jax.config.update("jax_log_compiles", True)
+    compiled = []
+
+    class CompileLog(logging.Handler):
+        def emit(self, record):
+            found = re.search(r"Finished XLA compilation of (\\S+)", record.getMessage())
+            if found:
+                compiled.append(found.group(1))
+
+    logging.getLogger("jax").addHandler(CompileLog())
+    from gaplab.config import TrainConfig
+    from gaplab.data import generate_shapes
+    from gaplab.train import train
+
+    data = generate_shapes(image_size=16, n_images=100, seed=0)
+    config = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
+    counts = {}
+    for name, trial in (("first", config), ("other_momentum_and_dropout", config.replace(bn_momentum=0.5, dropout=0.4)),
+                        ("new_batch_size", config.replace(batch_size=12))):
+        compiled.clear()
+        train(trial, data)
+        counts[name] = sorted(compiled)
+    print(json.dumps(counts))
+    """
+)
+
+
+@pytest.mark.slow
+def test_jax_compiles_each_train_eval_and_recalibration_program_once(tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "GAPLAB_COMPILE_CACHE_DIR": str(tmp_path / "xla"),
+           "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, "-c", COMPILE_COUNT_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = json.loads(done.stdout.strip().splitlines()[-1])
+    # One train step whatever the ragged split sizes (full batches only); one predict program for
+    # validation and all measurements (padded batches), one for recalibrating all BN layers; no test step.
+    assert counts["first"].count("jit(train_step)") == 1
+    assert counts["first"].count("jit(predict_step)") == 2
+    assert not any("test_step" in name for name in counts["first"])
+    assert counts["other_momentum_and_dropout"] == []
+    assert counts["new_batch_size"] == ["jit(train_step)"]

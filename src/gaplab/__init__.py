@@ -3,8 +3,8 @@
 Modules: `data` (image folders and the built-in dataset), `config` (TrainConfig and the seed
 presets), `model` (the CNN builder), `train` (the trainer), `metrics` (inference-mode accuracy,
 confusion matrices, BatchNormalization recalibration), `momentum` (one model evaluated at every
-momentum of a grid). `python -m gaplab` reproduces the seed's
-table on the built-in dataset.
+momentum of a grid), `device` (which device the active Keras backend trains on).
+`python -m gaplab` reproduces the seed's table on the built-in dataset.
 """
 
 import importlib

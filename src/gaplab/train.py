@@ -36,7 +36,7 @@ import numpy as np
 
 from gaplab.config import ConfigError, TrainConfig
 from gaplab.data import Dataset
-from gaplab.metrics import EVAL_BATCH_SIZE, accuracy, confusion_matrix, predict_classes, recalibrated_batchnorm
+from gaplab.metrics import accuracy, confusion_matrix, predict_classes, predict_probabilities, recalibrated_batchnorm
 from gaplab.model import batchnorm_layers, build_model, set_runtime_hyperparameters
 from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, MomentumCurve, grid_layers, measure_curve
 
@@ -71,6 +71,61 @@ class _EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._started)
+
+
+class FullBatches(keras.utils.PyDataset):
+    """The training split as shuffled full batches: every step has the same shape, so one program.
+
+    Each epoch draws a new permutation and cuts it into len(x) // batch_size batches; the fewer
+    than batch_size images left over sit out that epoch only (a different set each epoch). A
+    ragged last batch would be a second compiled train step per (architecture, batch size), and
+    on a GPU that compile costs more than the few images it would train on. A split smaller than
+    batch_size is one batch of all of it.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int, seed: int):
+        super().__init__()
+        self.x, self.y = x, y
+        self.batch_size = max(1, min(batch_size, len(x)))
+        self._rng = np.random.default_rng(seed)
+        self._order = self._rng.permutation(len(x))
+
+    def __len__(self) -> int:
+        return len(self.x) // self.batch_size
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        picked = self._order[index * self.batch_size : (index + 1) * self.batch_size]
+        return self.x[picked], self.y[picked]
+
+    def on_epoch_end(self) -> None:
+        self._order = self._rng.permutation(len(self.x))
+
+
+class _Validation(keras.callbacks.Callback):
+    """Adds val_loss and val_accuracy to each epoch's logs, ahead of the caller's callbacks.
+
+    It runs the model's predict program, padded to the one evaluation batch size, which the
+    measurements after fit use too; Keras's own validation would compile a test step for the
+    validation split's ragged shape on top. The loss is Keras's sparse categorical crossentropy
+    on probabilities (clipped to [1e-7, 1 - 1e-7]).
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray):
+        super().__init__()
+        self.x, self.y = x, y
+        self.seconds = 0.0
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not len(self.y):
+            return
+        started = time.perf_counter()
+        probabilities = predict_probabilities(self.model, self.x).astype(np.float64)
+        probabilities /= probabilities.sum(axis=1, keepdims=True)
+        epsilon = keras.config.epsilon()
+        picked = np.clip(probabilities[np.arange(len(self.y)), self.y], epsilon, 1 - epsilon)
+        logs["val_loss"] = float(-np.mean(np.log(picked)))
+        logs["val_accuracy"] = accuracy(np.argmax(probabilities, axis=1), self.y)
+        self.seconds += time.perf_counter() - started
 
 
 @dataclass
@@ -149,6 +204,9 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
         # Cache even quick compiles: on a GPU every train step compile is worth keeping.
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        # Keep the GPU autotuning results beside the programs: without them a cache hit still
+        # autotunes every convolution again. (This is JAX's default today; set so it stays on.)
+        jax.config.update("jax_persistent_cache_enable_xla_caches", "xla_gpu_per_fusion_autotune_cache_dir")
         _compilation_cache_dir = str(chosen)
     return _compilation_cache_dir
 
@@ -230,7 +288,7 @@ def train(
     enable_compilation_cache()
     keras.utils.set_random_seed(config.seed)
     x_train, y_train = data.train.x, data.train.y
-    validation = (data.val.x, data.val.y)
+    batches = FullBatches(x_train, y_train, config.batch_size, config.seed)
     data_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -238,22 +296,25 @@ def train(
     build_seconds = time.perf_counter() - started
 
     timer = _EpochTimer()
-    # Before the caller's callbacks, which read what it adds to each epoch's logs.
+    validation = _Validation(data.val.x, data.val.y)
+    terminate_on_nan = keras.callbacks.TerminateOnNaN()
+    # Let Keras check each step's loss off the training thread (on backends that allow it, JAX): a
+    # batch hook that is not async-safe makes the loop wait for every step, a sync per step on a GPU.
+    terminate_on_nan.async_safe = True
+    # After validation (it reads val_accuracy) and before the caller's callbacks (they read what
+    # it adds to each epoch's logs).
     tracks_grid = bool(grid_layers(model))
     grid_validation = ([BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y)]
                        if tracks_grid and best_momentum_each_epoch else [])
     started = time.perf_counter()
     fitted = model.fit(
-        x_train,
-        y_train,
-        batch_size=config.batch_size,
+        batches,
         epochs=config.epochs,
-        validation_data=validation,
-        # Validation runs in inference mode, where the batch size changes nothing but speed.
-        validation_batch_size=EVAL_BATCH_SIZE,
-        shuffle=True,
+        # FullBatches shuffles, from the config's seed; Keras's own shuffle of batch order is not seeded.
+        shuffle=False,
         verbose=verbose,
-        callbacks=[timer, keras.callbacks.TerminateOnNaN(), *grid_validation, *callbacks],
+        # The timer's epochs end before validation: epoch times are training alone.
+        callbacks=[timer, validation, terminate_on_nan, *grid_validation, *callbacks],
     )
     fit_seconds = time.perf_counter() - started
 
@@ -291,8 +352,8 @@ def train(
         curve, curve_seconds = None, 0.0
         if tracks_grid:
             curve_started = time.perf_counter()
-            curve = measure_curve(model, config.bn_momentum, config.momentum_grid, (x_train, y_train), validation,
-                                  train_acc, own=(train_eval, val_acc), recalibrated=(train_eval_recal, val_recal))
+            curve = measure_curve(model, config.bn_momentum, config.momentum_grid, (x_train, y_train),
+                                  (data.val.x, data.val.y), train_acc, own=(train_eval, val_acc), recalibrated=(train_eval_recal, val_recal))
             curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
 
@@ -302,9 +363,13 @@ def train(
         "build_seconds": build_seconds,
         "fit_seconds": fit_seconds,
         "eval_seconds": eval_seconds,
+        # Within fit_seconds: the per-epoch validation passes.
+        "validation_seconds": validation.seconds,
         "first_epoch_seconds": epoch_seconds[0] if epoch_seconds else float("nan"),
-        # The first epoch includes tracing and compiling the train step; later ones do not.
+        # Training alone, without validation. The first epoch includes tracing and compiling the
+        # train step; later ones do not.
         "steady_epoch_seconds": statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else float("nan"),
+        "epochs_seconds": sum(epoch_seconds),
         # Part of fit_seconds: the per-epoch val passes at the grid's momenta.
         "grid_validation_seconds": sum(grid_validation[0].seconds) if grid_validation else 0.0,
         # Part of eval_seconds: the curve's passes after training.

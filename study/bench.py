@@ -1,0 +1,337 @@
+"""Benchmark a short real study on synthetic images: how fast trials train, and where the rest goes.
+
+    python -m study.bench                                             # 32 px, CPU or GPU, whatever is seen
+    KERAS_BACKEND=jax python -m study.bench --image_size 224 --images 10000 --epochs 3 --trials 10 \\
+        --batch_size 128 --device gpu --json bench.json                # the seed's shape on a GPU
+    python -m study.bench --workers 2                                 # 2 workers together against 1
+
+Use it to size a study before running one, and to tell a GPU run from a CPU one. It needs no data:
+the images are random pixels of shape (image_size, image_size, 3) in 6 classes, split 70/15/15.
+The study is real (Optuna sampling, training, the measurements after each fit, MLflow tracking of
+every trial with its figures and model, the end-of-study summary), in throw-away stores under a
+temporary folder, with no pruning and without the seed presets, so every trial runs every epoch.
+`--batch_size 0` samples the batch size from the search space like a study does; any other value
+fixes it (the other parameters are still searched).
+
+It prints, and writes to `--json PATH`:
+* backend, its version, and the device trials trained on;
+* per trial: steady-state training images/s (median epoch after the first, training alone) and
+  first-epoch seconds, and the compile seconds (first epoch minus a steady one, plus model build);
+* the study's wall time, the part spent training, and the fraction outside training split into
+  compile, measurements (validation each epoch, inference-mode and recalibrated accuracies,
+  confusion matrices), tracking (MLflow: runs, metrics each epoch, figures, model; reporting to the
+  pruner), sampling (Optuna: suggesting,
+  storage, callbacks) and once per run (imports, data, stores, parent run, end-of-study summary).
+  The parts add up to the wall time;
+* with `--workers N` (N > 1): the same study run alone, then N copies at once (independent
+  processes and stores, sharing the machine and its devices), and their training images per second
+  of wall time together against the one alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+_STARTED = time.perf_counter()
+
+import argparse  # noqa: E402 - the clock starts before the imports it measures
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus  # noqa: E402
+from study.cli import UsageError, quiet_logging  # noqa: E402
+
+class BenchFailed(RuntimeError):
+    """A trial of the benchmark study failed, so its figures would not describe a study."""
+
+
+PARTS = ("compile", "measurements", "tracking", "sampling", "once_per_run")
+NUM_CLASSES = 6
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--image_size", "--image-size", type=int, default=32, help="pixels (default %(default)s)")
+    add("--images", type=int, default=1200, help="synthetic images in all (default %(default)s)")
+    add("--epochs", type=int, default=3, help="epochs per trial, at least 2 for a steady epoch (default %(default)s)")
+    add("--trials", type=int, default=4, help="trials in the study (default %(default)s)")
+    add("--batch_size", "--batch-size", type=int, default=0,
+        help="fixed batch size, or 0 to sample it from the search space (default %(default)s)")
+    add("--workers", type=int, default=1, help="also run N copies at once and compare (default %(default)s)")
+    add("--device", type=str, default="auto", help=f"one of {', '.join(DEVICES)} (default %(default)s)")
+    add("--seed", type=int, default=0, help="seed for data, sampler and training")
+    add("--json", type=str, default="", help="also write the results to this file")
+    return parser
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.image_size < 8:
+        raise UsageError(f"--image_size={args.image_size} is too small; use at least 8.")
+    if args.images < 10 * NUM_CLASSES:
+        raise UsageError(f"--images={args.images} is too few; use at least {10 * NUM_CLASSES}.")
+    if args.epochs < 2:
+        raise UsageError(f"--epochs={args.epochs} is too few; use at least 2 (the first epoch compiles).")
+    if args.trials < 1:
+        raise UsageError(f"--trials={args.trials} is invalid; use at least 1.")
+    if args.batch_size < 0:
+        raise UsageError(f"--batch_size={args.batch_size} is invalid; use 0 (search space) or a positive size.")
+    if args.workers < 1:
+        raise UsageError(f"--workers={args.workers} is invalid; use at least 1.")
+    if args.device not in DEVICES:
+        raise UsageError(f"--device={args.device!r} is unknown; use one of {', '.join(DEVICES)}.")
+    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
+        raise UsageError(f"--json={args.json!r}: its folder does not exist; create it or pick another path.")
+
+
+def synthetic_data(image_size: int, images: int, seed: int):
+    """Random pixels in the seed's shape, 6 balanced classes, split 70/15/15."""
+    import numpy as np
+
+    from gaplab.data import Dataset, Split
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (images, image_size, image_size, 3), dtype=np.uint8)
+    y = (np.arange(images) % NUM_CLASSES).astype(np.int32)
+    cut_train, cut_val = int(images * 0.7), int(images * 0.85)
+    return Dataset(
+        name="synthetic", class_names=tuple(f"class{index}" for index in range(NUM_CLASSES)),
+        train=Split(x[:cut_train], y[:cut_train]), val=Split(x[cut_train:cut_val], y[cut_train:cut_val]),
+        test=Split(x[cut_val:], y[cut_val:]), digest=f"synthetic-{image_size}-{images}-{seed}",
+        source=f"synthetic:?image_size={image_size}&images={images}&seed={seed}")
+
+
+class _Clock:
+    """Seconds spent inside chosen functions during the study, per trial."""
+
+    def __init__(self):
+        self.trials: list[dict] = []
+
+    @contextlib.contextmanager
+    def timing(self, module, name: str, part: str):
+        """While active, calls to `module.name` add their seconds to the current trial's `part`."""
+        original = getattr(module, name)
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                result = original(*args, **kwargs)
+            finally:
+                self.trials[-1][part] = self.trials[-1].get(part, 0.0) + time.perf_counter() - started
+            if part == "train_call":
+                self.trials[-1]["result"] = result
+            return result
+
+        # Instrumentation only: the objective looks both functions up on their modules at call time.
+        setattr(module, name, timed)
+        try:
+            yield
+        finally:
+            setattr(module, name, original)
+
+
+def run_bench(args: argparse.Namespace) -> dict:
+    """One study in throw-away stores; the measurements as a dict (see the module docstring)."""
+    import mlflow
+    import optuna
+
+    from gaplab import device
+    from gaplab.config import TrainConfig
+    from study import objective as objective_module
+    from study import space, summary
+
+    training_device = device.choose_device(args.device)
+    if training_device == "CPU" and args.device == "auto":
+        print(device.cpu_notice(), flush=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    data = synthetic_data(args.image_size, args.images, args.seed)
+    base = TrainConfig(image_size=args.image_size, epochs=args.epochs, seed=args.seed)
+    study_name = f"bench-{args.image_size}px"
+    clock = _Clock()
+    with tempfile.TemporaryDirectory(prefix="gaplab-bench-") as folder:
+        mlflow.set_tracking_uri(f"sqlite:///{Path(folder) / 'mlflow.db'}")
+        mlflow.set_experiment(study_name)
+        sampler = optuna.samplers.TPESampler(seed=args.seed)
+        if args.batch_size:
+            sampler = optuna.samplers.PartialFixedSampler({"batch_size": args.batch_size}, sampler)
+        study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{Path(folder) / 'optuna.db'}",
+                                    direction="maximize", sampler=sampler, pruner=optuna.pruners.NopPruner())
+        fixed = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed, "device": training_device}
+        objective = objective_module.Objective(study_name, data, base, fixed)
+
+        def timed_objective(trial):
+            clock.trials.append({"number": trial.number, "began": time.perf_counter()})
+            try:
+                return objective(trial)
+            finally:
+                clock.trials[-1]["ended"] = time.perf_counter()
+
+        with mlflow.start_run(run_name=study_name), \
+                clock.timing(space, "suggest", "sampling"), clock.timing(objective_module, "train", "train_call"):
+            mlflow.log_params({"backend": device.backend(), "backend_version": device.backend_version(),
+                               "device": args.device})
+            study.optimize(timed_objective, n_trials=args.trials, catch=(Exception,), gc_after_trial=False)
+            summary.log_study_summary(study, study_name)
+        failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+        if failed:
+            raise BenchFailed(f"{len(failed)} of {args.trials} benchmark trials failed (first: trial "
+                              f"{failed[0].number}); Optuna's warning above shows the error.")
+    wall = time.perf_counter() - _STARTED
+    return _account(clock.trials, wall, data, args, training_device, device.backend(), device.backend_version())
+
+
+def _account(trials: list[dict], wall: float, data, args, training_device: str, backend: str, version: str) -> dict:
+    """Per-trial figures and the wall time split into training and the parts outside it."""
+    parts = dict.fromkeys(PARTS, 0.0)
+    training = 0.0
+    per_trial = []
+    for index, trial in enumerate(trials):
+        result = trial["result"]
+        timings = result.timings
+        steady = timings["steady_epoch_seconds"]
+        compile_in_fit = max(timings["first_epoch_seconds"] - steady, 0.0)
+        trained = timings["epochs_seconds"] - compile_in_fit + timings["data_seconds"]
+        compile_seconds = compile_in_fit + timings["build_seconds"]
+        # Inside fit but outside its epochs and validation: the per-epoch callbacks (MLflow
+        # metrics, reporting to the pruner).
+        epoch_callbacks = timings["fit_seconds"] - timings["epochs_seconds"] - timings["validation_seconds"]
+        measured = trial["train_call"] - trained - compile_seconds - epoch_callbacks
+        sampling = trial.get("sampling", 0.0)
+        tracking = trial["ended"] - trial["began"] - trial["train_call"] - sampling + epoch_callbacks
+        if index:  # Optuna's work between two trials: tell, storage, ask.
+            sampling += trial["began"] - trials[index - 1]["ended"]
+        training += trained
+        parts["compile"] += compile_seconds
+        parts["measurements"] += measured
+        parts["tracking"] += tracking
+        parts["sampling"] += sampling
+        batch = min(result.config.batch_size, len(data.train))  # as gaplab.train.FullBatches cuts them
+        images_per_epoch = len(data.train) // batch * batch
+        per_trial.append({
+            "number": trial["number"], "batch_size": result.config.batch_size, "depth": result.config.depth,
+            "epochs": result.epochs,
+            "steady_images_per_second": images_per_epoch / steady if steady > 0 else float("nan"),
+            "first_epoch_seconds": timings["first_epoch_seconds"], "steady_epoch_seconds": steady,
+            "compile_seconds": compile_seconds, "fit_seconds": timings["fit_seconds"],
+            "training_images": images_per_epoch * result.epochs,
+        })
+    inside_trials = trials[-1]["ended"] - trials[0]["began"] if trials else 0.0
+    parts["once_per_run"] = wall - inside_trials
+    outside = sum(parts.values())
+    return {
+        "backend": backend, "backend_version": version, "device": training_device, "requested_device": args.device,
+        "image_size": args.image_size, "images": args.images, "train_images": len(data.train),
+        "epochs": args.epochs, "trials": len(trials), "batch_size": args.batch_size or "search space",
+        "per_trial": per_trial,
+        "median_steady_images_per_second": statistics.median(t["steady_images_per_second"] for t in per_trial),
+        "wall_seconds": wall, "training_seconds": training,
+        "outside_training_seconds": outside, "outside_training_fraction": outside / wall,
+        "outside_training": parts,
+        "training_images_per_wall_second": sum(t["training_images"] for t in per_trial) / wall,
+    }
+
+
+def compare_workers(args: argparse.Namespace, argv: list[str]) -> dict:
+    """The study alone, then `args.workers` copies at once; training images per wall second, together vs one."""
+    with tempfile.TemporaryDirectory(prefix="gaplab-bench-workers-") as folder:
+        def launch(index: int) -> tuple[subprocess.Popen, Path]:
+            out = Path(folder) / f"worker{index}.json"
+            command = [sys.executable, "-m", "study.bench", *argv, "--workers", "1", "--json", str(out),
+                       "--seed", str(args.seed + index)]
+            return subprocess.Popen(command, stdout=subprocess.DEVNULL), out
+
+        def finish(runs) -> list[dict]:
+            reports = []
+            for process, out in runs:
+                if process.wait() != 0:
+                    raise BenchFailed(f"a benchmark worker exited with {process.returncode}; "
+                                      "run the same command without --workers to see why.")
+                reports.append(json.loads(out.read_text()))
+            return reports
+
+        alone = finish([launch(0)])[0]
+        started = time.perf_counter()
+        together = finish([launch(index) for index in range(args.workers)])
+        together_wall = time.perf_counter() - started
+    one = alone["training_images_per_wall_second"]
+    all_images = sum(t["training_images"] for report in together for t in report["per_trial"])
+    return {
+        "workers": args.workers, "one_worker": alone,
+        "one_worker_images_per_second": one, "all_workers_images_per_second": all_images / together_wall,
+        "speedup": all_images / together_wall / one, "workers_wall_seconds": together_wall,
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"backend {report['backend']} {report['backend_version']}, device {report['device']}; "
+             f"{report['trials']} trials x {report['epochs']} epochs on {report['train_images']} training images "
+             f"at {report['image_size']} px, batch size {report['batch_size']}"]
+    for trial in report["per_trial"]:
+        lines.append(f"  trial {trial['number']}: batch {trial['batch_size']} depth {trial['depth']}: "
+                     f"{trial['steady_images_per_second']:,.0f} images/s steady, first epoch "
+                     f"{trial['first_epoch_seconds']:.2f}s (compile {trial['compile_seconds']:.2f}s)")
+    wall = report["wall_seconds"]
+    lines.append(f"wall {wall:.1f}s: training {report['training_seconds']:.1f}s, outside training "
+                 f"{report['outside_training_seconds']:.1f}s ({report['outside_training_fraction']:.0%})")
+    for part, seconds in report["outside_training"].items():
+        lines.append(f"  {part:<13} {seconds:7.1f}s  {seconds / wall:6.1%}")
+    if "workers" in report:
+        workers = report["workers"]
+        lines.append(f"{workers['workers']} workers together: {workers['all_workers_images_per_second']:,.0f} "
+                     f"training images/s of wall time against {workers['one_worker_images_per_second']:,.0f} for one "
+                     f"({workers['speedup']:.2f}x)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        validate(args)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    quiet_logging()
+    try:
+        check_backend_installed()
+        if args.device == "cpu":
+            hide_gpus()
+        if args.workers > 1:
+            # The children get the same arguments, less --workers, --json and --seed, which they are given.
+            workers = compare_workers(args, _without(argv, ("--workers", "--json", "--seed")))
+            report = {**workers.pop("one_worker"), "workers": workers}
+        else:
+            report = run_bench(args)
+    except DeviceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except BenchFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(format_report(report), flush=True)
+    if args.json:
+        Path(args.json).expanduser().write_text(json.dumps(report, indent=2))
+    return 0
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """`argv` less the given flags and their values (as `--flag value` or `--flag=value`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in flags:
+            skip = True
+        elif not any(arg.startswith(flag + "=") for flag in flags):
+            kept.append(arg)
+    return kept
+
+
+if __name__ == "__main__":
+    sys.exit(main())
