@@ -61,10 +61,19 @@ def test_a_reused_compiled_model_trains_exactly_like_a_freshly_built_one(tiny_da
     # Same architecture, other momentum, dropout and seed: the next run reuses this compiled model.
     train(SMALL.replace(bn_momentum=0.5, dropout=0.4, seed=3), tiny_data)
     reused = train(SMALL, tiny_data)
-    assert reused.model is fresh.model
+    assert reused.trained is fresh.trained
     assert reused.history == fresh.history
     for got, want in zip(reused.model.get_weights(), fresh_weights):
         np.testing.assert_array_equal(got, want)
+
+
+def test_the_model_of_an_earlier_run_cannot_be_read_once_a_later_run_retrained_it(tiny_data):
+    first = train(SMALL, tiny_data)
+    weights = [w.copy() for w in first.model.get_weights()]
+    second = train(SMALL.replace(seed=5), tiny_data)
+    with pytest.raises(RuntimeError, match="retrained by a later train"):
+        first.model  # noqa: B018 - the read itself must fail
+    assert any(not np.array_equal(got, want) for got, want in zip(second.model.get_weights(), weights))
 
 
 class Recorder(EpochCallback):

@@ -147,9 +147,29 @@ class TrainResult:
     confusion_val: np.ndarray
     confusion_test: np.ndarray
     timings: dict[str, float]
-    model: keras.Model | None = field(default=None, repr=False, compare=False)
     # None without batchnorm, with an empty momentum_grid, or when training diverged.
     momentum_curve: MomentumCurve | None = None
+    # The compiled model this run trained, and which of its trainings this run was (see `model`).
+    trained: "_Compiled | None" = field(default=None, repr=False, compare=False)
+    training_number: int = field(default=0, repr=False, compare=False)
+
+    @property
+    def model(self) -> keras.Model | None:
+        """The trained model, valid until the next `train()` of the same architecture in this process.
+
+        `train()` reuses one compiled model per architecture, so a later call retrains this very
+        object. Reading `model` after that raises instead of silently handing out another run's
+        weights; `gaplab.model.to_portable(result.model, ...)` makes a stock-Keras copy that
+        stays valid.
+        """
+        if self.trained is None:
+            return None
+        if self.trained.trainings != self.training_number:
+            raise RuntimeError(
+                f"the model of this run ({self.config}) has since been retrained by a later train() of the "
+                "same architecture; copy it with gaplab.model.to_portable(result.model, ...) before training again."
+            )
+        return self.trained.model
 
     @property
     def gap(self) -> float:
@@ -223,6 +243,8 @@ class _Compiled:
     # The variables of a freshly built model, per seed; momentum and dropout rate aside, they
     # depend only on the architecture and the seed.
     initial_values: dict[int, list[np.ndarray]] = field(default_factory=dict)
+    # How many train() calls have used this model; a TrainResult holds the number of its own.
+    trainings: int = 0
 
 
 _compiled_models: "OrderedDict[tuple, _Compiled]" = OrderedDict()
@@ -234,7 +256,7 @@ def _architecture(config: TrainConfig, num_classes: int) -> tuple:
     return (config.depth, config.batchnorm, config.dropout > 0, config.image_size, num_classes, grid_length)
 
 
-def _prepared_model(config: TrainConfig, num_classes: int) -> keras.Model:
+def _prepared_model(config: TrainConfig, num_classes: int) -> _Compiled:
     """A compiled model for `config`, in exactly the state a freshly built and compiled one has.
 
     Weights and states are those of a fresh build with the config's seed (built once per seed
@@ -263,10 +285,11 @@ def _prepared_model(config: TrainConfig, num_classes: int) -> keras.Model:
             variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
         model.optimizer.learning_rate.assign(config.learning_rate)
         set_runtime_hyperparameters(model, config)
+    compiled.trainings += 1
     _compiled_models[key] = compiled
     while len(_compiled_models) > _MAX_COMPILED_MODELS:
         _compiled_models.popitem(last=False)
-    return model
+    return compiled
 
 
 def train(
@@ -292,7 +315,8 @@ def train(
     data_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    model = _prepared_model(config, data.num_classes)
+    compiled = _prepared_model(config, data.num_classes)
+    model = compiled.model
     build_seconds = time.perf_counter() - started
 
     timer = _EpochTimer()
@@ -391,6 +415,7 @@ def train(
         confusion_val=confusion_val,
         confusion_test=confusion_test,
         timings=timings,
-        model=model,
         momentum_curve=curve,
+        trained=compiled,
+        training_number=compiled.trainings,
     )
