@@ -42,6 +42,8 @@ TRIAL_STATE_TAG = "trial_state"
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 STUDY_TAG = "study_name"
 ERROR_TAG = "error"
+# A trial run's timings (fit_seconds, eval_seconds, ...) are metrics under this prefix.
+TIMING_METRIC_PREFIX = "timing/"
 # MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 

@@ -356,7 +356,11 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
         assert child.data.params["device"] == "CPU"
         assert child.data.tags["trial_state"] == "COMPLETE" and child.info.status == "FINISHED"
         assert {"train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
-                "generalization_gap", "val_accuracy_recalibrated", "steps", "fit_seconds"} <= set(child.data.metrics)
+                "generalization_gap", "val_accuracy_recalibrated", "steps"} <= set(child.data.metrics)
+        timings = {key for key in child.data.metrics if key.endswith("_seconds")}
+        assert {"timing/fit_seconds", "timing/eval_seconds", "timing/first_epoch_seconds"} <= timings
+        assert all(key.startswith("timing/") for key in timings), "every timing in the UI's timing/ section"
+        assert len(client.get_metric_history(child.info.run_id, "timing/fit_seconds")) == 1
         assert child.data.metrics["gap"] == pytest.approx(
             child.data.metrics["mode_gap"] + child.data.metrics["generalization_gap"])
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):

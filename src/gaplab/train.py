@@ -196,7 +196,6 @@ class TrainResult:
             "val_accuracy_recalibrated": self.val_accuracy_recalibrated,
             "steps": float(self.steps),
             "epochs_run": float(self.epochs),
-            "fit_seconds": self.timings["fit_seconds"],
             "best_momentum": self.momentum_curve.best_momentum if self.momentum_curve else float("nan"),
             "val_accuracy_at_best_momentum": (self.momentum_curve.val_accuracy_at_best_momentum
                                               if self.momentum_curve else float("nan")),
