@@ -132,14 +132,16 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
     if not with_model or result.model is None:
         return None
     portable = to_portable(result.model, result.config, data.num_classes)
-    # The output is one probability per class; describing it needs no prediction.
-    sample = data.val.x[:1]
-    signature = mlflow.models.infer_signature(sample, np.zeros((1, data.num_classes), dtype="float32"))
-    # mlflow 3.17 with Keras 3: input_example= fails (input_example.json written before its
-    # folder exists), so the signature alone describes the input.
+    # No signature: MLflow enforces a signature's input dtype exactly, and users hold images as
+    # uint8 as often as float32 in 0-255; the model takes both, so its input and output are
+    # described in the model's metadata instead. (mlflow 3.17 with Keras 3: input_example= fails,
+    # input_example.json is written before its folder exists.)
+    size = data.image_size
+    metadata = {"input": f"images, shape (n, {size}, {size}, 3), RGB values 0-255, dtype uint8 or float32",
+                "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
     # step: the final metrics, logged at the last epoch, are linked to the model.
-    info = mlflow.keras.log_model(portable, name="model", signature=signature, step=result.epochs,
-                                  pip_requirements=model_requirements())
+    info = mlflow.keras.log_model(portable, name="model", metadata=metadata,
+                                  step=result.epochs, pip_requirements=model_requirements())
     return info.model_uri
 
 

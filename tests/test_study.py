@@ -385,6 +385,9 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     probabilities = model.predict(images)
     assert probabilities.shape == (3, 6)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    # Images held as float32 in 0-255 are the same images.
+    np.testing.assert_allclose(model.predict(images.astype("float32")), probabilities, rtol=1e-5, atol=1e-6)
+    assert "uint8 or float32" in model.metadata.metadata["input"]
 
 
 @pytest.mark.slow
