@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Callable
 
@@ -60,8 +61,15 @@ def heartbeat_grace() -> int:
     return int(raw)
 
 
+def _missing_module(error: ImportError) -> str:
+    if isinstance(error.__cause__, ImportError):  # Optuna re-raises the driver's ImportError in its words
+        error = error.__cause__
+    found = re.search(r"No module named '([^']+)'", str(error))
+    return error.name or (found.group(1) if found else str(error))
+
+
 def _driver_hint(url: str, error: ImportError) -> str:
-    return (f"--storage={masked(url)!r} needs the database driver {error.name!r}, which is not installed; "
+    return (f"--storage={masked(url)!r} needs the database driver {_missing_module(error)!r}, which is not installed; "
             "install it with pip install -e \".[postgres]\" (psycopg 3) and use postgresql+psycopg://user@host/db.")
 
 
@@ -122,7 +130,7 @@ def check_tracking_uri() -> str:
     try:
         MlflowClient().search_experiments(max_results=1)
     except ImportError as error:
-        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} needs the database driver {error.name!r}; "
+        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} needs the database driver {_missing_module(error)!r}; "
                          "install it with pip install -e \".[postgres]\".") from None
     except (MlflowException, OSError) as error:
         raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} cannot be used ({_first_line(error, uri)}); check that the "
