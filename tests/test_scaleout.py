@@ -196,8 +196,8 @@ def _assert_study_is_whole(storage: str, trials: int, killed: int | None, tracki
 def test_kill_9_of_a_lone_worker_then_reruns_lose_nothing(tmp_path):
     env = {**_env(tmp_path), "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    command = [sys.executable, "-m", "study.run", "--epochs", "3", "--image_size", "16", "--pruner", "none"]
-    process = subprocess.Popen([*command, "--trials", "5"], cwd=tmp_path, env=env,
+    command = [sys.executable, "-m", "study.run", "--epochs", "2", "--image_size", "16", "--pruner", "none"]
+    process = subprocess.Popen([*command, "--trials", "4"], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid, number = _wait_for_running_trial(storage, [process.pid])
     process.kill()
@@ -212,10 +212,10 @@ def test_kill_9_of_a_lone_worker_then_reruns_lose_nothing(tmp_path):
     study = optuna.load_study(study_name=STUDY, storage=storage)
     assert study.trials[number].state.name == "FAIL"
     print(f"kill -9 -> FAIL: {failed_after:.1f} s (grace {GRACE_S} s, including the rerun's start)")
-    done = subprocess.run([*command, "--trials", "5"], cwd=tmp_path, env=env, capture_output=True, text=True,
+    done = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_study_is_whole(storage, 5, number, env["MLFLOW_TRACKING_URI"])
+    _assert_study_is_whole(storage, 4, number, env["MLFLOW_TRACKING_URI"])
     study = optuna.load_study(study_name=STUDY, storage=storage)
     complete_presets = sorted(t.user_attrs["preset"] for t in study.trials
                               if t.state.name == "COMPLETE" and "preset" in t.user_attrs)
@@ -227,7 +227,7 @@ def test_kill_9_of_a_lone_worker_then_reruns_lose_nothing(tmp_path):
 def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
     env = _env(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    command = [sys.executable, "-m", "study.run", "--trials", "6", "--workers", "2", "--epochs", "3",
+    command = [sys.executable, "-m", "study.run", "--trials", "4", "--workers", "2", "--epochs", "2",
                "--image_size", "16", "--pruner", "none", "--storage", storage]
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -246,7 +246,7 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
     assert "KILLED" in {r.info.status for r in runs}
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    _assert_study_is_whole(storage, 6, None, env["MLFLOW_TRACKING_URI"])
+    _assert_study_is_whole(storage, 4, None, env["MLFLOW_TRACKING_URI"])
 
 
 # -- PostgreSQL and an MLflow tracking server ------------------------------------------------------
@@ -307,10 +307,10 @@ def mlflow_server(postgres, tmp_path):
 def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_path, postgres, mlflow_server):
     env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server, "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
     storage = f"{postgres}/optuna"
-    trials = 6
+    trials = 5
     started = time.time()
     process = subprocess.Popen(
-        [sys.executable, "-m", "study.run", "--trials", str(trials), "--workers", "2", "--epochs", "2",
+        [sys.executable, "-m", "study.run", "--trials", str(trials), "--workers", "2", "--epochs", "1",
          "--image_size", "16", "--pruner", "none", "--storage", storage],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
