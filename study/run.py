@@ -5,8 +5,10 @@
     mlflow run . -P trials=50 --env-manager local       # the same, launched by MLflow
 
 `trials` is the study's total of finished (complete or pruned) trials: rerunning with the same
-study name and storage tops the study up to that total. Ctrl-C marks the running trial FAIL,
-ends its MLflow run KILLED and exits with 130; rerun the command to resume.
+study name and storage tops the study up to that total. Ctrl-C marks the running trials FAIL,
+ends their MLflow runs KILLED and exits with 130; rerun the command to resume.
+`--workers N` trains N trials at once in N processes (study.workers); the same command on another
+machine, with the same --study_name, --storage and MLFLOW_TRACKING_URI, joins the study.
 Every flag below is also an MLproject parameter of the same name (see MLproject).
 """
 
