@@ -173,6 +173,8 @@ def _assert_study_is_whole(storage: str, trials: int, killed: int | None, tracki
     states = {t.number: t.state.name for t in study.trials}
     assert sum(state in ("COMPLETE", "PRUNED") for state in states.values()) == trials, states
     assert "RUNNING" not in states.values(), states
+    searched = [tuple(sorted(t.params.items())) for t in study.trials if t.params and "preset" not in t.user_attrs]
+    assert len(searched) == len(set(searched)), "no sampled point is repeated across workers or reruns"
     client = MlflowClient(tracking_uri)
     parent_id = study.user_attrs["mlflow_parent_run_id"]
     parent = client.get_run(parent_id)
