@@ -182,6 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Before or after the trials (loading data, writing the summary): nothing half-trained to mark.
+        import mlflow
+
+        print("\ninterrupted; rerun the same command to resume.", file=sys.stderr)
+        while mlflow.active_run() is not None:
+            mlflow.end_run("KILLED")
+        return 130
 
 
 def load_data(settings: Settings):
@@ -282,8 +290,7 @@ def run_study(settings: Settings, argv: list[str]) -> int:
     space.depth_choices(settings.image_size)
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                 direction="maximize", pruner=make_pruner(settings.pruner, settings.epochs))
-    fixed_all = fixed_settings(settings, data)
-    check_fixed_settings(study, study_name, fixed_all)
+    check_fixed_settings(study, study_name, fixed_settings(settings, data))
     # Before presets are queued and the target is checked: a trial of a process that died must
     # neither count as present nor stay RUNNING (its MLflow run is ended by the storage's callback).
     fail_stale_trials(study)

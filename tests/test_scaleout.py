@@ -329,6 +329,13 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_pat
     print(f"postgres --workers 2: kill -9 -> FAIL {fail_time:.1f} s (grace {GRACE_S} s); total {time.time() - started:.0f} s")
     _assert_study_is_whole(storage, trials, number, mlflow_server)
 
+    from study.cli import UsageError
+    from study.storage import open_optuna_storage
+
+    assert open_optuna_storage(storage).engine.pool._pre_ping, "dropped connections are re-opened"
+    with pytest.raises(UsageError, match=r'cannot be opened \(.*"nosuchdb" does not exist\); check the host'):
+        open_optuna_storage(f"{postgres}/nosuchdb")
+
     out = tmp_path / "report"
     report = subprocess.run([sys.executable, "-m", "study.report", "--storage", storage, "--out", str(out)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
