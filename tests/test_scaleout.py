@@ -129,8 +129,8 @@ def test_resumes_never_repeat_a_sampled_point(mock_study):
 
 
 def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, monkeypatch):
-    mlflow.set_tracking_uri(f"sqlite:///{mock_study / 'mlflow.db'}")
-    launcher = MlflowClient().create_run(MlflowClient().create_experiment("launched")).info.run_id
+    client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
+    launcher = client.create_run(client.create_experiment("launched")).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     assert run_module.main(["--trials", "4", *SMALL]) == 0
     assert "MLFLOW_RUN_ID" not in os.environ
@@ -138,7 +138,7 @@ def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, 
     assert study.user_attrs["mlflow_parent_run_id"] == launcher
     trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}
     assert len(trial_runs) == 4 and launcher not in trial_runs
-    children = MlflowClient().search_runs([MlflowClient().get_run(launcher).info.experiment_id],
+    children = client.search_runs([client.get_run(launcher).info.experiment_id],
                                           filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
     assert {r.info.run_id for r in children} == trial_runs
 
