@@ -100,8 +100,8 @@ def open_optuna_storage(url: str, on_stale_trial: Callable | None = None):
     except ImportError as error:
         raise UsageError(_driver_hint(url, error)) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        raise UsageError(f"--storage={masked(url)!r} cannot be opened ({_first_line(error, url)}); check the host, port, user, "
-                         "password and that the database exists.") from None
+        raise UsageError(f"--storage={masked(url)!r} cannot be opened ({_first_line(error, url)}); check the host, "
+                         "port, user, password and that the database exists.") from None
     return storage
 
 
@@ -130,11 +130,11 @@ def check_tracking_uri() -> str:
     try:
         MlflowClient().search_experiments(max_results=1)
     except ImportError as error:
-        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} needs the database driver {_missing_module(error)!r}; "
-                         "install it with pip install -e \".[postgres]\".") from None
+        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} needs the database driver "
+                         f"{_missing_module(error)!r}; install it with pip install -e \".[postgres]\".") from None
     except (MlflowException, OSError) as error:
-        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} cannot be used ({_first_line(error, uri)}); check that the "
-                         "server runs and the URI, user and password are right.") from None
+        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} cannot be used ({_first_line(error, uri)}); check "
+                         "that the server runs and the URI, user and password are right.") from None
     finally:
         if uri.startswith(("http://", "https://")):
             for name, value in saved.items():

@@ -90,7 +90,9 @@ def sampler_seed(seed: int, trials_at_start: int, worker_index: int, joining_liv
 
 def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
                 trial_of: Callable[[str], str], poll_s: float = 0.5) -> tuple[bool, list[str]]:
-    """Run one worker (`python -m study.run *argv`) per sampler seed to their end; (interrupted, reports of workers that died).
+    """Run one worker (`python -m study.run *argv`) per sampler seed to their end.
+
+    Returns (interrupted, one report per worker that died).
 
     `trial_of(host_pid)` names the trial a dead worker was running.
     """
