@@ -25,6 +25,8 @@ CLASS_NAMES_ATTR = "class_names"
 # The study's fixed settings (image size, epochs, seed, data, dataset digest): a resume with
 # other settings is refused, and the report reads the seed from here.
 SETTINGS_ATTR = "settings"
+# The keys of SETTINGS_ATTR that must match for a process to resume or join the study.
+FIXED_SETTINGS = ("dataset", "dataset_digest", "image_size", "epochs", "seed")
 
 # ---------------------------------------------------------------- trial user attributes
 PRESET_ATTR = "preset"
@@ -34,6 +36,8 @@ MODEL_URI_ATTR = "model_uri"
 # complement), and whether the model has batchnorm at all (presets without BN).
 BN_MOMENTUM_ATTR = "bn_momentum"
 BATCHNORM_ATTR = "batchnorm"
+# "host:pid" of the worker process that ran the trial: names the trial of a worker that died.
+WORKER_ATTR = "worker"
 # Besides these, every key of `gaplab.train.TrainResult.final_metrics()` is a trial user
 # attribute of the same name (val_accuracy, gap, mode_gap, steps, ...).
 
@@ -46,6 +50,9 @@ ERROR_TAG = "error"
 TIMING_METRIC_PREFIX = "timing/"
 # MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.
 RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
+# A trial whose worker died (no heartbeat): its run ends KILLED, trial_state FAIL, and the error
+# tag starts with this.
+WORKER_DIED = "worker died"
 
 # ---------------------------------------------------------------- momentum measured in pairs
 # Trial user attribute holding the same object as the trial run's `momentum_curve.json`:

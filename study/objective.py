@@ -73,8 +73,9 @@ class Objective:
     """Callable for `study.optimize`; the data is loaded once by the caller and shared."""
 
     def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
-                 prune_on: str = DEFAULT_PRUNE_ON):
+                 prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None):
         self.study_name = study_name
+        self.parent_run_id = parent_run_id
         self.data = data
         self.base = base
         self.fixed_params = fixed_params
@@ -86,7 +87,7 @@ class Objective:
         config = space.suggest(trial, self.base)
         preset = trial.user_attrs.get(PRESET_ATTR)
         params = {**self.fixed_params, **config.as_params(), **({PRESET_ATTR: preset} if preset else {})}
-        with tracking.trial_run(self.study_name, trial, params) as run:
+        with tracking.trial_run(self.study_name, trial, params, self.parent_run_id) as run:
             try:
                 return self._train_and_log(trial, config, preset, run.info.run_id)
             except Exception as error:

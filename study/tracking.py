@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import os
+import socket
 import time
 import traceback
 from collections.abc import Iterator
@@ -36,7 +37,7 @@ from gaplab.train import EpochCallback, TrainResult
 from study import figures
 from study.contract import (ERROR_TAG, MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_ID_ATTR, RUN_STATUS,
                             STUDY_TAG, TIMING_METRIC_PREFIX, TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, TRIAL_NUMBER_TAG,
-                            TRIAL_STATE_TAG, VAL_ACCURACY_AT_MOMENTUM_METRIC)
+                            TRIAL_STATE_TAG, VAL_ACCURACY_AT_MOMENTUM_METRIC, WORKER_ATTR, WORKER_DIED)
 
 
 
@@ -70,15 +71,20 @@ def log_dataset(data: Dataset) -> None:
 
 
 @contextlib.contextmanager
-def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object]) -> Iterator[mlflow.ActiveRun]:
-    """A child run of the active parent for one trial; its status and tags follow the outcome.
+def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
+              parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
+    """A child run of the study's parent run (`parent_run_id`, else the active run) for one trial;
+    its status and tags follow the outcome.
 
     Returning normally means COMPLETE; optuna.TrialPruned means PRUNED; KeyboardInterrupt ends
     the run KILLED (trial FAIL); any other exception FAILED with the error logged.
     """
+    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id if parent_run_id else None
     run = mlflow.start_run(
         run_name=f"trial-{trial.number:03d}",
         nested=True,
+        parent_run_id=parent_run_id,
+        experiment_id=experiment_id,
         tags={TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name, TRIAL_STATE_TAG: "RUNNING"},
     )
     try:
@@ -185,6 +191,25 @@ def register_best(study_name: str, model_uri: str, run_id: str) -> str:
     version = mlflow.register_model(model_uri, study_name)
     client.set_registered_model_alias(study_name, "best", version.version)
     return version.version
+
+
+def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Optuna's callback for a trial it failed because its process stopped beating: end its run KILLED.
+
+    Runs in whichever process finds the stale trial: a worker of the same command or a later one.
+    """
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    if not run_id:
+        return  # died before its run started
+    client = MlflowClient()
+    if client.get_run(run_id).info.status != "RUNNING":
+        return
+    worker = trial.user_attrs.get(WORKER_ATTR, "its worker")
+    client.set_tag(run_id, TRIAL_STATE_TAG, "FAIL")
+    client.set_tag(run_id, ERROR_TAG, f"{WORKER_DIED}: {worker} stopped sending heartbeats during trial "
+                   f"{trial.number} (killed, e.g. kill -9, or its machine went down); the trial was failed by "
+                   f"{socket.gethostname()}:{os.getpid()}")
+    client.set_terminated(run_id, "KILLED")
 
 
 def parent_run_id_from_launcher() -> str | None:

@@ -181,7 +181,11 @@ def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
     children = _children("shapes-16px")
     assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3, 4]
     parents = {r.data.tags["mlflow.parentRunId"] for r in children}
-    assert len(parents) == 2, "each invocation has its own parent run"
+    assert parents == {study.user_attrs["mlflow_parent_run_id"]}, "every invocation attaches to the study's run"
+    experiment = MlflowClient().get_experiment_by_name("shapes-16px")
+    runs = MlflowClient().search_runs([experiment.experiment_id])
+    assert len(runs) == 6, "one parent run, five trial runs: the rerun with nothing to do creates no run"
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypatch):

@@ -1,0 +1,130 @@
+"""Several worker processes on one study: their environment, GPU placement, sampler seeds, and their lives.
+
+Workers coordinate only through the study's Optuna storage: each starts a trial while the finished
+and running trials are fewer than the target (`study.run.run_worker`). This module only spawns the
+processes, forwards Ctrl-C/SIGTERM to them, waits, and says which one died of what, during which
+trial. A worker that dies is not replaced: the others go on, and its trial is failed once its
+heartbeat is older than the grace period, after which another worker runs a trial in its place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from study.cli import UsageError
+
+# Set in a worker's environment: its index. Its presence makes `python -m study.run` a worker
+# (no stores to create, no summary), so the CLI and MLproject stay free of internal flags.
+WORKER_INDEX_ENV = "GAPLAB_WORKER_INDEX"
+# Set in a worker's environment: its TPE sampler's seed, chosen by the command (`sampler_seed`).
+SAMPLER_SEED_ENV = "GAPLAB_SAMPLER_SEED"
+
+
+def list_gpus() -> list[str]:
+    """'index name' of each NVIDIA GPU nvidia-smi lists; empty without a driver."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        listing = subprocess.run(["nvidia-smi", "--query-gpu=index,name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [" ".join(part.strip() for part in line.split(",", 1)) for line in listing.splitlines() if line.strip()]
+
+
+def parse_gpus(value: str, available: Sequence[str]) -> tuple[str, ...]:
+    """The GPU indices `--gpus` names (default: every GPU there is); UsageError for one that does not exist."""
+    indices = [entry.split(" ", 1)[0] for entry in available]
+    if not value:
+        return tuple(indices)
+    wanted = [part.strip() for part in value.split(",")]
+    missing = [part for part in wanted if part not in indices]
+    if missing or not all(wanted):
+        there = "; ".join(available) if available else "none (nvidia-smi lists no GPU)"
+        raise UsageError(f"--gpus={value!r} names GPU {', '.join(missing) or 'with an empty index'} that does "
+                         f"not exist; the GPUs here are: {there}.")
+    return tuple(dict.fromkeys(wanted))
+
+
+def gpu_environment(index: int, gpus: Sequence[str]) -> dict[str, str]:
+    """What worker `index` needs to train on GPU `index` mod G alone; nothing without GPUs."""
+    if not gpus:
+        return {}
+    # Several workers may share a GPU: none may take all its memory up front.
+    return {"CUDA_VISIBLE_DEVICES": gpus[index % len(gpus)], "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+def worker_environment(base: dict[str, str], index: int, gpus: Sequence[str], seed: int) -> dict[str, str]:
+    """The environment of worker `index`: its GPU, its sampler seed, and no launcher run id."""
+    env = dict(base)
+    # `mlflow run` exports its run's id; a worker inheriting it would resume that run as a trial's run.
+    env.pop("MLFLOW_RUN_ID", None)
+    env[WORKER_INDEX_ENV] = str(index)
+    env[SAMPLER_SEED_ENV] = str(seed)
+    env.update(gpu_environment(index, gpus))
+    return env
+
+
+def sampler_seed(seed: int, trials_at_start: int, worker_index: int, joining_live_study: bool) -> int:
+    """The TPE sampler's seed for one process: the same inputs give the same seed, others another.
+
+    A resume starts at another trial count and a worker has its own index, so no two processes of
+    one command or of successive commands draw the same "random" points. A process that joins a
+    study other processes are running is not reproducible anyway (which trials it sees depends on
+    timing), so it adds fresh entropy: two joiners at the same count must not draw alike either.
+    """
+    entropy = [seed, trials_at_start, worker_index]
+    if joining_live_study:
+        entropy.append(int.from_bytes(os.urandom(8), "little"))
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
+                trial_of: Callable[[str], str], poll_s: float = 0.5) -> tuple[bool, list[str]]:
+    """Run one worker (`python -m study.run *argv`) per sampler seed to their end.
+
+    Returns (interrupted, one report per worker that died).
+
+    `trial_of(host_pid)` names the trial a dead worker was running.
+    """
+    import socket
+
+    host = socket.gethostname()
+    processes = [
+        # Own process group: a terminal's Ctrl-C reaches the workers once, forwarded from here.
+        subprocess.Popen([sys.executable, "-m", "study.run", *argv], start_new_session=True,
+                         env=worker_environment(dict(os.environ), index, gpus, seed))
+        for index, seed in enumerate(seeds)
+    ]
+    deaths: list[str] = []
+    interrupted = False
+    running = dict(enumerate(processes))
+    while running:
+        try:
+            time.sleep(poll_s)
+            for index, process in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del running[index]
+                if code < 0 or (code not in (0, 130) and not interrupted):
+                    cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                    report = (f"worker {index} (pid {process.pid}) died from {cause} during "
+                              f"{trial_of(f'{host}:{process.pid}')}")
+                    deaths.append(report)
+                    print(f"{report}; the other {len(running)} worker(s) go on.", file=sys.stderr, flush=True)
+        except KeyboardInterrupt:
+            interrupted = True
+            for process in running.values():
+                if process.poll() is None:
+                    process.send_signal(signal.SIGINT)
+    return interrupted, deaths

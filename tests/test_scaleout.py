@@ -1,0 +1,344 @@
+"""Scale-out: several workers on one study, GPU placement, bad storage input, and real faults (kill -9, Ctrl-C).
+
+The heavy tests run real worker processes and send them real signals, on SQLite and on a throwaway
+PostgreSQL cluster with a real `mlflow server`; a short heartbeat grace keeps them quick.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study import run as run_module
+from study import workers
+from tests.test_study import ROOT, _env, fake_train  # noqa: F401 - fake_train is patched in via the fixture
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+GRACE_S = 3
+STUDY = "shapes-16px"
+SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+
+
+# -- placement, environment and seeds: no processes ---------------------------------------------
+
+
+def test_worker_i_gets_gpu_i_mod_g_without_preallocation_and_without_the_launchers_run():
+    base = {"MLFLOW_RUN_ID": "launcher", "PATH": "/bin"}
+    envs = [workers.worker_environment(base, index, ("0", "3"), seed=index) for index in range(3)]
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == ["0", "3", "0"]
+    assert all(env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+               for env in envs)
+    assert all("MLFLOW_RUN_ID" not in env and env["PATH"] == "/bin" for env in envs)
+    assert [env[workers.WORKER_INDEX_ENV] for env in envs] == ["0", "1", "2"]
+    cpu_only = workers.worker_environment(base, 1, (), seed=5)
+    assert "CUDA_VISIBLE_DEVICES" not in cpu_only and cpu_only[workers.SAMPLER_SEED_ENV] == "5"
+
+
+def test_gpus_default_to_all_and_a_missing_one_is_named_with_those_that_exist():
+    here = ["0 NVIDIA H200", "1 NVIDIA H200"]
+    assert workers.parse_gpus("", here) == ("0", "1")
+    assert workers.parse_gpus("1,0", here) == ("1", "0")
+    with pytest.raises(workers.UsageError, match=r"--gpus='0,2' names GPU 2 that does not exist; the GPUs "
+                                                 r"here are: 0 NVIDIA H200; 1 NVIDIA H200"):
+        workers.parse_gpus("0,2", here)
+    with pytest.raises(workers.UsageError, match="none"):
+        workers.parse_gpus("0", [])
+
+
+def test_sampler_seeds_are_reproducible_but_differ_per_resume_and_worker():
+    seed = workers.sampler_seed
+    assert seed(0, 4, 0, False) == seed(0, 4, 0, False)
+    assert len({seed(0, count, index, False) for count in (0, 4, 5) for index in range(3)}) == 9
+    assert seed(0, 4, 0, True) != seed(0, 4, 0, True), "two joiners of a live study must not draw alike"
+
+
+# -- bad input: one line, exit 2, password masked --------------------------------------------------
+
+
+@pytest.mark.parametrize("args, env_extra, expected", [
+    (["--workers", "0"], {}, "--workers=0 is invalid; use at least 1."),
+    (["--workers", "-2"], {}, "--workers=-2 is invalid"),
+    (["--gpus", "7"], {}, "--gpus='7' names GPU 7 that does not exist"),
+    (["--storage", "postgresql+psycopg://gaplab:s3cret@127.0.0.1:1/optuna"], {},
+     "--storage='postgresql+psycopg://gaplab:***@127.0.0.1:1/optuna' cannot be opened"),
+    (["--storage", "postgresql+pg8000://gaplab:s3cret@127.0.0.1:1/optuna"], {},
+     "needs the database driver 'pg8000', which is not installed; install it with pip install -e \".[postgres]\""),
+    ([], {"MLFLOW_TRACKING_URI": "http://gaplab:s3cret@127.0.0.1:1"},
+     "MLFLOW_TRACKING_URI='http://gaplab:***@127.0.0.1:1' cannot be used"),
+])
+def test_bad_workers_gpus_storage_or_tracking_uri_exit_2_with_the_password_masked(
+        tmp_path, monkeypatch, capsys, args, env_extra, expected):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(workers, "list_gpus", lambda: [])
+    for key, value in env_extra.items():
+        monkeypatch.setenv(key, value)
+    started = time.perf_counter()
+    assert run_module.main(["--trials", "1", *SMALL, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and expected in err, err
+    assert "s3cret" not in err
+    assert time.perf_counter() - started < 60
+
+
+# -- defects, with the mock trainer (in one process, fast) -----------------------------------------
+
+
+@pytest.fixture
+def mock_study(tmp_path, monkeypatch):
+    from study import objective as objective_module
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setattr(objective_module, "train", fake_train)
+    yield tmp_path
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
+def test_resume_with_other_settings_is_refused_naming_them(mock_study, capsys):
+    assert run_module.main(["--trials", "2", "--study_name", "mine", *SMALL]) == 0
+    args = ["--trials", "3", "--study_name", "mine", "--pruner", "none"]
+    assert run_module.main([*args, "--epochs", "2", "--image_size", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "study 'mine' was run with" in err and "image_size=16, epochs=1" in err and "image_size=24, epochs=2" in err
+    assert "another --study_name" in err
+    study = optuna.load_study(study_name="mine", storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    assert len(study.trials) == 4 and sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+
+
+def test_resumes_never_repeat_a_sampled_point(mock_study):
+    for total in (5, 6, 7, 8):
+        assert run_module.main(["--trials", str(total), *SMALL]) == 0
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    searched = [tuple(sorted(t.params.items())) for t in study.trials if "preset" not in t.user_attrs]
+    assert len(searched) == 4 and len(set(searched)) == 4, searched
+
+
+def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, monkeypatch):
+    client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
+    launcher = client.create_run(client.create_experiment("launched")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    assert run_module.main(["--trials", "4", *SMALL]) == 0
+    assert "MLFLOW_RUN_ID" not in os.environ
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    assert study.user_attrs["mlflow_parent_run_id"] == launcher
+    trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert len(trial_runs) == 4 and launcher not in trial_runs
+    children = client.search_runs([client.get_run(launcher).info.experiment_id],
+                                          filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
+    assert {r.info.run_id for r in children} == trial_runs
+
+
+# -- real processes, real signals ---------------------------------------------------------------
+
+
+def _children_of(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def _wait_for_running_trial(storage: str, pids: list[int], timeout: float = 240):
+    """(pid, trial number) of a worker among `pids` inside a trial with its MLflow run started."""
+    host = socket.gethostname()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            study = optuna.load_study(study_name=STUDY, storage=storage)
+            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                for pid in pids:
+                    if trial.user_attrs.get("worker") == f"{host}:{pid}" and trial.user_attrs.get("mlflow_run_id"):
+                        return pid, trial.number
+        except KeyError:
+            pass  # the study is not created yet
+        time.sleep(0.3)
+    raise AssertionError("no worker started a trial in time")
+
+
+def _assert_study_is_whole(storage: str, trials: int, killed: int | None, tracking_uri: str) -> None:
+    """Exactly `trials` finished, the killed trial FAIL with its run KILLED, one run per trial, nothing RUNNING."""
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    states = {t.number: t.state.name for t in study.trials}
+    assert sum(state in ("COMPLETE", "PRUNED") for state in states.values()) == trials, states
+    assert "RUNNING" not in states.values(), states
+    searched = [tuple(sorted(t.params.items())) for t in study.trials if t.params and "preset" not in t.user_attrs]
+    assert len(searched) == len(set(searched)), "no sampled point is repeated across workers or reruns"
+    client = MlflowClient(tracking_uri)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], max_results=1000)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent_id}
+    numbers = [int(r.data.tags["optuna_trial_number"]) for r in children]
+    assert len(numbers) == len(set(numbers)), "no trial number has two runs"
+    finished = {n for n, state in states.items() if state in ("COMPLETE", "PRUNED")}
+    assert finished <= set(numbers), "every finished trial has its run"
+    assert all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert parent.info.status == "FINISHED"
+    if killed is not None:
+        assert states[killed] == "FAIL"
+        run = next(r for r in children if r.data.tags["optuna_trial_number"] == str(killed))
+        assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "FAIL"
+        assert run.data.tags["error"].startswith("worker died:"), run.data.tags["error"]
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_lone_worker_then_reruns_lose_nothing(tmp_path):
+    env = {**_env(tmp_path), "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [sys.executable, "-m", "study.run", "--epochs", "2", "--image_size", "16", "--pruner", "none"]
+    process = subprocess.Popen([*command, "--trials", "4"], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid, number = _wait_for_running_trial(storage, [process.pid])
+    process.kill()
+    process.wait()
+    killed_at = time.time()
+    time.sleep(GRACE_S + 1)
+    # The target (1) is met: the rerun trains nothing, yet fails the dead trial and ends its runs.
+    done = subprocess.run([*command, "--trials", "1"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    failed_after = time.time() - killed_at
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    assert study.trials[number].state.name == "FAIL"
+    print(f"kill -9 -> FAIL: {failed_after:.1f} s (grace {GRACE_S} s, including the rerun's start)")
+    done = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_study_is_whole(storage, 4, number, env["MLFLOW_TRACKING_URI"])
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    complete_presets = sorted(t.user_attrs["preset"] for t in study.trials
+                              if t.state.name == "COMPLETE" and "preset" in t.user_attrs)
+    assert complete_presets == sorted(["seed-initial", "seed-deeper", "seed-bn", "seed-final"]), \
+        "the killed preset is queued again, none doubled"
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
+    env = _env(tmp_path)
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    command = [sys.executable, "-m", "study.run", "--trials", "4", "--workers", "2", "--epochs", "2",
+               "--image_size", "16", "--pruner", "none", "--storage", storage]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_children_of(process.pid)) < 2:
+        time.sleep(0.2)
+    _wait_for_running_trial(storage, _children_of(process.pid))
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    assert "RUNNING" not in {t.state.name for t in study.trials}
+    runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
+        [MlflowClient(env["MLFLOW_TRACKING_URI"]).get_experiment_by_name(STUDY).experiment_id])
+    assert "RUNNING" not in {r.info.status for r in runs}
+    assert "KILLED" in {r.info.status for r in runs}
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_study_is_whole(storage, 4, None, env["MLFLOW_TRACKING_URI"])
+
+
+# -- PostgreSQL and an MLflow tracking server ------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL (user postgres, trust)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL binaries absent ({PG_BIN}); apt-get install postgresql (.ci/run does)")
+    folder = Path(tempfile.mkdtemp(prefix="gaplab-pg-"))
+    shutil.chown(folder, "postgres")
+    port = _free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(folder / "data"), "--auth=trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
+                    "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start"], check=True, capture_output=True)
+    try:
+        for database in ("optuna", "mlflow"):
+            subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), database],
+                           check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_path, postgres, mlflow_server):
+    env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server, "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
+    storage = f"{postgres}/optuna"
+    trials = 5
+    started = time.time()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "study.run", "--trials", str(trials), "--workers", "2", "--epochs", "1",
+         "--image_size", "16", "--pruner", "none", "--storage", storage],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_children_of(process.pid)) < 2:
+        time.sleep(0.2)
+    pid, number = _wait_for_running_trial(storage, _children_of(process.pid))
+    os.kill(pid, signal.SIGKILL)
+    killed_at = time.time()
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-4000:]
+    assert f"(pid {pid}) died from signal SIGKILL during trial {number}" in stderr, stderr[-3000:]
+    study = optuna.load_study(study_name=STUDY, storage=storage)
+    fail_time = (study.trials[number].datetime_complete.timestamp() - killed_at)
+    print(f"postgres --workers 2: kill -9 -> FAIL {fail_time:.1f} s (grace {GRACE_S} s); total {time.time() - started:.0f} s")
+    _assert_study_is_whole(storage, trials, number, mlflow_server)
+
+    from study.cli import UsageError
+    from study.storage import open_optuna_storage
+
+    assert open_optuna_storage(storage).engine.pool._pre_ping, "dropped connections are re-opened"
+    with pytest.raises(UsageError, match=r'cannot be opened \(.*"nosuchdb" does not exist\); check the host'):
+        open_optuna_storage(f"{postgres}/nosuchdb")
+
+    out = tmp_path / "report"
+    report = subprocess.run([sys.executable, "-m", "study.report", "--storage", storage, "--out", str(out)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    text = (out / STUDY / "report.md").read_text()
+    assert "seed-final" in text and "still running" not in text
