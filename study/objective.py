@@ -9,15 +9,15 @@ better-settled statistics); the objective is always the val accuracy at the own 
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Callable
 
 import keras
 import optuna
 
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
-from gaplab.train import EpochCallback, train
-from study import space, tracking
+from gaplab.train import EpochCallback, TrainResult, train
+from study import space, stopping, tracking
 from study.contract import (BATCHNORM_ATTR, BN_MOMENTUM_ATTR, DEFAULT_PRUNE_ON, MODEL_URI_ATTR, MOMENTUM_CURVE_ATTR,
                             PRESET_ATTR, PRUNE_ON_METRIC)
 
@@ -25,14 +25,8 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial fails and is never a best."""
 
 
-# Set by study.run's SIGINT/SIGTERM handler. The handler also raises KeyboardInterrupt, but Python
-# swallows it when the signal lands inside a garbage-collection callback (seen with JAX's), so
-# training checks this flag after every batch as well.
-stop_requested = threading.Event()
-
-
 class StopRequestCallback(keras.callbacks.Callback):
-    """Raises KeyboardInterrupt at the next batch once a stop was requested."""
+    """Raises KeyboardInterrupt at the next batch once a stop was requested (see study.stopping)."""
 
     # It reads no logs, so Keras may run it off the training thread: with a batch hook that is not
     # async-safe, Keras waits for every step's results (a device sync per step on a GPU). The
@@ -40,8 +34,7 @@ class StopRequestCallback(keras.callbacks.Callback):
     async_safe = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if stop_requested.is_set():
-            raise KeyboardInterrupt("stop requested")
+        stopping.raise_if_requested()
 
     on_test_batch_end = on_train_batch_end
 
@@ -70,10 +63,15 @@ class PruningCallback(EpochCallback):
 
 
 class Objective:
-    """Callable for `study.optimize`; the data is loaded once by the caller and shared."""
+    """Callable for `study.optimize`; the data is loaded once by the caller and shared.
+
+    `train_fn` is the trainer (gaplab.train.train; tests pass a stand-in).
+    """
 
     def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
-                 prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None):
+                 prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None,
+                 train_fn: Callable[..., TrainResult] | None = None):
+        self.train_fn = train_fn or train
         self.study_name = study_name
         self.parent_run_id = parent_run_id
         self.data = data
@@ -82,8 +80,7 @@ class Objective:
         self.prune_on = prune_on
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if stop_requested.is_set():
-            raise KeyboardInterrupt("stop requested")
+        stopping.raise_if_requested()
         config = space.suggest(trial, self.base)
         preset = trial.user_attrs.get(PRESET_ATTR)
         params = {**self.fixed_params, **config.as_params(), **({PRESET_ATTR: preset} if preset else {})}
@@ -91,9 +88,7 @@ class Objective:
             try:
                 return self._train_and_log(trial, config, preset, run.info.run_id)
             except Exception as error:
-                if stop_requested.is_set() and not isinstance(error, optuna.TrialPruned):
-                    # Ctrl-C landed in library code whose cleanup raised its own error in place of
-                    # the KeyboardInterrupt; it is still an interruption, not a failed trial.
+                if stopping.is_interruption(error) and not isinstance(error, optuna.TrialPruned):
                     raise KeyboardInterrupt(f"stop requested; {type(error).__name__}: {error}") from error
                 raise
 
@@ -101,7 +96,7 @@ class Objective:
         pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
         # The grid's val passes each epoch are only paid for where the pruner reads them.
-        result = train(config, self.data, callbacks=callbacks,
+        result = self.train_fn(config, self.data, callbacks=callbacks,
                        best_momentum_each_epoch=self.prune_on == "best_momentum")
         for name, value in result.final_metrics().items():
             trial.set_user_attr(name, value)

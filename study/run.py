@@ -19,7 +19,6 @@ import math
 import os
 import re
 import socket
-import signal
 import sys
 import time
 import warnings
@@ -161,19 +160,26 @@ class ProgressPrinter:
               f"gap={gap:+.3f} best={best} ETA {_format_seconds(eta)}", file=self.stream, flush=True)
 
 
-def _interrupt(signum, frame):
-    from study.objective import stop_requested
+def main(argv: list[str] | None = None, *, train_fn=None) -> int:
+    """The command; its exit code. `train_fn` stands in for gaplab.train.train (tests)."""
+    from study import stopping
 
-    stop_requested.set()
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    with stopping.graceful_stop():
+        try:
+            return _command(list(sys.argv[1:] if argv is None else argv), train_fn)
+        except (KeyboardInterrupt, Exception) as error:
+            if not stopping.is_interruption(error):
+                raise
+            # Before or after the trials (start-up, loading data, writing the summary): nothing
+            # half-trained to mark; a run this process had open is ended KILLED.
+            print("\ninterrupted; rerun the same command to resume.", file=sys.stderr)
+            mlflow = sys.modules.get("mlflow")
+            while mlflow is not None and mlflow.active_run() is not None:
+                mlflow.end_run("KILLED")
+            return stopping.EXIT_CODE
 
 
-def main(argv: list[str] | None = None) -> int:
-    # Ctrl-C and SIGTERM end the study cleanly, also where a launcher or a background shell job
-    # had set SIGINT to be ignored.
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _command(argv: list[str], train_fn) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -201,18 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if worker_index is not None:
             return run_worker_process(settings, int(worker_index))
-        return run_study(settings, argv)
+        return run_study(settings, argv, train_fn)
     except (DataError, DeviceError, UsageError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        # Before or after the trials (loading data, writing the summary): nothing half-trained to mark.
-        import mlflow
-
-        print("\ninterrupted; rerun the same command to resume.", file=sys.stderr)
-        while mlflow.active_run() is not None:
-            mlflow.end_run("KILLED")
-        return 130
 
 
 def load_data(settings: Settings):
@@ -290,7 +288,7 @@ def attach_parent_run(study, study_name: str, launcher_run: str | None):
     return parent, True
 
 
-def run_study(settings: Settings, argv: list[str]) -> int:
+def run_study(settings: Settings, argv: list[str], train_fn=None) -> int:
     """The command: create or check the stores, then train in this process or in `--workers` processes."""
     import keras
     import mlflow
@@ -349,7 +347,7 @@ def run_study(settings: Settings, argv: list[str]) -> int:
     seeds = [workers.sampler_seed(settings.seed, trials_at_start, index, joining) for index in range(settings.workers)]
     if settings.workers == 1:
         study.sampler = optuna.samplers.TPESampler(seed=seeds[0])
-        objective = tracked_objective(settings, data, base, training_device, parent_id)
+        objective = tracked_objective(settings, data, base, training_device, parent_id, train_fn)
         code = run_worker(study, objective, settings.trials, label="")
         interrupted = code == 130
     else:
@@ -393,7 +391,7 @@ def training_device_for(settings: Settings) -> str:
     return chosen
 
 
-def tracked_objective(settings: Settings, data, base, training_device: str, parent_id: str):
+def tracked_objective(settings: Settings, data, base, training_device: str, parent_id: str, train_fn=None):
     """The Optuna objective, also recording which process ran each trial (contract.WORKER_ATTR)."""
     from study.contract import WORKER_ATTR
     from study.objective import Objective
@@ -402,7 +400,8 @@ def tracked_objective(settings: Settings, data, base, training_device: str, pare
     fixed = {"image_size": settings.image_size, "epochs": settings.epochs, "seed": settings.seed,
              # Each trial's run records the device it trained on (the parent records the one asked for).
              "device": training_device}
-    objective = Objective(study_name, data, base, fixed, prune_on=settings.prune_on, parent_run_id=parent_id)
+    objective = Objective(study_name, data, base, fixed, prune_on=settings.prune_on, parent_run_id=parent_id,
+                          train_fn=train_fn)
     worker = f"{socket.gethostname()}:{os.getpid()}"
 
     def run_trial(trial):

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from study import run as run_module
 from study import workers
-from tests.test_study import ROOT, _env, fake_train  # noqa: F401 - fake_train is patched in via the fixture
+from tests.test_study import ROOT, _env, mock_study, run_mocked  # noqa: F401 - mock_study is a fixture
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 GRACE_S = 3
@@ -87,7 +87,7 @@ def test_bad_workers_gpus_storage_or_tracking_uri_exit_2_with_the_password_maske
     for key, value in env_extra.items():
         monkeypatch.setenv(key, value)
     started = time.perf_counter()
-    assert run_module.main(["--trials", "1", *SMALL, *args]) == 2
+    assert run_mocked(["--trials", "1", *SMALL, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and expected in err, err
     assert "s3cret" not in err
@@ -97,22 +97,10 @@ def test_bad_workers_gpus_storage_or_tracking_uri_exit_2_with_the_password_maske
 # -- defects, with the mock trainer (in one process, fast) -----------------------------------------
 
 
-@pytest.fixture
-def mock_study(tmp_path, monkeypatch):
-    from study import objective as objective_module
-
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(objective_module, "train", fake_train)
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-
-
 def test_resume_with_other_settings_is_refused_naming_them(mock_study, capsys):
-    assert run_module.main(["--trials", "2", "--study_name", "mine", *SMALL]) == 0
+    assert run_mocked(["--trials", "2", "--study_name", "mine", *SMALL]) == 0
     args = ["--trials", "3", "--study_name", "mine", "--pruner", "none"]
-    assert run_module.main([*args, "--epochs", "2", "--image_size", "24"]) == 2
+    assert run_mocked([*args, "--epochs", "2", "--image_size", "24"]) == 2
     err = capsys.readouterr().err
     assert "study 'mine' was run with" in err and "image_size=16, epochs=1" in err and "image_size=24, epochs=2" in err
     assert "another --study_name" in err
@@ -122,7 +110,7 @@ def test_resume_with_other_settings_is_refused_naming_them(mock_study, capsys):
 
 def test_resumes_never_repeat_a_sampled_point(mock_study):
     for total in (5, 6, 7, 8):
-        assert run_module.main(["--trials", str(total), *SMALL]) == 0
+        assert run_mocked(["--trials", str(total), *SMALL]) == 0
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
     searched = [tuple(sorted(t.params.items())) for t in study.trials if "preset" not in t.user_attrs]
     assert len(searched) == 4 and len(set(searched)) == 4, searched
@@ -132,7 +120,7 @@ def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, 
     client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
     launcher = client.create_run(client.create_experiment("launched")).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
-    assert run_module.main(["--trials", "4", *SMALL]) == 0
+    assert run_mocked(["--trials", "4", *SMALL]) == 0
     assert "MLFLOW_RUN_ID" not in os.environ
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
     assert study.user_attrs["mlflow_parent_run_id"] == launcher

@@ -22,7 +22,7 @@ from mlflow.tracking import MlflowClient
 from gaplab.config import TrainConfig
 from gaplab.momentum import MomentumCurve
 from gaplab.train import EpochCallback, TrainResult
-from study import objective as objective_module
+from study import stopping
 from study import run as run_module
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,8 +123,11 @@ def fake_train(config: TrainConfig, data, callbacks=(), verbose=0, best_momentum
         raise RuntimeError("simulated crash")
     val = _fake_val(config, config.bn_momentum)
     momenta = sorted({*config.momentum_grid, config.bn_momentum}) if config.batchnorm else []
-    curve = MomentumCurve(config.bn_momentum, tuple(momenta), tuple(_fake_val(config, m) for m in momenta),
-                          tuple(_fake_val(config, m) + 0.05 for m in momenta), 0.9, 0.88, 0.93) if momenta else None
+    curve = MomentumCurve(
+        own_momentum=config.bn_momentum, momentum=tuple(momenta),
+        val_accuracy=tuple(_fake_val(config, m) for m in momenta),
+        train_eval_accuracy=tuple(_fake_val(config, m) + 0.05 for m in momenta), train_accuracy=0.9,
+        recalibrated_val_accuracy=0.88, recalibrated_train_eval_accuracy=0.93) if momenta else None
     history = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
     model_holder = type("Holder", (), {"stop_training": False})()
     for epoch in range(1, config.epochs + 1):
@@ -141,18 +144,26 @@ def fake_train(config: TrainConfig, data, callbacks=(), verbose=0, best_momentum
         if model_holder.stop_training:
             break
     n = data.num_classes
-    return TrainResult(config, data.class_names, history, len(history["val_accuracy"]), 10 * config.epochs,
-                       False, model_holder.stop_training, 0.9, 0.85, val, val - 0.01, 0.88,
-                       np.eye(n, dtype=int), np.eye(n, dtype=int),
-                       {"data_seconds": 0.0, "build_seconds": 0.0, "fit_seconds": 0.1, "eval_seconds": 0.0,
-                        "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1}, momentum_curve=curve)
+    return TrainResult(
+        config=config, class_names=data.class_names, history=history, epochs=len(history["val_accuracy"]),
+        steps=10 * config.epochs, diverged=False, stopped_early=model_holder.stop_training,
+        train_accuracy=0.9, train_eval_accuracy=0.85, val_accuracy=val, test_accuracy=val - 0.01,
+        val_accuracy_recalibrated=0.88, confusion_val=np.eye(n, dtype=int), confusion_test=np.eye(n, dtype=int),
+        timings={"data_seconds": 0.0, "build_seconds": 0.0, "fit_seconds": 0.1, "eval_seconds": 0.0,
+                 "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1},
+        momentum_curve=curve)
+
+
+def run_mocked(argv: list[str], train_fn=fake_train) -> int:
+    """`python -m study.run` in this process, with `train_fn` injected as the trainer."""
+    return run_module.main(argv, train_fn=train_fn)
 
 
 @pytest.fixture
 def mock_study(tmp_path, monkeypatch):
+    """A working folder with its own MLflow store, for `run_mocked`."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setattr(objective_module, "train", fake_train)
     yield tmp_path
     while mlflow.active_run():
         mlflow.end_run()
@@ -171,9 +182,9 @@ def _load(tmp_path, name="shapes-16px"):
 
 def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
     args = ["--epochs", "2", "--image_size", "16", "--pruner", "none"]
-    assert run_module.main(["--trials", "3", *args]) == 0
-    assert run_module.main(["--trials", "5", *args]) == 0
-    assert run_module.main(["--trials", "5", *args]) == 0  # already there: runs nothing
+    assert run_mocked(["--trials", "3", *args]) == 0
+    assert run_mocked(["--trials", "5", *args]) == 0
+    assert run_mocked(["--trials", "5", *args]) == 0  # already there: runs nothing
     study = _load(mock_study)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     presets = [t.user_attrs.get("preset") for t in study.trials]
@@ -198,7 +209,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypat
         return config.replace(dropout=0.6) if trial.number == 5 else config
 
     monkeypatch.setattr(space, "suggest", crash_trial_5)
-    assert run_module.main(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
+    assert run_mocked(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
     study = _load(mock_study)
     states = {t.number: t.state.name for t in study.trials}
     assert states[5] == "FAIL" and list(states.values()).count("COMPLETE") == 6
@@ -209,7 +220,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypat
 
 def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study):
     # Pruning on epoch 1 against the median: high-momentum trials look bad early.
-    assert run_module.main(["--trials", "14", "--epochs", "3", "--image_size", "16", "--pruner", "median"]) == 0
+    assert run_mocked(["--trials", "14", "--epochs", "3", "--image_size", "16", "--pruner", "median"]) == 0
     study = _load(mock_study)
     assert all(t.state.name == "COMPLETE" for t in study.trials[:4])
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
@@ -224,7 +235,7 @@ def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study
 @pytest.mark.parametrize("prune_on, judged", [("own_momentum", "val_accuracy"),
                                              ("best_momentum", "val_accuracy_at_best_momentum")])
 def test_the_pruner_judges_the_chosen_val_accuracy_and_the_objective_stays_the_own(mock_study, prune_on, judged):
-    assert run_module.main(["--trials", "7", "--epochs", "2", "--image_size", "16", "--pruner", "none",
+    assert run_mocked(["--trials", "7", "--epochs", "2", "--image_size", "16", "--pruner", "none",
                             "--prune_on", prune_on]) == 0
     searched = [t for t in _load(mock_study).trials if t.user_attrs["batchnorm"]]
     for trial in searched:
@@ -240,7 +251,7 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
     from gaplab.momentum import momentum_step
     from study.contract import MOMENTUM_CURVE_ATTR, MOMENTUM_CURVE_KEYS
 
-    assert run_module.main(["--trials", "6", "--epochs", "2", "--image_size", "16", "--pruner", "none"]) == 0
+    assert run_mocked(["--trials", "6", "--epochs", "2", "--image_size", "16", "--pruner", "none"]) == 0
     client = MlflowClient()
     runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
     trials = _load(mock_study).trials
@@ -276,7 +287,7 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
     assert "user_attrs_best_momentum" in columns and "user_attrs_" + MOMENTUM_CURVE_ATTR not in columns
 
 
-def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
+def test_diverged_trial_is_failed_never_best(mock_study):
     def diverging(config, data, callbacks=(), verbose=0, **options):
         result = fake_train(config, data, callbacks)
         if config.bn_momentum == 0.8:  # seed-final, otherwise the best
@@ -284,27 +295,23 @@ def test_diverged_trial_is_failed_never_best(mock_study, monkeypatch):
             result.val_accuracy = math.nan
         return result
 
-    monkeypatch.setattr(objective_module, "train", diverging)
-    assert run_module.main(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
+    assert run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"], diverging) == 0
     study = _load(mock_study)
     assert study.trials[3].state.name == "FAIL"
     assert study.best_trial.number != 3
 
 
-def test_an_error_raised_while_stopping_still_ends_the_trial_as_interrupted(mock_study, monkeypatch):
+def test_an_error_raised_while_stopping_still_ends_the_trial_as_interrupted(mock_study):
     # Ctrl-C can land inside library cleanup code (a zip file being closed, say) whose own error
     # then replaces the KeyboardInterrupt. The stop was requested all the same.
     def interrupted_in_cleanup(config, data, callbacks=(), verbose=0, **options):
         if config.batchnorm and config.bn_momentum == 0.99:  # seed-bn, the third trial
-            objective_module.stop_requested.set()
+            stopping.requested.set()
             raise ValueError("I/O operation on closed file")
         return fake_train(config, data, callbacks)
 
-    monkeypatch.setattr(objective_module, "train", interrupted_in_cleanup)
-    try:
-        code = run_module.main(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"])
-    finally:
-        objective_module.stop_requested.clear()
+    code = run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"],
+                      interrupted_in_cleanup)
     assert code == 130
     assert [t.state.name for t in _load(mock_study).trials[:3]] == ["COMPLETE", "COMPLETE", "FAIL"]
     runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}

@@ -1,0 +1,60 @@
+"""Ctrl-C and SIGTERM, in one place: how a study stops cleanly.
+
+The contract: while `graceful_stop()` is active (study.run's command holds it), SIGINT and SIGTERM
+set `requested` and raise KeyboardInterrupt. The trial that was running ends FAIL in Optuna with its
+MLflow run KILLED (study.tracking.trial_run), nothing else is started, and the command exits 130;
+on leaving the block the previous signal handlers are back.
+
+Two ways an interrupt can get lost are covered here too:
+
+* Python swallows a KeyboardInterrupt raised inside a garbage-collection callback (seen with
+  JAX's), so training calls `raise_if_requested()` after every batch;
+* library clean-up can raise its own error in place of the KeyboardInterrupt (seen as
+  "partially initialized module 'keras'" when the signal lands during an import):
+  `is_interruption(error)` says that an error raised once a stop was requested is the interrupt.
+
+Nothing here imports Keras, so the command can hold the handlers before its heavy imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_CODE = 130
+
+requested = threading.Event()
+
+
+def _request_stop(signum, frame):
+    requested.set()
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM request a stop (also where a launcher or a background
+    shell job had set SIGINT to be ignored); the previous handlers are restored on exit."""
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    requested.clear()
+    for signum in SIGNALS:
+        signal.signal(signum, _request_stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def raise_if_requested() -> None:
+    """KeyboardInterrupt if a stop was requested: for loops the signal's own exception may miss."""
+    if requested.is_set():
+        raise KeyboardInterrupt("stop requested")
+
+
+def is_interruption(error: BaseException) -> bool:
+    """Whether `error` ends the study as an interrupt: a KeyboardInterrupt, or any error raised once a stop was requested."""
+    return isinstance(error, KeyboardInterrupt) or requested.is_set()

@@ -1,0 +1,51 @@
+"""Ctrl-C and SIGTERM in one place (study.stopping): the contract, with real signals to this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from study import run as run_module
+from study import stopping
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_requests_a_stop_raises_keyboard_interrupt_and_the_handlers_come_back(signum):
+    before = {s: signal.getsignal(s) for s in stopping.SIGNALS}
+    with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+        with stopping.graceful_stop():
+            assert not stopping.requested.is_set()
+            os.kill(os.getpid(), signum)
+    assert stopping.requested.is_set()
+    with pytest.raises(KeyboardInterrupt, match="stop requested"):
+        stopping.raise_if_requested()
+    # Once a stop is requested, any error counts as the interruption (a library's clean-up error).
+    assert stopping.is_interruption(ValueError("I/O operation on closed file"))
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == before
+    with stopping.graceful_stop():  # a new block starts with no stop requested
+        assert not stopping.requested.is_set()
+        assert not stopping.is_interruption(ValueError("a real failure"))
+
+
+def test_the_command_restores_the_signal_handlers_it_installed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = {s: signal.getsignal(s) for s in stopping.SIGNALS}
+    assert run_module.main(["--trials", "0"]) == 2
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == before
+
+
+def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
+    from tests.test_study import _env
+
+    process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "1", "--image_size", "16"],
+                               cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.5)  # validation is done; Keras and its backend are being imported
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "interrupted; rerun the same command to resume." in stderr
