@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="total finished (complete or pruned) trials the study should have (default %(default)s)")
     add("--data_dir", "--data-dir", type=str, default="",
         help="image folder, root/<class>/*.jpg or root/{train,val,test}/<class>/ (default: built-in dataset)")
+    add("--skip_bad_images", "--skip-bad-images", type=str, default="false",
+        help="true: skip unreadable image files (each is listed) instead of stopping with an error naming them "
+             "(default %(default)s)")
     add("--image_size", "--image-size", type=int, default=defaults.image_size, help="pixels (default %(default)s)")
     add("--epochs", type=int, default=defaults.epochs, help="maximum epochs per trial (default %(default)s)")
     add("--seed", type=int, default=defaults.seed, help="seed for data split, sampler and training")
@@ -75,6 +78,7 @@ class Settings:
     storage: str
     pruner: str
     prune_on: str
+    skip_bad_images: bool = False
     device: str = "auto"
     workers: int = 1
     gpus: tuple[str, ...] = ()
@@ -103,6 +107,8 @@ def validate(args: argparse.Namespace) -> Settings:
         raise UsageError(f"--prune_on={args.prune_on!r} is unknown; use one of {', '.join(PRUNE_ON_METRIC)}.")
     if args.device not in DEVICES:
         raise UsageError(f"--device={args.device!r} is unknown; use one of {', '.join(DEVICES)}.")
+    if args.skip_bad_images not in ("true", "false"):
+        raise UsageError(f"--skip_bad_images={args.skip_bad_images!r} is invalid; use true or false.")
     if args.workers < 1:
         raise UsageError(f"--workers={args.workers} is invalid; use at least 1.")
     from study.workers import list_gpus, parse_gpus
@@ -110,8 +116,10 @@ def validate(args: argparse.Namespace) -> Settings:
     gpus = parse_gpus(args.gpus, list_gpus())
     storage = args.storage or default_storage()
     check_storage_url(storage)
-    return Settings(args.trials, args.data_dir, args.image_size, args.epochs, args.seed,
-                    args.study_name, storage, args.pruner, args.prune_on, args.device, args.workers, gpus)
+    return Settings(trials=args.trials, data_dir=args.data_dir, image_size=args.image_size, epochs=args.epochs,
+                    seed=args.seed, study_name=args.study_name, storage=storage, pruner=args.pruner,
+                    prune_on=args.prune_on, skip_bad_images=args.skip_bad_images == "true", device=args.device,
+                    workers=args.workers, gpus=gpus)
 
 
 def _format_seconds(seconds: float) -> str:
@@ -217,7 +225,13 @@ def load_data(settings: Settings):
     from gaplab.data import DEFAULT_IMAGES, generate_shapes, load_image_folder
 
     if settings.data_dir:
-        return load_image_folder(settings.data_dir, settings.image_size, seed=settings.seed)
+        data = load_image_folder(settings.data_dir, settings.image_size, seed=settings.seed,
+                                 skip_bad_images=settings.skip_bad_images)
+        if data.skipped_files:
+            print(f"skipped {len(data.skipped_files)} unreadable image file(s): "
+                  + ", ".join(str(path) for path in data.skipped_files[:5])
+                  + (", ..." if len(data.skipped_files) > 5 else ""), file=sys.stderr)
+        return data
     return generate_shapes(settings.image_size, DEFAULT_IMAGES, settings.seed)
 
 

@@ -75,6 +75,7 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
      (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels"),
      (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
      (["--tri", "2"], "unrecognized arguments: --tri 2"),
+     (["--skip_bad_images", "yes"], "--skip_bad_images='yes' is invalid; use true or false"),
      (["--device", "tpu"], "--device='tpu' is unknown; use one of auto, cpu, gpu")],
 )
 def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(tmp_path, args, message):
@@ -431,3 +432,16 @@ def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
     assert len(complete) == 4
     assert sorted(t.user_attrs["preset"] for t in complete) == sorted(
         ["seed-initial", "seed-deeper", "seed-bn", "seed-final"]), "the interrupted preset is retried, none doubled"
+
+
+def test_a_bad_image_stops_the_study_naming_the_flag_that_skips_it(mock_study, capsys):
+    from tests.conftest import make_folder
+
+    root = make_folder(mock_study / "photos", {"cat": 6, "dog": 6}, size=16)
+    (root / "dog" / "broken.jpg").write_bytes(b"not an image")
+    args = ["--trials", "1", "--data_dir", str(root), "--image_size", "16", "--epochs", "1", "--pruner", "none"]
+    assert run_mocked(args) == 2
+    error = capsys.readouterr().err
+    assert "broken.jpg" in error and "--skip_bad_images" in error
+    assert run_mocked([*args, "--skip_bad_images", "true"]) == 0
+    assert "skipped 1 unreadable image file(s)" in capsys.readouterr().err
