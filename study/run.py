@@ -295,8 +295,15 @@ def attach_parent_run(study, study_name: str, launcher_run: str | None):
             pass  # not in this tracking store (or deleted): the study gets a new parent run here
     if launcher_run:
         parent = mlflow.start_run(run_id=launcher_run)
+        # `mlflow run` gives its run a random name; the study's is what users look for in the UI.
+        mlflow.MlflowClient().update_run(launcher_run, name=study_name)
+        experiment = mlflow.get_experiment(parent.info.experiment_id).name
+        if experiment != study_name:
+            print(f"note: mlflow run filed this study under experiment {experiment!r}; to file it under its own, "
+                  f"run mlflow run . --experiment-name {study_name} ...", flush=True)
     else:
-        mlflow.set_experiment(study_name)
+        # MLFLOW_EXPERIMENT_NAME, where set, picks the experiment as it does for any MLflow script.
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or study_name)
         parent = mlflow.start_run(run_name=study_name)
     study.set_user_attr(PARENT_RUN_ID_ATTR, parent.info.run_id)
     return parent, True

@@ -116,12 +116,16 @@ def test_resumes_never_repeat_a_sampled_point(mock_study):
     assert len(searched) == 4 and len(set(searched)) == 4, searched
 
 
-def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, monkeypatch):
+def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, monkeypatch, capsys):
     client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
     launcher = client.create_run(client.create_experiment("launched")).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     assert run_mocked(["--trials", "4", *SMALL]) == 0
     assert "MLFLOW_RUN_ID" not in os.environ
+    # The launcher's run is named after the study, and the experiment it landed in is pointed out.
+    assert client.get_run(launcher).info.run_name == STUDY
+    assert (f"filed this study under experiment 'launched'; to file it under its own, run mlflow run . "
+            f"--experiment-name {STUDY}") in capsys.readouterr().out
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
     assert study.user_attrs["mlflow_parent_run_id"] == launcher
     trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}

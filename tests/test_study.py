@@ -347,6 +347,8 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     parent = parents[0]
     assert parent.data.tags.get("mlflow.project.entryPoint") == "main"
     assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == "shapes-32px", "named after the study, not MLflow's random name"
+    assert "filed this study under experiment" not in done.stdout
     for key in ("trials", "image_size", "epochs", "seed", "dataset", "dataset_size", "dataset_digest", "backend",
                 "study_name", "pruner", "prune_on"):
         assert key in parent.data.params, key
@@ -445,3 +447,12 @@ def test_a_bad_image_stops_the_study_naming_the_flag_that_skips_it(mock_study, c
     assert "broken.jpg" in error and "--skip_bad_images" in error
     assert run_mocked([*args, "--skip_bad_images", "true"]) == 0
     assert "skipped 1 unreadable image file(s)" in capsys.readouterr().err
+
+
+def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "my experiments")
+    assert run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("my experiments").experiment_id])
+    assert len(runs) == 5 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
+        "shapes-16px"}
