@@ -37,7 +37,6 @@ _STARTED = time.perf_counter()
 import argparse  # noqa: E402 - the clock starts before the imports it measures
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -46,6 +45,7 @@ from pathlib import Path  # noqa: E402
 
 from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus  # noqa: E402
 from study.cli import UsageError, quiet_logging  # noqa: E402
+
 
 class BenchFailed(RuntimeError):
     """A trial of the benchmark study failed, so its figures would not describe a study."""

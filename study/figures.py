@@ -19,7 +19,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-
 # A confusion matrix stays readable with counts in its cells up to this many classes, and with
 # class names on its axes up to the next; beyond, the figure shows the pattern only and the
 # JSON beside it keeps every count and name.

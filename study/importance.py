@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import optuna
+
 from study import space
 from study.contract import FINISHED_STATES
 

@@ -18,8 +18,16 @@ from gaplab.config import TrainConfig
 from gaplab.data import Dataset
 from gaplab.train import EpochCallback, TrainResult, train
 from study import space, stopping, tracking
-from study.contract import (BATCHNORM_ATTR, BN_MOMENTUM_ATTR, DEFAULT_PRUNE_ON, MODEL_URI_ATTR, MOMENTUM_CURVE_ATTR,
-                            PRESET_ATTR, PRUNE_ON_METRIC)
+from study.contract import (
+    BATCHNORM_ATTR,
+    BN_MOMENTUM_ATTR,
+    DEFAULT_PRUNE_ON,
+    MODEL_URI_ATTR,
+    MOMENTUM_CURVE_ATTR,
+    PRESET_ATTR,
+    PRUNE_ON_METRIC,
+)
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the trial fails and is never a best."""

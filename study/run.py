@@ -21,7 +21,6 @@ import re
 import socket
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="what the pruner judges each epoch: the val accuracy at the best grid momentum (best_momentum) "
              "or at the trial's own (own_momentum); the objective is always the latter (default %(default)s)")
     add("--device", type=str, default="auto",
-        help="auto (the first GPU the backend sees, else the CPU), cpu, or gpu (an error without one) (default %(default)s)")
+        help="auto (the first GPU the backend sees, else the CPU), cpu, or gpu (an error without one) "
+             "(default %(default)s)")
     add("--workers", type=int, default=1,
         help="worker processes training trials of the study at the same time (default %(default)s)")
     add("--gpus", type=str, default="",
@@ -315,8 +315,8 @@ def run_study(settings: Settings, argv: list[str], train_fn=None) -> int:
     import mlflow
     import optuna
 
-    from gaplab.config import TrainConfig
     from gaplab import device
+    from gaplab.config import TrainConfig
     from study import contract, space, summary, tracking, workers
     from study.storage import check_tracking_uri, fail_stale_trials, heartbeat_grace, masked, open_optuna_storage
 
@@ -403,7 +403,10 @@ def run_study(settings: Settings, argv: list[str], train_fn=None) -> int:
 
 
 def training_device_for(settings: Settings) -> str:
-    """The device this process trains on (DeviceError if --device gpu sees none); says so when auto fell back to the CPU."""
+    """The device this process trains on (DeviceError if --device gpu sees none).
+
+    Says so in one line when `auto` fell back to the CPU.
+    """
     from gaplab import device
 
     chosen = device.choose_device(settings.device)

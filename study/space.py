@@ -94,7 +94,8 @@ def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
     missing = [name for name in PRESETS if name not in present]
     for name in missing:
         preset = PRESETS[name]
-        config = base.replace(**{field: getattr(preset, field) for field in ("depth", "batchnorm", "bn_momentum", "dropout")})
+        searched_or_fixed = ("depth", "batchnorm", "bn_momentum", "dropout")
+        config = base.replace(**{field: getattr(preset, field) for field in searched_or_fixed})
         study.enqueue_trial(_optuna_params(config), user_attrs={PRESET_ATTR: name})
     return missing
 

@@ -56,5 +56,5 @@ def raise_if_requested() -> None:
 
 
 def is_interruption(error: BaseException) -> bool:
-    """Whether `error` ends the study as an interrupt: a KeyboardInterrupt, or any error raised once a stop was requested."""
+    """Whether `error` ends the study as an interrupt: a KeyboardInterrupt, or any error once a stop was requested."""
     return isinstance(error, KeyboardInterrupt) or requested.is_set()

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 from importlib import metadata
 
 import keras
-
 import mlflow
 import numpy as np
 import optuna
@@ -35,10 +34,21 @@ from gaplab.model import to_portable
 from gaplab.momentum import MomentumCurve, momentum_step
 from gaplab.train import EpochCallback, TrainResult
 from study import figures
-from study.contract import (ERROR_TAG, MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_ID_ATTR, RUN_STATUS,
-                            STUDY_TAG, TIMING_METRIC_PREFIX, TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, TRIAL_NUMBER_TAG,
-                            TRIAL_STATE_TAG, VAL_ACCURACY_AT_MOMENTUM_METRIC, WORKER_ATTR, WORKER_DIED)
-
+from study.contract import (
+    ERROR_TAG,
+    MOMENTUM_CURVE_ARTIFACT,
+    MOMENTUM_CURVE_FIGURE,
+    RUN_ID_ATTR,
+    RUN_STATUS,
+    STUDY_TAG,
+    TIMING_METRIC_PREFIX,
+    TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
+    TRIAL_NUMBER_TAG,
+    TRIAL_STATE_TAG,
+    VAL_ACCURACY_AT_MOMENTUM_METRIC,
+    WORKER_ATTR,
+    WORKER_DIED,
+)
 
 
 class EpochLogger(EpochCallback):

@@ -25,6 +25,18 @@ def _isolated_caches(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
 
 
+@pytest.fixture
+def mock_study(tmp_path, monkeypatch):
+    """A working folder with its own MLflow store, for studies run in this process (tests.test_study.run_mocked)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    yield tmp_path
+    import mlflow
+
+    while mlflow.active_run():
+        mlflow.end_run()
+
+
 def write_image(path: Path, colour, size: int = 20, mode: str = "RGB", fmt: str | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rgb = Image.new("RGB", (size, size), tuple(colour))

@@ -27,6 +27,7 @@ def test_hiding_gpus_after_the_backend_was_imported_is_refused_and_changes_nothi
     import keras  # noqa: F401 - imports its backend
 
     before = os.environ.get("CUDA_VISIBLE_DEVICES")
-    with pytest.raises(DeviceError, match=r"must be chosen before Keras and its backend are imported \(already imported: .*tensorflow"):
+    imported = r"must be chosen before Keras and its backend are imported \(already imported: .*tensorflow"
+    with pytest.raises(DeviceError, match=imported):
         hide_gpus()
     assert os.environ.get("CUDA_VISIBLE_DEVICES") == before

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gaplab.config import PRESETS, TrainConfig
-from gaplab.config import ConfigError
+from gaplab.config import PRESETS, ConfigError, TrainConfig
 from gaplab.model import allowed_depths, build_model, build_preset, feature_map_sizes, to_portable
 
 

@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 import re
-import statistics
 import shutil
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -281,7 +281,8 @@ def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     findings = report.findings
     # Every trial ran 1000 steps at bn_momentum <= 0.99: settled, so momentum gains nothing.
     assert "no trial had too few to settle" in findings[1]
-    assert "would have scored a median +0.00 val accuracy at their best grid momentum (0.995 for 14 of them" in findings[1]
+    assert ("would have scored a median +0.00 val accuracy at their best grid momentum (0.995 for 14 of them"
+            in findings[1])
     assert findings[2].startswith("Most of the gap is not momentum's: over 14 trials with curves"), findings[2]
     assert "momentum explains 0.00 of it" in findings[2]
     rest = findings[3]
@@ -298,8 +299,9 @@ def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     assert (match[4], int(match[5])) == (f"{statistics.median(low):.2f}", len(low))
     assert statistics.median(low) - statistics.median(high) > 0.3
     # Only momentum 0.999 (1000 steps x 0.001 = 1) is stale: the curves are within 1 point from 0.995 (5).
-    assert findings[4].startswith("Rule for bn_momentum, read off the curves: val accuracy was within 0.01 of the "
-                                  "curve's best once training steps × (1 − bn_momentum) ≥ 5 for 3 in 4 of the 14 trials")
+    assert findings[4].startswith(
+        "Rule for bn_momentum, read off the curves: val accuracy was within 0.01 of the "
+        "curve's best once training steps × (1 − bn_momentum) ≥ 5 for 3 in 4 of the 14 trials")
     assert not any("pruner stopped" in line for line in report.section("7.").bullets)
 
 
@@ -599,7 +601,8 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
                           "1 waiting.")
     assert "The study is still running: rerun the report when it has finished." in caveats
     # Trials without metrics change no number: the findings are those of the finished trials.
-    assert any(line.startswith("Stale batchnorm statistics (bn_momentum) explain most of the gap") for line in report.findings)
+    assert any(line.startswith("Stale batchnorm statistics (bn_momentum) explain most of the gap")
+               for line in report.findings)
 
 
 def test_an_interrupted_study_is_not_called_running(tmp_path):
@@ -619,8 +622,8 @@ def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
     from study.report.caveats import caveats
     from study.report.views import TrialView
 
-    best = TrialView(7, TrialState.COMPLETE, None, True, {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5},
-                     {}, 0.9, _distributions())
+    params = {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5}
+    best = TrialView(7, TrialState.COMPLETE, None, True, params, {}, 0.9, _distributions())
     edges = [line for line in caveats([best], best, "0", []) if "edge" in line]
     assert edges == [
         "The best trial's bn_momentum = 0.999 is at the upper edge of its search range (0.5 to 0.999): widen "

@@ -17,14 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 
-import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import run as run_module
 from study import workers
-from tests.test_study import ROOT, _env, mock_study, run_mocked  # noqa: F401 - mock_study is a fixture
+from tests.test_study import _env, run_mocked
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 GRACE_S = 3
@@ -318,7 +316,8 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_pat
     assert f"(pid {pid}) died from signal SIGKILL during trial {number}" in stderr, stderr[-3000:]
     study = optuna.load_study(study_name=STUDY, storage=storage)
     fail_time = (study.trials[number].datetime_complete.timestamp() - killed_at)
-    print(f"postgres --workers 2: kill -9 -> FAIL {fail_time:.1f} s (grace {GRACE_S} s); total {time.time() - started:.0f} s")
+    print(f"postgres --workers 2: kill -9 -> FAIL {fail_time:.1f} s (grace {GRACE_S} s); "
+          f"total {time.time() - started:.0f} s")
     _assert_study_is_whole(storage, trials, number, mlflow_server)
 
     from study.cli import UsageError

@@ -43,7 +43,8 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
     from tests.test_study import _env
 
     process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "1", "--image_size", "16"],
-                               cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=tmp_path, env=_env(tmp_path), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.5)  # validation is done; Keras and its backend are being imported
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

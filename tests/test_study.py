@@ -22,8 +22,8 @@ from mlflow.tracking import MlflowClient
 from gaplab.config import TrainConfig
 from gaplab.momentum import MomentumCurve
 from gaplab.train import EpochCallback, TrainResult
-from study import stopping
 from study import run as run_module
+from study import stopping
 
 ROOT = Path(__file__).resolve().parents[1]
 MLPROJECT_TYPES = {"int": int, "float": float, "string": str}
@@ -160,16 +160,6 @@ def run_mocked(argv: list[str], train_fn=fake_train) -> int:
     return run_module.main(argv, train_fn=train_fn)
 
 
-@pytest.fixture
-def mock_study(tmp_path, monkeypatch):
-    """A working folder with its own MLflow store, for `run_mocked`."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    yield tmp_path
-    while mlflow.active_run():
-        mlflow.end_run()
-
-
 def _children(study_name: str) -> list:
     client = MlflowClient()
     experiment = client.get_experiment_by_name(study_name)
@@ -274,7 +264,8 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
             assert points == {momentum_step(m): pytest.approx(v) for m, v in zip(curve["momentum"], values)}
             # The step reads back as the momentum: 1 - 10^(-step / 1000), to within 0.12 % of 1 - m.
             for momentum in curve["momentum"]:
-                assert 1 - 10 ** (-momentum_step(momentum) / 1000) == pytest.approx(momentum, rel=0, abs=1.2e-3 * (1 - momentum))
+                read_back = 1 - 10 ** (-momentum_step(momentum) / 1000)
+                assert read_back == pytest.approx(momentum, rel=0, abs=1.2e-3 * (1 - momentum))
         metrics = client.get_run(run_id).data.metrics
         best = max(range(len(curve["momentum"])), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
         assert metrics["best_momentum"] == curve["momentum"][best] == trial.user_attrs["best_momentum"]
@@ -366,7 +357,8 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     assert len(children) == 3
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     for child in children:
-        assert {"bn_momentum", "batch_size", "dropout", "depth", "image_size", "epochs", "seed"} <= set(child.data.params)
+        expected_params = {"bn_momentum", "batch_size", "dropout", "depth", "image_size", "epochs", "seed"}
+        assert expected_params <= set(child.data.params)
         assert child.data.params["device"] == "CPU"
         assert child.data.tags["trial_state"] == "COMPLETE" and child.info.status == "FINISHED"
         assert {"train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",

@@ -14,9 +14,8 @@ import keras
 import numpy as np
 import pytest
 
-from gaplab.config import TrainConfig
+from gaplab.config import ConfigError, TrainConfig
 from gaplab.metrics import accuracy, predict_classes, recalibrated_batchnorm
-from gaplab.config import ConfigError
 from gaplab.train import EPOCH_METRICS, EpochCallback, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -269,7 +268,6 @@ def test_momenta_closer_than_the_curves_resolution_are_one_point_the_own_one(tin
 
 
 def test_without_a_grid_or_batchnorm_there_is_no_curve(tiny_data):
-    import gaplab.train
 
     for config in (SMALL.replace(momentum_grid=()), SMALL.replace(batchnorm=False)):
         result = train(config, tiny_data)

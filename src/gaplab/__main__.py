@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gaplab.config import PRESETS, TrainConfig
+from gaplab.config import PRESETS, ConfigError, TrainConfig
 from gaplab.data import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, DataError, generate_shapes, load_image_folder
-from gaplab.config import ConfigError
 from gaplab.train import train
 
 COLUMNS = ("train_accuracy", "train_eval_accuracy", "val_accuracy", "val_accuracy_recalibrated", "test_accuracy",

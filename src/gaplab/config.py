@@ -38,7 +38,7 @@ class TrainConfig:
     seed: int = 0
     momentum_grid: tuple[float, ...] = MOMENTUM_GRID
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ConfigError naming the first value out of range; the config itself otherwise.
 
         Whether `depth` fits `image_size` is the model's to say (`gaplab.model.allowed_depths`).
@@ -60,14 +60,14 @@ class TrainConfig:
             raise ConfigError(f"momentum_grid={grid} is invalid; use distinct momenta with 0 <= m < 1, or () for none.")
         return self
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def as_params(self) -> dict[str, object]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_params(cls, params: dict[str, object]) -> "TrainConfig":
+    def from_params(cls, params: dict[str, object]) -> TrainConfig:
         """Rebuild from string or typed values (e.g. MLflow params); unknown keys are ignored."""
         values = {}
         for field in dataclasses.fields(cls):

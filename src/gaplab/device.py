@@ -27,7 +27,9 @@ class DeviceError(RuntimeError):
 
 
 def check_backend_installed() -> str:
-    """The backend Keras will load (read as Keras reads it, without importing it); raise DeviceError if its package is missing.
+    """The backend Keras will load, read as Keras reads it without importing it.
+
+    Raises DeviceError if that backend's package is missing.
 
     Keras takes $KERAS_BACKEND, else "backend" in $KERAS_HOME/keras.json (default ~/.keras), else
     tensorflow; a missing package would otherwise end in a traceback deep inside `import keras`.

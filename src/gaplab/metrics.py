@@ -63,7 +63,7 @@ def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int
 # Per model, one model that maps an image to the per-sample spatial means of every BN layer's
 # input and of its square, all layers side by side in one output: one compiled program for all
 # layers. Kept while the model lives, so a model reused across trials compiles it once.
-_moment_models: "weakref.WeakKeyDictionary[keras.Model, keras.Model]" = weakref.WeakKeyDictionary()
+_moment_models: weakref.WeakKeyDictionary[keras.Model, keras.Model] = weakref.WeakKeyDictionary()
 
 
 def _moments_model(model: keras.Model, layers: list[keras.layers.Layer]) -> keras.Model:

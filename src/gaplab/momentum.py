@@ -156,7 +156,8 @@ def accuracies_by_momentum(
 
 
 def measure_curve(
-    model: keras.Model, own_momentum: float, grid: tuple[float, ...], train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
+    model: keras.Model, own_momentum: float, grid: tuple[float, ...],
+    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
     train_accuracy: float, own: tuple[float, float], recalibrated: tuple[float, float],
 ) -> MomentumCurve:
     """The momentum curve of a trained model.

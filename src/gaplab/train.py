@@ -23,11 +23,11 @@ The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, 
 
 from __future__ import annotations
 
-from collections import OrderedDict
 import math
 import os
 import statistics
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +41,8 @@ from gaplab.model import batchnorm_layers, build_model, set_runtime_hyperparamet
 from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, MomentumCurve, grid_layers, measure_curve
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
-_KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss", "val_accuracy": "val_accuracy",
-                **{name: name for name in PER_EPOCH_METRICS}}
+_KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss",
+                "val_accuracy": "val_accuracy", **{name: name for name in PER_EPOCH_METRICS}}
 
 
 def epoch_metrics(logs: dict | None) -> dict[str, float]:
@@ -150,7 +150,7 @@ class TrainResult:
     # None without batchnorm, with an empty momentum_grid, or when training diverged.
     momentum_curve: MomentumCurve | None = None
     # The compiled model this run trained, and which of its trainings this run was (see `model`).
-    trained: "_Compiled | None" = field(default=None, repr=False, compare=False)
+    trained: _Compiled | None = field(default=None, repr=False, compare=False)
     training_number: int = field(default=0, repr=False, compare=False)
 
     @property
@@ -246,7 +246,7 @@ class _Compiled:
     trainings: int = 0
 
 
-_compiled_models: "OrderedDict[tuple, _Compiled]" = OrderedDict()
+_compiled_models: OrderedDict[tuple, _Compiled] = OrderedDict()
 
 
 def _architecture(config: TrainConfig, num_classes: int) -> tuple:
@@ -376,7 +376,8 @@ def train(
         if tracks_grid:
             curve_started = time.perf_counter()
             curve = measure_curve(model, config.bn_momentum, config.momentum_grid, (x_train, y_train),
-                                  (data.val.x, data.val.y), train_acc, own=(train_eval, val_acc), recalibrated=(train_eval_recal, val_recal))
+                                  (data.val.x, data.val.y), train_acc, own=(train_eval, val_acc),
+                                  recalibrated=(train_eval_recal, val_recal))
             curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
 

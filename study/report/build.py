@@ -42,11 +42,13 @@ def build_report(study, client) -> Report:
 
     figs = Section(SECTION_TITLES[4])
     plots = [
-        ("momentum_curves.png", "Momentum curves", lambda: figures.momentum_curves_figure(paired.with_curves(finished))),
+        ("momentum_curves.png", "Momentum curves",
+         lambda: figures.momentum_curves_figure(paired.with_curves(finished))),
         ("params.png", "Gap and val accuracy vs each parameter", lambda: figures.params_figure(finished)),
         ("ema_horizon.png", "Gap vs EMA horizon", lambda: figures.horizon_figure(finished)),
         ("momentum_batch.png", "Momentum × batch size", lambda: figures.momentum_batch_figure(finished)),
-        ("learning_curves.png", "Learning curves of the top trials", lambda: figures.curves_figure(client, complete[:3])),
+        ("learning_curves.png", "Learning curves of the top trials",
+         lambda: figures.curves_figure(client, complete[:3])),
     ]
     captions = {
         "momentum_curves.png": "Each line is one trained model evaluated with batchnorm statistics tracked at each "
@@ -78,11 +80,12 @@ def build_report(study, client) -> Report:
             drawn = None
             notes.append(f"The best trial's confusion matrix could not be read: {type(error).__name__}: {error}")
         if drawn:
-            figs.figures.append(FigureImage("confusion_matrix.png", f"Confusion matrix of the best trial ({best.number})",
-                                            "Rows: true class; columns: predicted class; classes: "
-                                            + ", ".join(drawn[1]) + ".", drawn[0]))
+            figs.figures.append(FigureImage(
+                "confusion_matrix.png", f"Confusion matrix of the best trial ({best.number})",
+                "Rows: true class; columns: predicted class; classes: " + ", ".join(drawn[1]) + ".", drawn[0]))
     sections.append(figs)
-    sections.append(Section(SECTION_TITLES[5], paragraphs=[f"The {tables.TOP_N} complete trials with the highest val accuracy."],
+    sections.append(Section(SECTION_TITLES[5],
+                            paragraphs=[f"The {tables.TOP_N} complete trials with the highest val accuracy."],
                             tables=[tables.top_table(views)]))
     sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes)))
 

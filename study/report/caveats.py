@@ -62,7 +62,8 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, no
                    "or has not been resumed. Rerun python -m study.run with the same --study_name and --storage to "
                    "finish it, then rerun the report.")
     finished = finished_trials(views)
-    for line in (paired.pruned_for_statistics(finished), paired.with_curves(finished) and paired.missing_curves(finished)):
+    missing = paired.with_curves(finished) and paired.missing_curves(finished)
+    for line in (paired.pruned_for_statistics(finished), missing):
         if line:
             out.append(line)
     if counts[TrialState.PRUNED]:

@@ -24,12 +24,14 @@ from study.report.render import write_report
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m study.report", description="Write a study's report: findings, tables and figures.")
+    parser = ArgumentParser(prog="python -m study.report",
+                            description="Write a study's report: findings, tables and figures.")
     add = parser.add_argument
     add("--study_name", "--study-name", type=str, default="",
         help="study to report (default: the only study in the storage)")
     add("--storage", type=str, default="", help="Optuna storage URL (default: as python -m study.run)")
-    add("--tracking_uri", "--tracking-uri", type=str, default="", help="MLflow tracking URI (default: MLflow's current)")
+    add("--tracking_uri", "--tracking-uri", type=str, default="",
+        help="MLflow tracking URI (default: MLflow's current)")
     add("--out", type=str, default="", help="output folder; the report goes to <out>/<study>/ (default: reports)")
     return parser
 

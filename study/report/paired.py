@@ -105,7 +105,8 @@ def gap_attribution(paired: list[TrialView], finished: list[TrialView]) -> list[
                        if s is not top)
     if abs(top.effect) < MIN_EFFECT:
         return [lead, f"None of {', '.join(REST_PARAMS)} moves the rest of the gap (gap minus momentum's part) by "
-                      f"{MIN_EFFECT:g} or more (largest: {top.param}, {fmt(abs(top.effect))}; n={top.low_n + top.high_n}): "
+                      f"{MIN_EFFECT:g} or more (largest: {top.param}, {fmt(abs(top.effect))}; "
+                      f"n={top.low_n + top.high_n}): "
                       "inconclusive."]
     name, t = top.param, fmt_param(top.param, top.threshold)
     direction = "larger" if top.effect > 0 else "smaller"

@@ -19,10 +19,11 @@ def seed_table(views: list[TrialView]) -> Table:
         if trial is None:
             rows.append([name, "not queued", None, None, None, s_train, s_val, s_test])
             continue
-        rows.append([name, f"{trial.number} ({trial.state.name})", trial.get("train_accuracy"), trial.get("val_accuracy"),
-                     trial.get("test_accuracy"), s_train, s_val, s_test])
+        rows.append([name, f"{trial.number} ({trial.state.name})", trial.get("train_accuracy"),
+                     trial.get("val_accuracy"), trial.get("test_accuracy"), s_train, s_val, s_test])
     return Table(["preset", "trial (state)", "train here", "val here", "test here", "seed train", "seed val",
-                  "seed test"], rows, "Train is the running accuracy of fit at the last epoch, as the seed measured it.")
+                  "seed test"], rows,
+                 "Train is the running accuracy of fit at the last epoch, as the seed measured it.")
 
 
 def decomposition_table(views: list[TrialView]) -> Table:

@@ -153,7 +153,8 @@ def trial_views(study) -> list[TrialView]:
             if name != "bn_momentum" and name in trial.params:
                 params[name] = trial.params[name]
         # Studies written before the batchnorm attribute existed: presets are the only BN-less trials.
-        batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, PRESETS[preset].batchnorm if preset in PRESETS else True)
+        inferred = PRESETS[preset].batchnorm if preset in PRESETS else True
+        batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, inferred)
         views.append(TrialView(trial.number, trial.state, preset, batchnorm, params,
                                dict(trial.user_attrs), trial.value, dict(trial.distributions)))
     return views
