@@ -43,7 +43,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus  # noqa: E402
+from gaplab.device import DEVICES, DeviceError, prepare_backend  # noqa: E402
 from study.cli import UsageError, quiet_logging  # noqa: E402
 
 
@@ -299,9 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     quiet_logging()
     try:
-        check_backend_installed()
-        if args.device == "cpu":
-            hide_gpus()
+        prepare_backend(args.device)
         if args.workers > 1:
             # The children get the same arguments, less --workers, --json and --seed, which they are given.
             workers = compare_workers(args, _without(argv, ("--workers", "--json", "--seed")))

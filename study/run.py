@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from gaplab.device import DEVICES, DeviceError, check_backend_installed, hide_gpus
+from gaplab.device import DEVICES, DeviceError, prepare_backend
 from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, quiet_logging
 
 DEFAULT_TRIALS = 50
@@ -197,12 +197,10 @@ def _command(argv: list[str], train_fn) -> int:
         return 2
     quiet_logging()
     try:
-        check_backend_installed()
+        prepare_backend(settings.device)
     except DeviceError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    if settings.device == "cpu":
-        hide_gpus()
     from study.workers import WORKER_INDEX_ENV, gpu_environment
 
     worker_index = os.environ.get(WORKER_INDEX_ENV)

@@ -50,6 +50,16 @@ def check_backend_installed() -> str:
     return name
 
 
+def prepare_backend(device: str) -> None:
+    """Before Keras is imported: check that its backend is installed, and for `cpu` hide every GPU.
+
+    Raises DeviceError naming what is missing.
+    """
+    check_backend_installed()
+    if device == "cpu":
+        hide_gpus()
+
+
 def hide_gpus() -> None:
     """Make every backend see only the CPU. Call before Keras is imported; raises if it already was."""
     loaded = [name for name in _BACKEND_PACKAGES.values() if name in sys.modules]

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
-from gaplab.model import batchnorm_layers
+from gaplab.model import batchnorm_layers, preserved_batchnorm_statistics
 
 EVAL_BATCH_SIZE = 256
 
@@ -95,8 +95,7 @@ def recalibrated_batchnorm(model: keras.Model, x_train: np.ndarray) -> Iterator[
     layers = batchnorm_layers(model)
     if model not in _moment_models:
         _moment_models[model] = _moments_model(model, layers)
-    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
-    try:
+    with preserved_batchnorm_statistics(layers):
         offset = 0
         for layer in layers:
             channels = layer.moving_mean.shape[0]
@@ -106,7 +105,3 @@ def recalibrated_batchnorm(model: keras.Model, x_train: np.ndarray) -> Iterator[
             layer.moving_variance.assign(variance.astype("float32"))
             offset += 2 * channels
         yield model
-    finally:
-        for layer, (mean, variance) in zip(layers, saved):
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)

@@ -17,6 +17,9 @@ Both have exactly the same weights, so parameter counts are the seed's.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import keras
 import numpy as np
 from keras import ops
@@ -241,3 +244,15 @@ def to_portable(model: keras.Model, config: TrainConfig, num_classes: int) -> ke
 
 def batchnorm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
     return [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@contextlib.contextmanager
+def preserved_batchnorm_statistics(layers: list[keras.layers.BatchNormalization]) -> Iterator[None]:
+    """Whatever the block assigns to these layers' moving statistics, their values are back on exit."""
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
+    try:
+        yield
+    finally:
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)

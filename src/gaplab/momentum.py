@@ -31,7 +31,7 @@ import keras
 import numpy as np
 
 from gaplab.metrics import accuracy, predict_classes
-from gaplab.model import RuntimeMomentumBatchNormalization, batchnorm_layers
+from gaplab.model import RuntimeMomentumBatchNormalization, batchnorm_layers, preserved_batchnorm_statistics
 
 PER_EPOCH_METRICS = ("val_accuracy_at_best_momentum", "best_momentum")
 
@@ -116,17 +116,12 @@ def _grid_statistics(layers: list[RuntimeMomentumBatchNormalization], index: int
     if index is None:
         yield
         return
-    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
-    try:
+    with preserved_batchnorm_statistics(layers):
         for layer in layers:
             means, variances = layer.grid_statistics()
             layer.moving_mean.assign(means[index])
             layer.moving_variance.assign(variances[index])
         yield
-    finally:
-        for layer, (mean, variance) in zip(layers, saved):
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)
 
 
 def accuracies_by_momentum(
