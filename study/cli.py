@@ -58,6 +58,9 @@ def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
     if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
         return
     path = Path(url.database).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--storage={storage!r}: {url.database} is a folder, not a database file; pass a file "
+                         f"path, e.g. sqlite:///{path / 'optuna.db'}.")
     if must_exist and not path.is_file():
         raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run python -m study.run "
                          "first or pass the storage it used.")

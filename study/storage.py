@@ -69,8 +69,13 @@ def _missing_module(error: ImportError) -> str:
 
 
 def _driver_hint(url: str, error: ImportError) -> str:
-    return (f"--storage={masked(url)!r} needs the database driver {_missing_module(error)!r}, which is not installed; "
-            "install it with pip install -e \".[postgres]\" (psycopg 3) and use postgresql+psycopg://user@host/db.")
+    module = _missing_module(error)
+    if "psycopg" in module:
+        remedy = "install it with pip install -e \".[postgres]\" (psycopg 3) and use postgresql+psycopg://user@host/db"
+    else:
+        remedy = ("install that driver, or use PostgreSQL, which this project supports: pip install -e \".[postgres]\" "
+                  "and postgresql+psycopg://user@host/db")
+    return f"--storage={masked(url)!r} needs the database driver {module!r}, which is not installed; {remedy}."
 
 
 def open_optuna_storage(url: str, on_stale_trial: Callable | None = None):
@@ -100,8 +105,10 @@ def open_optuna_storage(url: str, on_stale_trial: Callable | None = None):
     except ImportError as error:
         raise UsageError(_driver_hint(url, error)) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        raise UsageError(f"--storage={masked(url)!r} cannot be opened ({_first_line(error, url)}); check the host, "
-                         "port, user, password and that the database exists.") from None
+        check = ("that the file is a readable, writable SQLite database" if url.startswith("sqlite")
+                 else "the host, port, user, password and that the database exists")
+        raise UsageError(f"--storage={masked(url)!r} cannot be opened ({_first_line(error, url)}); check "
+                         f"{check}.") from None
     return storage
 
 

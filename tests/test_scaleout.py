@@ -73,7 +73,10 @@ def test_sampler_seeds_are_reproducible_but_differ_per_resume_and_worker():
     (["--storage", "postgresql+psycopg://gaplab:s3cret@127.0.0.1:1/optuna"], {},
      "--storage='postgresql+psycopg://gaplab:***@127.0.0.1:1/optuna' cannot be opened"),
     (["--storage", "postgresql+pg8000://gaplab:s3cret@127.0.0.1:1/optuna"], {},
-     "needs the database driver 'pg8000', which is not installed; install it with pip install -e \".[postgres]\""),
+     "needs the database driver 'pg8000', which is not installed; install that driver, or use PostgreSQL, "
+     "which this project supports: pip install -e \".[postgres]\""),
+    (["--storage", "mysql://gaplab:s3cret@127.0.0.1:1/optuna"], {},
+     "--storage='mysql://gaplab:***@127.0.0.1:1/optuna' needs the database driver 'MySQLdb'"),
     ([], {"MLFLOW_TRACKING_URI": "http://gaplab:s3cret@127.0.0.1:1"},
      "MLFLOW_TRACKING_URI='http://gaplab:***@127.0.0.1:1' cannot be used"),
 ])

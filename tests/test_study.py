@@ -71,6 +71,7 @@ def test_conda_env_lists_the_same_dependencies_as_pyproject():
      (["--prune_on", "stale"], "--prune_on='stale' is unknown; use one of best_momentum, own_momentum"),
      (["--storage", "not a url"], "--storage='not a url' is not a database URL"),
      (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
+     (["--storage", "sqlite:///."], "is a folder, not a database file"),
      (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
      (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels"),
      (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
