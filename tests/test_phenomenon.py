@@ -35,7 +35,10 @@ def test_trashnet_photos_show_the_mode_gap_at_64px(tmp_path):
     assert data.size == 2527
     rows = {row["preset"]: row for row in compare_presets(data, ["seed-bn", "seed-final"], 8, 32, seed=0)}
     bn, final = rows["seed-bn"], rows["seed-final"]
-    # Measured on 2 CPU cores: seed-bn mode gap .14, recalibration +.17; seed-final mode gap .07.
-    assert bn["mode_gap"] >= 0.08
+    # Measured on 2 CPU cores with full batches (440 steps), seeds 0 / 1: seed-bn mode gap .07 / .42,
+    # recalibration +.13 / +.40, the same weights at their best grid momentum +.15 / +.38 (paired);
+    # seed-final mode gap -.02 / .07. The paired gain is the steadiest sign of stale statistics.
+    assert bn["mode_gap"] >= 0.05
     assert bn["val_accuracy_recalibrated"] - bn["val_accuracy"] >= 0.08
+    assert bn["val_accuracy_at_best_momentum"] - bn["val_accuracy"] >= 0.08
     assert final["mode_gap"] < bn["mode_gap"]
