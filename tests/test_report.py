@@ -655,3 +655,10 @@ def test_an_unreadable_curve_is_named_not_used():
     assert [v.number for v in paired.with_curves(views)] == [0]
     assert paired.missing_curves(views) == ("Of 2 finished batchnorm trials, 1 have a curve that cannot be read "
                                             "(trial 1: its lists are empty or of different lengths).")
+
+
+def test_a_momentum_range_of_one_value_is_written_once():
+    from study.report.paired import _momenta
+
+    assert _momenta([0.8, 0.8]) == "0.8"
+    assert _momenta([0.9, 0.5]) == "0.5–0.9"

@@ -54,7 +54,8 @@ def _at_most(momentum: float) -> str:
 
 
 def _momenta(values) -> str:
-    return f"{fmt_param('bn_momentum', min(values))}–{fmt_param('bn_momentum', max(values))}"
+    low, high = fmt_param("bn_momentum", min(values)), fmt_param("bn_momentum", max(values))
+    return low if low == high else f"{low}–{high}"
 
 
 def paired_effect(paired: list[TrialView]) -> str:
