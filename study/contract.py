@@ -16,7 +16,6 @@ SEARCHED = ("bn_momentum", "batch_size", "dropout", "depth")
 
 # What `--trials` counts, and what the report treats as measured.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-FINISHED_STATE_NAMES = tuple(state.name for state in FINISHED_STATES)
 
 # ---------------------------------------------------------------- study user attributes
 PARENT_RUN_ID_ATTR = "mlflow_parent_run_id"

@@ -329,7 +329,6 @@ def run_study(settings: Settings, argv: list[str], train_fn=None) -> int:
     data = load_data(settings)
     study_name = settings.study_name or f"{data.name}-{settings.image_size}px"
     base = TrainConfig(image_size=settings.image_size, epochs=settings.epochs, seed=settings.seed)
-    space.depth_choices(settings.image_size)
     study = optuna.create_study(study_name=study_name, storage=storage, load_if_exists=True,
                                 direction="maximize", pruner=make_pruner(settings.pruner, settings.epochs))
     check_fixed_settings(study, study_name, fixed_settings(settings, data))
@@ -366,7 +365,7 @@ def run_study(settings: Settings, argv: list[str], train_fn=None) -> int:
     seeds = [workers.sampler_seed(settings.seed, trials_at_start, index, joining) for index in range(settings.workers)]
     if settings.workers == 1:
         study.sampler = optuna.samplers.TPESampler(seed=seeds[0])
-        objective = tracked_objective(settings, data, base, training_device, parent_id, train_fn)
+        objective = tracked_objective(settings, study_name, data, base, training_device, parent_id, train_fn)
         code = run_worker(study, objective, settings.trials, label="")
         interrupted = code == 130
     else:
@@ -413,12 +412,12 @@ def training_device_for(settings: Settings) -> str:
     return chosen
 
 
-def tracked_objective(settings: Settings, data, base, training_device: str, parent_id: str, train_fn=None):
+def tracked_objective(settings: Settings, study_name: str, data, base, training_device: str, parent_id: str,
+                      train_fn=None):
     """The Optuna objective, also recording which process ran each trial (contract.WORKER_ATTR)."""
     from study.contract import WORKER_ATTR
     from study.objective import Objective
 
-    study_name = settings.study_name or f"{data.name}-{settings.image_size}px"
     fixed = {"image_size": settings.image_size, "epochs": settings.epochs, "seed": settings.seed,
              # Each trial's run records the device it trained on (the parent records the one asked for).
              "device": training_device}
@@ -451,11 +450,13 @@ def run_worker(study, objective, target: int, label: str, poll_s: float = 1.0) -
     failures, allowed_failures = 0, max(target - count_finished(study), 1)
     try:
         while True:
-            fail_stale_trials(study)
             finished = count_finished(study)
             if finished >= target:
                 return 0
             if finished + count_running(study) >= target:
+                # The trials others run may be dead ones: fail those so that their place is taken.
+                # (Before a trial of its own, study.optimize fails stale trials itself.)
+                fail_stale_trials(study)
                 time.sleep(poll_s)
                 continue
             study.optimize(objective, n_trials=1, callbacks=[progress], catch=(Exception,), gc_after_trial=False)
@@ -492,7 +493,8 @@ def run_worker_process(settings: Settings, index: int) -> int:
                               sampler=optuna.samplers.TPESampler(seed=int(os.environ[SAMPLER_SEED_ENV])),
                               pruner=make_pruner(settings.pruner, settings.epochs))
     base = TrainConfig(image_size=settings.image_size, epochs=settings.epochs, seed=settings.seed)
-    objective = tracked_objective(settings, data, base, training_device, study.user_attrs[contract.PARENT_RUN_ID_ATTR])
+    objective = tracked_objective(settings, study_name, data, base, training_device,
+                                  study.user_attrs[contract.PARENT_RUN_ID_ATTR])
     return run_worker(study, objective, settings.trials, label=f"w{index} ")
 
 

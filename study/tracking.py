@@ -80,6 +80,12 @@ def log_dataset(data: Dataset) -> None:
     mlflow.log_input(dataset, context="training")
 
 
+@functools.cache
+def _experiment_of(run_id: str) -> str:
+    """The experiment of a run; a study's parent run never moves, so it is asked once per process."""
+    return MlflowClient().get_run(run_id).info.experiment_id
+
+
 @contextlib.contextmanager
 def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
               parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
@@ -89,7 +95,7 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
     Returning normally means COMPLETE; optuna.TrialPruned means PRUNED; KeyboardInterrupt ends
     the run KILLED (trial FAIL); any other exception FAILED with the error logged.
     """
-    experiment_id = MlflowClient().get_run(parent_run_id).info.experiment_id if parent_run_id else None
+    experiment_id = _experiment_of(parent_run_id) if parent_run_id else None
     run = mlflow.start_run(
         run_name=f"trial-{trial.number:03d}",
         nested=True,
