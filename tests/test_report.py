@@ -662,3 +662,18 @@ def test_a_momentum_range_of_one_value_is_written_once():
 
     assert _momenta([0.8, 0.8]) == "0.8"
     assert _momenta([0.9, 0.5]) == "0.5–0.9"
+
+
+def test_the_seed_caveat_reads_the_study_settings_and_falls_back_to_the_parent_run(tmp_path):
+    import optuna
+
+    from study import contract
+
+    info = build_study(tmp_path / "s", "momentum", "seeded")
+    # A study written before the settings were stored: the parent run's param (0) is used.
+    assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("7.").bullets)
+    study = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 7})
+    assert any("Every trial ran once (seed 7)" in line for line in _report(info).section("7.").bullets)
+    study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0})  # stored as a number: 0 is a seed too
+    assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("7.").bullets)

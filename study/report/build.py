@@ -22,8 +22,9 @@ def build_report(study, client) -> Report:
     best = complete[0] if complete else None
     parent = study.user_attrs.get(contract.PARENT_RUN_ID_ATTR)
     notes: list[str] = []
-    seed = None
-    if parent:
+    seed = study.user_attrs.get(contract.SETTINGS_ATTR, {}).get("seed")
+    if seed is None and parent:
+        # Studies written before the settings were stored in the study: the parent run has the seed.
         try:
             seed = client.get_run(parent).data.params.get("seed")
         except Exception as error:  # noqa: BLE001 - a missing run only loses the seed number

@@ -49,7 +49,7 @@ def _range_text(view: TrialView, name: str) -> str:
     return f"{fmt_param(name, dist.low)} to {fmt_param(name, dist.high)}"
 
 
-def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, notes: list[str]) -> list[str]:
+def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | None, notes: list[str]) -> list[str]:
     counts = {state: sum(v.state == state for v in views) for state in TrialState}
     out = [f"{len(views)} trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
            f"{counts[TrialState.FAIL]} failed"
@@ -76,7 +76,7 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: str | None, no
                 out.append(f"The best trial's {name} = {fmt_param(name, best.params[name])} is at the {edge} edge of "
                            f"its search range ({_range_text(best, name)}): widen the range to see whether the "
                            "optimum lies beyond it.")
-    seed_text = f"seed {seed}" if seed else "one seed"
+    seed_text = f"seed {seed}" if seed is not None else "one seed"
     out.append(f"Every trial ran once ({seed_text}): re-run the best setting with other seeds to measure the "
                "variance before trusting differences smaller than it.")
     if any(not v.batchnorm for v in views):
