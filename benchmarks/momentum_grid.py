@@ -44,8 +44,8 @@ def main() -> None:
             else generate_shapes(args.image_size))
     base = TrainConfig(depth=args.depth, batch_size=args.batch_size, image_size=args.image_size,
                        bn_momentum=0.99, dropout=0.3)
-    models = {"off": _prepared_model(base.replace(momentum_grid=()), data.num_classes),
-              "on": _prepared_model(base.replace(momentum_grid=MOMENTUM_GRID), data.num_classes)}
+    models = {"off": _prepared_model(base.replace(momentum_grid=()), data.num_classes).model,
+              "on": _prepared_model(base.replace(momentum_grid=MOMENTUM_GRID), data.num_classes).model}
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data.train))
     batches = [(data.train.x[order[i:i + args.batch_size]], data.train.y[order[i:i + args.batch_size]])
@@ -67,7 +67,7 @@ def main() -> None:
     model = models["on"]
     val, train = (data.val.x, data.val.y), (data.train.x, data.train.y)
     accuracies_by_momentum(model, base.bn_momentum, MOMENTUM_GRID, [val])  # compile predict
-    epoch_seconds = step_on * np.ceil(len(data.train) / args.batch_size)
+    epoch_seconds = step_on * (len(data.train) // args.batch_size)  # full batches only, as train() runs
     started = time.perf_counter()
     accuracies_by_momentum(model, base.bn_momentum, MOMENTUM_GRID, [val])
     grid_val = time.perf_counter() - started

@@ -44,7 +44,7 @@ import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from gaplab.device import DEVICES, DeviceError, prepare_backend  # noqa: E402
-from study.cli import UsageError, quiet_logging  # noqa: E402
+from study.cli import ArgumentParser, UsageError, quiet_logging  # noqa: E402
 
 
 class BenchFailed(RuntimeError):
@@ -56,7 +56,7 @@ NUM_CLASSES = 6
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--image_size", "--image-size", type=int, default=32, help="pixels (default %(default)s)")
     add("--images", type=int, default=1200, help="synthetic images in all (default %(default)s)")
@@ -204,9 +204,10 @@ def _account(trials: list[dict], wall: float, data, args, training_device: str, 
         compile_in_fit = max(timings["first_epoch_seconds"] - steady, 0.0)
         trained = timings["epochs_seconds"] - compile_in_fit + timings["data_seconds"]
         compile_seconds = compile_in_fit + timings["build_seconds"]
-        # Inside fit but outside its epochs and validation: the per-epoch callbacks (MLflow
-        # metrics, reporting to the pruner).
-        epoch_callbacks = timings["fit_seconds"] - timings["epochs_seconds"] - timings["validation_seconds"]
+        # Inside fit but outside its epochs and validation passes (at the own momentum and, with
+        # prune_on=best_momentum, at the grid's): the per-epoch callbacks (MLflow metrics, pruner).
+        epoch_callbacks = (timings["fit_seconds"] - timings["epochs_seconds"] - timings["validation_seconds"]
+                           - timings["grid_validation_seconds"])
         measured = trial["train_call"] - trained - compile_seconds - epoch_callbacks
         sampling = trial.get("sampling", 0.0)
         tracking = trial["ended"] - trial["began"] - trial["train_call"] - sampling + epoch_callbacks
