@@ -107,13 +107,15 @@ class _Validation(keras.callbacks.Callback):
     It runs the model's predict program, padded to the one evaluation batch size, which the
     measurements after fit use too; Keras's own validation would compile a test step for the
     validation split's ragged shape on top. The loss is Keras's sparse categorical crossentropy
-    on probabilities (clipped to [1e-7, 1 - 1e-7]).
+    on probabilities (clipped to [1e-7, 1 - 1e-7]). The last epoch's predicted classes are kept:
+    they are the final model's val predictions, which the measurements after fit reuse.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray):
         super().__init__()
         self.x, self.y = x, y
         self.seconds = 0.0
+        self.predicted: np.ndarray | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or not len(self.y):
@@ -124,7 +126,8 @@ class _Validation(keras.callbacks.Callback):
         epsilon = keras.config.epsilon()
         picked = np.clip(probabilities[np.arange(len(self.y)), self.y], epsilon, 1 - epsilon)
         logs["val_loss"] = float(-np.mean(np.log(picked)))
-        logs["val_accuracy"] = accuracy(np.argmax(probabilities, axis=1), self.y)
+        self.predicted = np.argmax(probabilities, axis=1).astype(np.int32)
+        logs["val_accuracy"] = accuracy(self.predicted, self.y)
         self.seconds += time.perf_counter() - started
 
 
@@ -360,7 +363,9 @@ def train(
     else:
         train_acc = history["train_accuracy"][-1]
         train_eval = accuracy(predict_classes(model, x_train), y_train)
-        val_predicted = predict_classes(model, data.val.x)
+        # The last validation pass ran at these very weights and statistics: callbacks only read
+        # the model (the grid's pass restores the statistics it swaps in).
+        val_predicted = validation.predicted if validation.predicted is not None else predict_classes(model, data.val.x)
         test_predicted = predict_classes(model, data.test.x)
         val_acc = accuracy(val_predicted, data.val.y)
         test_acc = accuracy(test_predicted, data.test.y)
