@@ -20,7 +20,7 @@ import numpy as np
 from gaplab.config import MOMENTUM_GRID, TrainConfig
 from gaplab.data import generate_shapes, load_image_folder
 from gaplab.momentum import accuracies_by_momentum
-from gaplab.train import _prepared_model
+from gaplab.trainer import _prepared_model
 
 
 def _block_seconds(model, batches) -> tuple[float, float]:

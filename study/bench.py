@@ -147,7 +147,7 @@ def run_bench(args: argparse.Namespace) -> dict:
 
     from gaplab import device
     from gaplab.config import TrainConfig
-    from gaplab.train import train
+    from gaplab.trainer import train
     from study import objective as objective_module
     from study import space, summary
 
@@ -218,7 +218,7 @@ def _account(trials: list[dict], wall: float, data, args, training_device: str, 
         parts["measurements"] += measured
         parts["tracking"] += tracking
         parts["sampling"] += sampling
-        batch = min(result.config.batch_size, len(data.train))  # as gaplab.train.FullBatches cuts them
+        batch = min(result.config.batch_size, len(data.train))  # as gaplab.trainer.FullBatches cuts them
         images_per_epoch = len(data.train) // batch * batch
         per_trial.append({
             "number": trial["number"], "batch_size": result.config.batch_size, "depth": result.config.depth,

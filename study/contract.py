@@ -37,7 +37,7 @@ BN_MOMENTUM_ATTR = "bn_momentum"
 BATCHNORM_ATTR = "batchnorm"
 # "host:pid" of the worker process that ran the trial: names the trial of a worker that died.
 WORKER_ATTR = "worker"
-# Besides these, every key of `gaplab.train.TrainResult.final_metrics()` is a trial user
+# Besides these, every key of `gaplab.trainer.TrainResult.final_metrics()` is a trial user
 # attribute of the same name (val_accuracy, gap, mode_gap, steps, ...).
 
 # ---------------------------------------------------------------- MLflow tags and statuses

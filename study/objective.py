@@ -16,7 +16,7 @@ import optuna
 
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
-from gaplab.train import EpochCallback, TrainResult, train
+from gaplab.trainer import EpochCallback, TrainResult, train
 from study import space, stopping, tracking
 from study.contract import (
     BATCHNORM_ATTR,
@@ -73,7 +73,7 @@ class PruningCallback(EpochCallback):
 class Objective:
     """Callable for `study.optimize`; the data is loaded once by the caller and shared.
 
-    `train_fn` is the trainer (gaplab.train.train; tests pass a stand-in).
+    `train_fn` is the trainer (gaplab.trainer.train; tests pass a stand-in).
     """
 
     def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],

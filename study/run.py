@@ -169,7 +169,7 @@ class ProgressPrinter:
 
 
 def main(argv: list[str] | None = None, *, train_fn=None) -> int:
-    """The command; its exit code. `train_fn` stands in for gaplab.train.train (tests)."""
+    """The command; its exit code. `train_fn` stands in for gaplab.trainer.train (tests)."""
     from study import stopping
 
     with stopping.graceful_stop():

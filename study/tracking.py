@@ -32,7 +32,7 @@ from mlflow.tracking import MlflowClient
 from gaplab.data import Dataset
 from gaplab.model import to_portable
 from gaplab.momentum import MomentumCurve, momentum_step
-from gaplab.train import EpochCallback, TrainResult
+from gaplab.trainer import EpochCallback, TrainResult
 from study import figures
 from study.contract import (
     ERROR_TAG,

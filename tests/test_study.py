@@ -21,7 +21,7 @@ from mlflow.tracking import MlflowClient
 
 from gaplab.config import TrainConfig
 from gaplab.momentum import MomentumCurve
-from gaplab.train import EpochCallback, TrainResult
+from gaplab.trainer import EpochCallback, TrainResult
 from study import run as run_module
 from study import stopping
 

@@ -1,7 +1,7 @@
 """gaplab: train the seed's small Keras CNN and measure why training and validation accuracy differ.
 
 Modules: `data` (image folders and the built-in dataset), `config` (TrainConfig and the seed
-presets), `model` (the CNN builder), `train` (the trainer), `metrics` (inference-mode accuracy,
+presets), `model` (the CNN builder), `trainer` (the trainer, `train()`), `metrics` (inference-mode accuracy,
 confusion matrices, BatchNormalization recalibration), `momentum` (one model evaluated at every
 momentum of a grid), `device` (which device the active Keras backend trains on).
 `python -m gaplab` reproduces the seed's table on the built-in dataset.
@@ -14,7 +14,7 @@ _EXPORTS = {
     "MOMENTUM_GRID": "config", "PRESETS": "config", "SEED_RESULTS": "config", "TrainConfig": "config",
     "DataError": "data", "Dataset": "data", "generate_shapes": "data", "load_image_folder": "data",
     "ConfigError": "config", "allowed_depths": "model", "build_model": "model", "build_preset": "model",
-    "EpochCallback": "train", "TrainResult": "train", "train": "train", "MomentumCurve": "momentum",
+    "EpochCallback": "trainer", "TrainResult": "trainer", "train": "trainer", "MomentumCurve": "momentum",
 }
 __all__ = sorted(_EXPORTS)
 

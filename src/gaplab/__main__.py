@@ -14,7 +14,7 @@ import sys
 
 from gaplab.config import PRESETS, ConfigError, TrainConfig
 from gaplab.data import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, DataError, generate_shapes, load_image_folder
-from gaplab.train import train
+from gaplab.trainer import train
 
 COLUMNS = ("train_accuracy", "train_eval_accuracy", "val_accuracy", "val_accuracy_recalibrated", "test_accuracy",
            "gap", "mode_gap", "generalization_gap")

@@ -512,14 +512,30 @@ def generate_shapes(
     rng = np.random.default_rng(seed)
     labels = np.arange(n_images, dtype=np.int32) % len(SHAPE_CLASSES)
     images = np.stack([_shape_image(SHAPE_CLASSES[label], image_size, rng) for label in labels])
-    parts = stratified_split(labels, tuple(split), seed, SHAPE_CLASSES, BUILTIN_NAME)
-    train, val, test = (Split(images[p], labels[p]) for p in parts)
-    return Dataset(
-        name=BUILTIN_NAME,
-        class_names=SHAPE_CLASSES,
-        train=train,
-        val=val,
-        test=test,
-        digest=_content_digest(images, labels, *parts),
+    return dataset_from_arrays(
+        images, labels, SHAPE_CLASSES, name=BUILTIN_NAME, seed=seed, split=split,
         source=f"generated:{BUILTIN_NAME}?image_size={image_size}&n_images={n_images}&seed={seed}",
     )
+
+
+def dataset_from_arrays(
+    images: np.ndarray,
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    *,
+    name: str,
+    source: str,
+    seed: int = 0,
+    split: tuple[float, float, float] = DEFAULT_SPLIT,
+) -> Dataset:
+    """A Dataset from images (uint8, (N, H, W, 3)) and integer labels, split stratified and seeded
+    exactly as image folders are; the digest covers the arrays and the split."""
+    images = np.asarray(images)
+    labels = np.asarray(labels, dtype=np.int32)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2] or len(images) != len(labels):
+        raise DataError(f"{name}: images of shape {images.shape} and {len(labels)} labels do not match; pass "
+                        "square RGB images as (N, size, size, 3) and one label per image.")
+    parts = stratified_split(labels, tuple(split), seed, tuple(class_names), name)
+    train, val, test = (Split(images[p], labels[p]) for p in parts)
+    return Dataset(name=name, class_names=tuple(class_names), train=train, val=val, test=test,
+                   digest=_content_digest(images, labels, *parts), source=source)

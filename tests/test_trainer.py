@@ -16,7 +16,7 @@ import pytest
 
 from gaplab.config import ConfigError, TrainConfig
 from gaplab.metrics import accuracy, predict_classes, recalibrated_batchnorm
-from gaplab.train import EPOCH_METRICS, EpochCallback, train
+from gaplab.trainer import EPOCH_METRICS, EpochCallback, train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
@@ -52,9 +52,9 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_data):
 
 
 def test_a_reused_compiled_model_trains_exactly_like_a_freshly_built_one(tiny_data):
-    import gaplab.train
+    import gaplab.trainer
 
-    gaplab.train._compiled_models.clear()
+    gaplab.trainer._compiled_models.clear()
     fresh = train(SMALL, tiny_data)
     fresh_weights = [w.copy() for w in fresh.model.get_weights()]
     # Same architecture, other momentum, dropout and seed: the next run reuses this compiled model.
@@ -169,7 +169,7 @@ JAX_SCRIPT = textwrap.dedent(
     import keras
     from gaplab.config import TrainConfig
     from gaplab.data import generate_shapes
-    from gaplab.train import train
+    from gaplab.trainer import train
 
     data = generate_shapes(image_size=16, n_images=96, seed=0)
     config = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
@@ -312,7 +312,7 @@ COMPILE_COUNT_SCRIPT = textwrap.dedent(
     logging.getLogger("jax").addHandler(CompileLog())
     from gaplab.config import TrainConfig
     from gaplab.data import generate_shapes
-    from gaplab.train import train
+    from gaplab.trainer import train
 
     data = generate_shapes(image_size=16, n_images=100, seed=0)
     config = TrainConfig(depth=2, bn_momentum=0.9, dropout=0.2, batch_size=16, epochs=2, image_size=16)
