@@ -9,9 +9,10 @@ Accepted layouts (class names are the `<class>` folder names, sorted):
   `root/{train,val}/` draws test from train; `root/train/` alone draws val and test from train.
   What is drawn from train keeps the proportions of `split` (by default 70/15/15).
 
-Anything else is refused naming these layouts: split folders beside other folders, split folders
-without `train/`, split folders under another name (`Train/`, `validation/`), and split folders
-whose class folders differ. A folder called `train` beside `val` or `test` is a split, not a class.
+Anything else is refused in one line naming these layouts: split folders beside other folders,
+split folders without `train/`, split folders under another name (`Train/`, or `validation/` beside
+split folders), and split folders whose class folders differ. A folder called `train`, `val` or
+`test` is a split, never a class; a synonym such as `valid/` among class folders stays a class.
 """
 
 from __future__ import annotations
