@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from gaplab import data as data_module
+from gaplab import images as image_module
+from gaplab.cache import cache_key
 from gaplab.data import DataError, decode_image, generate_shapes, load_image_folder
 from tests.conftest import make_folder, write_image
 
@@ -25,7 +28,7 @@ def test_second_load_reads_cache_without_decoding(image_folder, tmp_path, monkey
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite a cache entry")
 
-    monkeypatch.setattr(data_module, "decode_image", no_decoding)
+    monkeypatch.setattr(image_module, "decode_image", no_decoding)
     second = load_image_folder(image_folder, 16, cache_dir=tmp_path / "c")
     assert second.from_cache
     assert second.digest == first.digest
@@ -86,8 +89,13 @@ def test_split_folder_with_unknown_class_is_an_error(tmp_path):
     root = tmp_path / "split"
     make_folder(root / "train", {"a": 5, "b": 5}, size=8)
     make_folder(root / "test", {"a": 3, "zebra": 3}, size=8)
-    with pytest.raises(DataError, match="zebra"):
+    with pytest.raises(DataError) as error:
         load_image_folder(root, 8, cache_dir=None)
+    assert str(error.value) == (
+        f"the split folders of {root} hold different classes: class 'b' is missing from test/; test/ has "
+        "class(es) 'zebra' that train/ lacks. Every split folder needs the same class folders: add the missing "
+        "ones or remove the extra ones."
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,3 +199,23 @@ def test_truncated_image_really_fails_in_pillow(tmp_path):
     with pytest.raises(OSError):
         with Image.open(path) as image:
             image.load()
+
+
+def test_digests_and_cache_key_are_those_from_before_the_module_split(tmp_path):
+    # A study stores its dataset's digest and refuses a rerun on other data, and cache entries are
+    # named by the key, so neither may change with the code's layout. Computed on commit 1058d86.
+    assert generate_shapes(image_size=16, n_images=96, seed=0).digest == "9332cd6807ef181f"
+    flat = make_folder(tmp_path / "flat", {"a": 12, "b": 9, "c": 7}, size=16)
+    assert load_image_folder(flat, 16, cache_dir=None, seed=3).digest == "32cc7f41eb019efd"
+    split = tmp_path / "split"
+    make_folder(split / "train", {"a": 9, "b": 8}, size=16)
+    make_folder(split / "test", {"a": 3, "b": 2}, size=16)
+    assert load_image_folder(split, 16, cache_dir=None, seed=1).digest == "8185992edc2a40be"
+    files = []
+    for name, size in (("train/a/0.png", 10), ("train/b/0.png", 20), ("test/a/x.jpg", 30)):
+        path = tmp_path / "keyed" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+        os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
+        files.append(path)
+    assert cache_key(tmp_path / "keyed", files, 16, False) == "4e62ffda4fcf8212f1ad9897ea69c9e4"

@@ -11,6 +11,38 @@ from dataclasses import dataclass
 
 # Smaller images leave no room for a single conv block (3x3 conv, then 2x2 pool).
 MIN_IMAGE_SIZE = 8
+# Decoded images are held in memory as uint8, image_size**2 * 3 bytes each: 3 MiB at 1024 px, so a
+# thousand images already take 3 GiB. Larger sizes are refused rather than met with a MemoryError.
+MAX_IMAGE_SIZE = 1024
+# NumPy's legacy seeding, which Keras's set_random_seed uses, takes 0 .. 2**32 - 1 and nothing else.
+MAX_SEED = 2**32 - 1
+
+
+def _in_binary_units(count: float) -> str:
+    unit = "bytes"
+    for larger in ("KiB", "MiB", "GiB", "TiB"):
+        if count < 1024:
+            break
+        count, unit = count / 1024, larger
+    return f"{count:.1f} {unit}"
+
+
+def image_size_problem(image_size: int) -> str | None:
+    """Why `image_size` cannot be used, as `image_size=<value> is invalid; <remedy>.`, or None."""
+    if image_size < MIN_IMAGE_SIZE:
+        return f"image_size={image_size} is invalid; use at least {MIN_IMAGE_SIZE} pixels."
+    if image_size > MAX_IMAGE_SIZE:
+        one = image_size * image_size * 3
+        return (f"image_size={image_size} is invalid; use at most {MAX_IMAGE_SIZE} pixels: one decoded image at "
+                f"{image_size} px takes {_in_binary_units(one)} as uint8, 1000 images {_in_binary_units(one * 1000)}.")
+    return None
+
+
+def seed_problem(seed: int) -> str | None:
+    """Why `seed` cannot be used, as `seed=<value> is invalid; <remedy>.`, or None."""
+    if not 0 <= seed <= MAX_SEED:
+        return f"seed={seed} is invalid; use an integer from 0 to {MAX_SEED} (2**32 - 1)."
+    return None
 
 
 class ConfigError(ValueError):
@@ -43,8 +75,10 @@ class TrainConfig:
 
         Whether `depth` fits `image_size` is the model's to say (`gaplab.model.allowed_depths`).
         """
+        for problem in (image_size_problem(self.image_size), seed_problem(self.seed)):
+            if problem:
+                raise ConfigError(problem)
         checks = (
-            (self.image_size >= MIN_IMAGE_SIZE, "image_size", f"use at least {MIN_IMAGE_SIZE} pixels"),
             (self.depth >= 1, "depth", "use at least 1 conv block"),
             (0.0 <= self.dropout < 1.0, "dropout", "use 0 <= dropout < 1"),
             (0.0 <= self.bn_momentum < 1.0, "bn_momentum", "use 0 <= bn_momentum < 1"),
