@@ -9,7 +9,7 @@ from study import contract
 from study.report import figures, paired, tables
 from study.report.caveats import caveats
 from study.report.document import SECTION_TITLES, FigureImage, Report, Section
-from study.report.findings import findings
+from study.report.findings import across_trial_findings, best_setting
 from study.report.views import complete_by_value, trial_views
 from study.report.views import finished as finished_trials
 
@@ -30,7 +30,11 @@ def build_report(study, client) -> Report:
         except Exception as error:  # noqa: BLE001 - a missing run only loses the seed number
             notes.append(f"The parent MLflow run {parent} could not be read ({type(error).__name__}).")
 
-    found = findings(views, best)
+    # With momentum curves the findings are paired (same weights, only momentum differs); without,
+    # they compare trials, which differ in everything at once.
+    with_curves = paired.with_curves(finished)
+    found = [best_setting(best)] + (paired.paired_findings(with_curves, finished) if with_curves
+                                    else across_trial_findings(finished, paired.missing_curves(finished)))
     sections = [Section(SECTION_TITLES[0], bullets=found)]
     sections.append(Section(SECTION_TITLES[1], paragraphs=[
         "The four seed presets re-run here (first trials of the study) beside the numbers the seed reported."],

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.cm import ScalarMappable
 from optuna.trial import TrialState
 
+from study import figures as study_figures
 from study.contract import SEARCHED
 from study.report.views import TrialView
 
@@ -95,8 +96,6 @@ def momentum_batch_figure(finished: list[TrialView]) -> bytes:
 
 
 def curves_figure(client, top: list[TrialView]) -> bytes | None:
-    from study import figures
-
     histories = {}
     for v in top:
         if not v.run_id:
@@ -109,19 +108,17 @@ def curves_figure(client, top: list[TrialView]) -> bytes | None:
             histories[f"trial {v.number}"] = history
     if not histories:
         return None
-    return _png(figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
+    return _png(study_figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
 
 
 def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
-    from study import figures
-
     if not best.run_id:
         return None
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(best.run_id, "confusion_matrix.json", folder)
         data = json.loads(Path(path).read_text())
     names = [str(name) for name in data["class_names"]]
-    figure = figures.confusion_figure(data["matrix"], names,
+    figure = study_figures.confusion_figure(data["matrix"], names,
                                       f"Trial {best.number}, {data.get('split', 'val')} split")
     return _png(figure), names
 
@@ -144,11 +141,7 @@ def momentum_curves_figure(paired: list[TrialView]) -> bytes | None:
         ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", color=colour, alpha=0.75, linewidth=1.2)
         ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=colour,
                 markeredgecolor="k", markersize=5)
-    decades = max(3, *(math.ceil(-math.log10(1 - m) - 1e-9) for v in paired for m in v.curve.momentum if m < 1))
-    ax.set_xscale("log")
-    ax.set_xlim(1.5, 10.0 ** -decades / 1.5)  # momentum grows to the right
-    ax.set_xticks([10.0 ** -k for k in range(decades + 1)], ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
-    ax.set_xlabel("bn_momentum (log axis on 1 − momentum)")
+    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
     ax.set_ylabel("val accuracy (same weights)")
     ax.set_title(f"Momentum curves of {len(paired)} trials (dot: the trial's own momentum)")
     ax.grid(alpha=0.3)

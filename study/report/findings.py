@@ -1,80 +1,18 @@
-"""The findings: plain sentences with their statistics and trial counts, from trial views.
+"""The findings that compare trials (for studies without momentum curves), the best setting, and what
+recalibration recovers: plain sentences with their statistics and trial counts, from trial views.
 
-Every claim needs at least 2 trials on each side and a difference of at least MIN_EFFECT;
+`study.report.build` uses these or the paired ones (`study.report.paired`). Every claim needs at least 2 trials on each side and a difference of at least MIN_EFFECT;
 otherwise the sentence says "inconclusive" and why.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from statistics import median
 
 from study.contract import SEARCHED
-from study.report.views import TrialView, describe, finite_median, fmt, fmt_param
-from study.report.views import finished as finished_trials
-
-# A split must move the median gap by at least this much to be called a finding.
-MIN_EFFECT = 0.05
-# EMA horizon (steps x (1 - momentum)) below which BN's running statistics have not caught up.
-HORIZON_THRESHOLD = 3.0
-HIGH_MOMENTUM = 0.95
-LOW_MOMENTUM = 0.9
-
-
-@dataclass
-class ThresholdSplit:
-    """Trials split at `threshold` on `param`: the median gap below and at or above it."""
-
-    param: str
-    threshold: float
-    low_n: int
-    high_n: int
-    low_gap: float
-    high_gap: float
-
-    @property
-    def effect(self) -> float:
-        return self.high_gap - self.low_gap
-
-
-def _candidate_thresholds(param: str, values: list[float]) -> list[float]:
-    ordered = sorted(set(values))
-    middle = median(values)
-    candidates = {middle}
-    above = [v for v in ordered if v > middle]
-    if above:
-        candidates.add(above[0])
-    if param == "bn_momentum":
-        candidates.update((0.9, HIGH_MOMENTUM, 0.99))
-    return sorted(candidates)
-
-
-def best_split(views: list[TrialView], param: str, value=lambda v: v.get("gap")) -> ThresholdSplit | None:
-    """The threshold on `param` (median or a meaningful value) with the largest difference in the median of
-    `value` (the gap unless told), among those leaving at least 2 trials on each side; None when none does."""
-    points = [(v.params[param], value(v)) for v in views if param in v.params and math.isfinite(value(v))]
-    if len(points) < 4:
-        return None
-    best = None
-    for threshold in _candidate_thresholds(param, [x for x, _ in points]):
-        low = [g for x, g in points if x < threshold]
-        high = [g for x, g in points if x >= threshold]
-        if len(low) < 2 or len(high) < 2:
-            continue
-        split = ThresholdSplit(param, threshold, len(low), len(high), median(low), median(high))
-        if best is None or abs(split.effect) > abs(best.effect):
-            best = split
-    return best
-
-
-def split_sentence(split: ThresholdSplit) -> str:
-    name, t = split.param, fmt_param(split.param, split.threshold)
-    direction = "larger" if split.effect > 0 else "smaller"
-    return (f"{name} moves the gap most: trials with {name} ≥ {t} had a median gap of {fmt(split.high_gap)} "
-            f"(n={split.high_n}); with {name} < {t} it was {fmt(split.low_gap)} (n={split.low_n}), "
-            f"a difference of {fmt(abs(split.effect))}, so higher {name} goes with a {direction} gap"
-            + (" (batchnorm trials only)." if name == "bn_momentum" else "."))
+from study.report.stats import HIGH_MOMENTUM, HORIZON_THRESHOLD, LOW_MOMENTUM, MIN_EFFECT, best_split, split_sentence
+from study.report.views import TrialView, describe, finite_median, fmt
 
 
 def momentum_finding(with_bn: list[TrialView]) -> str:
@@ -129,30 +67,21 @@ def momentum_finding(with_bn: list[TrialView]) -> str:
     return text + "."
 
 
-def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
-    """The report's findings: with momentum curves, the paired ones first; without, the comparison across trials."""
-    from study.report import paired
+def best_setting(best: TrialView | None) -> str:
+    """The best complete trial, with its val and test accuracy."""
+    if best is None:
+        return "No trial has completed yet, so there is no best setting."
+    label = f" (preset {best.preset})" if best.preset else ""
+    return (f"Best setting: trial {best.number}{label} with {describe(best)} reached val accuracy "
+            f"{fmt(best.get('val_accuracy'), 3)} and test accuracy {fmt(best.get('test_accuracy'), 3)} "
+            f"(train {fmt(best.get('train_accuracy'), 3)}, gap {fmt(best.get('gap'), 3)}).")
 
-    out: list[str] = []
-    finished = finished_trials(views)
-    if best is not None:
-        label = f" (preset {best.preset})" if best.preset else ""
-        out.append(f"Best setting: trial {best.number}{label} with {describe(best)} reached val accuracy "
-                   f"{fmt(best.get('val_accuracy'), 3)} and test accuracy {fmt(best.get('test_accuracy'), 3)} "
-                   f"(train {fmt(best.get('train_accuracy'), 3)}, gap {fmt(best.get('gap'), 3)}).")
-    else:
-        out.append("No trial has completed yet, so there is no best setting.")
-    with_curves = paired.with_curves(finished)
-    if with_curves:
-        out.append(paired.paired_effect(with_curves))
-        out += paired.gap_attribution(with_curves, finished)
-        out.append(paired.momentum_rule(with_curves))
-        out.append(recalibration_finding([v for v in finished if v.batchnorm]))
-        return out
-    out.append("Paired momentum effect: not measured. " + (paired.missing_curves(finished) or
-               "No finished batchnorm trial yet.") + " The findings below compare momenta across trials, which also "
-               "differ in batch size, dropout, depth, steps and pruning; rerun the study with the current gaplab for "
-               "paired findings.")
+
+def across_trial_findings(finished: list[TrialView], missing: str | None) -> list[str]:
+    """Without momentum curves: why (`missing`), then momenta and the other parameters compared across trials."""
+    out = ["Paired momentum effect: not measured. " + (missing or "No finished batchnorm trial yet.")
+           + " The findings below compare momenta across trials, which also differ in batch size, dropout, depth, "
+           "steps and pruning; rerun the study with the current gaplab for paired findings."]
     if len(finished) < 4:
         out.append(f"Only {len(finished)} finished trial(s): too few to say which parameter moves the gap "
                    "(inconclusive; at least 2 trials on each side of a split are needed).")

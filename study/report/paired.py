@@ -21,7 +21,8 @@ from statistics import mean, median, quantiles
 from optuna.trial import TrialState
 
 from study import contract
-from study.report.findings import HORIZON_THRESHOLD, MIN_EFFECT, best_split
+from study.report.findings import recalibration_finding
+from study.report.stats import HORIZON_THRESHOLD, MIN_EFFECT, best_split
 from study.report.views import TrialView, fmt, fmt_param
 
 # The rule's "close enough to the best": one point of val accuracy.
@@ -56,6 +57,12 @@ def _at_most(momentum: float) -> str:
 def _momenta(values) -> str:
     low, high = fmt_param("bn_momentum", min(values)), fmt_param("bn_momentum", max(values))
     return low if low == high else f"{low}–{high}"
+
+
+def paired_findings(paired: list[TrialView], finished: list[TrialView]) -> list[str]:
+    """The findings read off the curves of `paired` (`with_curves(finished)`, not empty)."""
+    return [paired_effect(paired), *gap_attribution(paired, finished), momentum_rule(paired),
+            recalibration_finding([v for v in finished if v.batchnorm])]
 
 
 def paired_effect(paired: list[TrialView]) -> str:
