@@ -90,7 +90,10 @@ def _specs(kind: str) -> list[dict]:
 GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
-def _curve(spec: dict, kind: str) -> dict:
+TEST_IMAGES = 379
+
+
+def _curve(spec: dict, kind: str, held_out: bool = True) -> dict:
     """A momentum curve in contract.MOMENTUM_CURVE_ATTR's format, equal to the spec's numbers at its own momentum.
 
     At a momentum whose statistics had too few steps to settle (steps x (1 - m) < 3) the model scores as
@@ -110,14 +113,19 @@ def _curve(spec: dict, kind: str) -> dict:
         else:
             val.append(train - spec["gap"] - (0.2 if stale else 0.0))
             train_eval.append(train - spec["mode_gap"] - (0.2 if stale else 0.0))
-    return {"own_momentum": spec["bn_momentum"], "momentum": momenta, "val_accuracy": val,
-            "train_eval_accuracy": train_eval, "gap": [train - v for v in val],
+    curve = {"own_momentum": spec["bn_momentum"], "momentum": momenta, "val_accuracy": val,
+             "train_eval_accuracy": train_eval, "gap": [train - v for v in val],
             "mode_gap": [train - t for t in train_eval],
             "recalibrated": {"val_accuracy": max(val), "train_eval_accuracy": max(train_eval),
                              "gap": train - max(val), "mode_gap": train - max(train_eval)}}
+    if held_out:
+        # Held-out images score like val, one point lower, as whole counts of TEST_IMAGES images.
+        curve["test_accuracy"] = [round((v - 0.01) * TEST_IMAGES) / TEST_IMAGES for v in val]
+    return curve
 
 
-def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, curves: bool = True) -> dict:
+def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, curves: bool = True,
+                held_out: bool = True) -> dict:
     """An Optuna sqlite study plus MLflow parent and child runs under `root`, as study.run leaves them."""
     import optuna
     from mlflow.tracking import MlflowClient
@@ -159,7 +167,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, cur
         if spec.get("preset"):
             attrs[contract.PRESET_ATTR] = spec["preset"]
         if curves and spec["batchnorm"]:
-            curve = _curve(spec, kind)
+            curve = _curve(spec, kind, held_out)
             best = max(range(len(curve["momentum"])), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
             attrs[contract.MOMENTUM_CURVE_ATTR] = curve
             attrs[contract.BEST_MOMENTUM_METRIC] = curve["momentum"][best]

@@ -123,8 +123,9 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
     return _png(figure), names
 
 
-def momentum_curves_figure(paired: list[TrialView]) -> bytes | None:
-    """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps."""
+def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> bytes | None:
+    """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps; the
+    curves of `labels` (trial number -> name) drawn thicker and named in the legend."""
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
@@ -136,15 +137,45 @@ def momentum_curves_figure(paired: list[TrialView]) -> bytes | None:
     colours = colormaps["viridis"]
     figure = Figure(figsize=(8, 5))
     ax = figure.subplots()
-    for v in paired:
+    for index, v in enumerate(sorted(paired, key=lambda v: v.number in labels)):
         curve, colour = v.curve, colours(norm(v.get("steps")))
-        ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", color=colour, alpha=0.75, linewidth=1.2)
-        ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=colour,
+        named = labels.get(v.number)
+        style = {"color": f"C{index % 10}", "linewidth": 2.4, "alpha": 1.0,
+                 "label": f"trial {v.number} ({named})"} if named else {"color": colour, "linewidth": 1.0, "alpha": 0.6}
+        ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", **style)
+        ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=style["color"],
                 markeredgecolor="k", markersize=5)
     study_figures.momentum_axis(ax, study_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
     ax.set_ylabel("val accuracy (same weights)")
     ax.set_title(f"Momentum curves of {len(paired)} trials (dot: the trial's own momentum)")
     ax.grid(alpha=0.3)
-    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label="training steps (log)")
+    if any(v.number in labels for v in paired):
+        ax.legend(fontsize=8, loc="lower left")
+    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label="training steps, unlabelled curves (log)")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def band_figure(bands) -> bytes | None:
+    """Training steps against momentum: each step group's band (`study.report.paired.Band`) shaded."""
+    from matplotlib.figure import Figure
+
+    drawn = [b for b in bands if b.low is not None]
+    if not drawn:
+        return None
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
+    for b in drawn:
+        width = max(b.steps_high - b.steps_low, b.steps_low * 0.1)
+        ax.fill_between([b.steps_low, b.steps_low + width], 1 - b.low, 1 - b.high, color="C2", alpha=0.35,
+                        label="band" if b is drawn[0] else None)
+        ax.text(b.steps_low, 1 - b.high, f" n={b.n}, hit {b.hits}/{b.checked}", fontsize=8, va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps (log)")
+    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for b in drawn for m in (b.low, b.high)),
+                                which="y")
+    ax.set_title("Momenta within 1 point of the best for 3 in 4 trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     figure.tight_layout()
     return _png(figure)
