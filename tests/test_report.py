@@ -233,7 +233,7 @@ def test_paired_findings_score_the_val_chosen_momentum_on_held_out_images(moment
     assert overall.split == "test" and overall.n == 14 and overall.interval[0] <= 0 < overall.interval[1]
     assert "no clear effect, median +23.5 points of test accuracy" in overall.text
     short, long = [f for f in report.findings if f.kind == "paired_effect_by_horizon"]
-    assert short.text.startswith("Trials with an EMA horizon (steps × (1 − bn_momentum)) below 25, the study's median "
+    assert short.text.startswith("Trials with an EMA horizon (steps × (1 − bn_momentum)) below 25 (the study's median) "
                                  "would have scored a median +47.0 points of test accuracy (95 % interval +47.0 to")
     assert short.n == 7 and short.interval[0] > 0
     assert "no clear effect, median 0.0 points" in long.text and long.n == 7

@@ -147,7 +147,9 @@ def headline(found: list[Finding], paired_curves: bool) -> list[str]:
         if clear is None:
             return ["What closes the gap: nothing clearly; moving bn_momentum to the val-chosen grid momentum shows "
                     "no clear effect.", amount + ".", f"How sure: the interval includes 0.{noise}"]
-        who = "" if clear.kind == "paired_effect" else " for " + clear.text.split(",")[0].replace("Trials", "trials")
+        # A horizon group's sentence starts with who it is about: "Trials with an EMA horizon ... (the study's median)".
+        who = ("" if clear.kind == "paired_effect"
+               else " for t" + clear.text[1:clear.text.index(" (the study's median)")])
         rule = f" ({band.text.split(':')[0].replace('For ', 'for ').replace(' use ', ': ')})" if band else ""
         return [f"What closes the gap: training at the val-chosen bn_momentum{rule}.", amount + who + ".",
                 f"How sure: clear, the interval excludes 0 over {clear.n} trials (one seed).{noise}"]

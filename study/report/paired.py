@@ -157,8 +157,8 @@ def paired_effect(found: list[Pair], split: str, scheme: str) -> list[Finding]:
     if min(len(short), len(long)) >= stats.MIN_PAIRED_N:
         for group, words in ((short, f"below {middle:.3g}"), (long, f"{middle:.3g} or more")):
             out.append(_effect_finding(
-                "paired_effect_by_horizon", f"Trials with an EMA horizon (steps × (1 − bn_momentum)) {words}, the "
-                f"study's median", [p.gain for p in group], split, scheme, "would have scored"))
+                "paired_effect_by_horizon", f"Trials with an EMA horizon (steps × (1 − bn_momentum)) {words} (the "
+                f"study's median)", [p.gain for p in group], split, scheme, "would have scored"))
     return out
 
 

@@ -26,7 +26,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "–"
-        return str(int(value)) if value.is_integer() and abs(value) >= 2 else f"{value:.3f}"
+        # Accuracies and gaps to 3 decimals (about the noise of a few hundred images); counts and horizons whole.
+        return f"{value:.0f}" if abs(value) >= 10 or (value.is_integer() and abs(value) >= 2) else f"{value:.3f}"
     return str(value)
 
 
