@@ -767,21 +767,24 @@ def test_findings_json_is_the_source_of_the_finding_sentences(dropout_study, tmp
 def test_the_pruned_caveat_reads_the_studys_prune_on(momentum_study, tmp_path):
     import optuna
 
+    from study.report import paired
+    from study.report.views import finished, trial_views
+
+    study = optuna.load_study(study_name=momentum_study["name"], storage=momentum_study["storage"])
+    views = finished(trial_views(study))
+    assert paired.pruned_for_statistics(views, None).endswith(
+        "What the study pruned on is unknown (its settings predate prune_on); pruning on the val accuracy at the best "
+        "momentum (--prune_on best_momentum) keeps such trials.")
+    assert paired.pruned_for_statistics(views, "own_momentum").endswith(
+        "The study pruned on own_momentum; pruning on the val accuracy at the best momentum (--prune_on "
+        "best_momentum) keeps such trials.")
+    # The report reads the setting from the study; under best_momentum it does not advise what is already so.
     info = build_study(tmp_path / "p", "momentum", "pruned-on")
-    study = optuna.load_study(study_name=info["name"], storage=info["storage"])
-
-    def caveat():
-        return next(line for line in _report(info).section("7.").bullets if line.startswith("The pruner stopped"))
-
-    assert caveat().endswith("What the study pruned on is unknown (its settings predate prune_on); pruning on the val "
-                             "accuracy at the best momentum (--prune_on best_momentum) keeps such trials.")
-    study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0, "prune_on": "best_momentum"})
-    text = caveat()
+    stored = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    stored.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0, "prune_on": "best_momentum"})
+    text = next(line for line in _report(info).section("7.").bullets if line.startswith("The pruner stopped"))
     assert "The study already pruned on the val accuracy at the best momentum" in text
     assert "keeps such trials" not in text
-    study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0, "prune_on": "own_momentum"})
-    assert caveat().endswith("The study pruned on own_momentum; pruning on the val accuracy at the best momentum "
-                             "(--prune_on best_momentum) keeps such trials.")
 
 
 def test_run_ids_link_to_the_mlflow_ui_when_tracking_is_a_server(momentum_study):

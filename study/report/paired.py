@@ -63,7 +63,7 @@ class Pair:
 
     @property
     def gain(self) -> float:
-        return self.scored[self.chosen] - self.scored[self.curve.own]
+        return stats.paired_gain(self.scored, self.curve.val_accuracy, self.curve.momentum, self.curve.own)
 
     @property
     def train_accuracy(self) -> float:
