@@ -166,17 +166,13 @@ class MomentumCurveRenderer(_BlitRenderer):
 
     The axis runs from momentum 0 (1 − m = 1) to 1 − m = 10^-decades, labelled in momenta
     (0, 0.9, 0.99, ...); the trial's own momentum is a vertical line, the recalibrated (PreciseBN)
-    accuracies, the curve's limit, are horizontal lines.
+    accuracies, with statistics estimated on the training data at the final weights, are horizontal lines.
     """
 
     def __init__(self, decades: int):
         figure = Figure(figsize=(7, 4.2), dpi=100)
         axes = figure.add_subplot()
-        axes.set_xscale("log")
-        axes.set_xlim(1.5, 10.0 ** -decades / 1.5)  # momentum grows to the right
-        ticks = [10.0 ** -k for k in range(decades + 1)]
-        axes.set_xticks(ticks, ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
-        axes.set_xlabel("bn_momentum (log axis on 1 − momentum)")
+        momentum_axis(axes, decades)
         axes.set_ylabel("accuracy")
         axes.set_ylim(0, 1.02)
         axes.grid(alpha=0.3)
@@ -206,7 +202,19 @@ class MomentumCurveRenderer(_BlitRenderer):
 
 def momentum_decades(momenta) -> int:
     """How many decades of 1 − momentum an axis needs to show these momenta (at least 3: 0.999)."""
-    return max(3, *(math.ceil(-math.log10(1.0 - m) - 1e-9) for m in momenta))
+    return max([3, *(math.ceil(-math.log10(1.0 - m) - 1e-9) for m in momenta if m < 1)])
+
+
+def momentum_axis(axes, decades: int, which: str = "x") -> None:
+    """Lay out `axes`' x (or y) axis for momenta: log on 1 − momentum from 0 to 1 − 10^-decades,
+    momentum growing to the right (or upwards), ticks labelled 0, 0.9, 0.99, ..."""
+    set_scale, set_lim, set_ticks, set_label = (
+        (axes.set_xscale, axes.set_xlim, axes.set_xticks, axes.set_xlabel) if which == "x"
+        else (axes.set_yscale, axes.set_ylim, axes.set_yticks, axes.set_ylabel))
+    set_scale("log")
+    set_lim(1.5, 10.0 ** -decades / 1.5)
+    set_ticks([10.0 ** -k for k in range(decades + 1)], ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
+    set_label("bn_momentum (log axis on 1 − momentum)")
 
 
 @functools.lru_cache(maxsize=4)

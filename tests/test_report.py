@@ -7,6 +7,7 @@ tmp_path, with the gap driven by a known parameter, so the findings can be check
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import os
 import re
@@ -90,7 +91,10 @@ def _specs(kind: str) -> list[dict]:
 GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
-def _curve(spec: dict, kind: str) -> dict:
+TEST_IMAGES = 379
+
+
+def _curve(spec: dict, kind: str, held_out: bool = True) -> dict:
     """A momentum curve in contract.MOMENTUM_CURVE_ATTR's format, equal to the spec's numbers at its own momentum.
 
     At a momentum whose statistics had too few steps to settle (steps x (1 - m) < 3) the model scores as
@@ -110,14 +114,19 @@ def _curve(spec: dict, kind: str) -> dict:
         else:
             val.append(train - spec["gap"] - (0.2 if stale else 0.0))
             train_eval.append(train - spec["mode_gap"] - (0.2 if stale else 0.0))
-    return {"own_momentum": spec["bn_momentum"], "momentum": momenta, "val_accuracy": val,
-            "train_eval_accuracy": train_eval, "gap": [train - v for v in val],
+    curve = {"own_momentum": spec["bn_momentum"], "momentum": momenta, "val_accuracy": val,
+             "train_eval_accuracy": train_eval, "gap": [train - v for v in val],
             "mode_gap": [train - t for t in train_eval],
             "recalibrated": {"val_accuracy": max(val), "train_eval_accuracy": max(train_eval),
                              "gap": train - max(val), "mode_gap": train - max(train_eval)}}
+    if held_out:
+        # Held-out images score like val, one point lower, as whole counts of TEST_IMAGES images.
+        curve["test_accuracy"] = [round((v - 0.01) * TEST_IMAGES) / TEST_IMAGES for v in val]
+    return curve
 
 
-def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, curves: bool = True) -> dict:
+def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, curves: bool = True,
+                held_out: bool = True) -> dict:
     """An Optuna sqlite study plus MLflow parent and child runs under `root`, as study.run leaves them."""
     import optuna
     from mlflow.tracking import MlflowClient
@@ -159,7 +168,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, cur
         if spec.get("preset"):
             attrs[contract.PRESET_ATTR] = spec["preset"]
         if curves and spec["batchnorm"]:
-            curve = _curve(spec, kind)
+            curve = _curve(spec, kind, held_out)
             best = max(range(len(curve["momentum"])), key=lambda i: (curve["val_accuracy"][i], curve["momentum"][i]))
             attrs[contract.MOMENTUM_CURVE_ATTR] = curve
             attrs[contract.BEST_MOMENTUM_METRIC] = curve["momentum"][best]
@@ -208,33 +217,44 @@ def dropout_study(tmp_path_factory):
     return build_study(tmp_path_factory.mktemp("dropout"), "dropout", "dropout <b>study</b>")
 
 
-def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
+def _finding(report, kind):
+    return next(f for f in report.findings if f.kind == kind)
+
+
+def test_paired_findings_score_the_val_chosen_momentum_on_held_out_images(momentum_study):
     report = _report(momentum_study)
-    findings = report.findings
-    # The paired findings come first, right after the best setting.
-    assert findings[1].startswith("Paired momentum effect (each model evaluated at a grid of momenta")
-    # 6 searched high-momentum trials + seed-bn (0.99), 50 steps each: stale; best grid momentum 0.9 (horizon 5).
-    assert ("trials trained with bn_momentum 0.96–0.998 for at most 50 steps, too few to settle (steps × "
-            "(1 − bn_momentum) < 3), would have scored a median +0.47 val accuracy at their best grid momentum (0.9 "
-            "for 7 of them; middle half +0.47 to +0.48, all +0.47 to +0.49; n=7, paired)") in findings[1]
-    # 6 low-momentum trials + seed-final (0.8), 400 steps: settled, nothing to gain.
-    assert ("trials trained with bn_momentum 0.6–0.88 for at most 400 steps, enough to settle (steps × "
-            "(1 − bn_momentum) ≥ 3), would have scored a median +0.00 val accuracy at their best grid momentum (0.99 "
-            "for 7 of them; ") in findings[1]
-    assert findings[2].startswith("Stale batchnorm statistics (bn_momentum) explain most of the gap: over 14 trials "
-                                  "with curves")
-    assert "momentum explains 0.24 of it" in findings[2] and "median per trial 0.24" in findings[2]
-    # What is left (0.02-0.03 everywhere) is moved by nothing else.
-    assert findings[3].startswith("None of batch_size, dropout, depth moves the rest of the gap"), findings[3]
-    # Stale trials are within 1 point of their best from momentum 0.9 (50 steps x 0.1 = 5), settled ones
-    # from 0.99 (400 x 0.01 = 4): the upper quartile of [4] * 7 + [5] * 7 is 5.
-    assert findings[4] == (
-        "Rule for bn_momentum, read off the curves: val accuracy was within 0.01 of the curve's best once training "
-        "steps × (1 − bn_momentum) ≥ 5 for 3 in 4 of the 14 trials whose curve falls off within the grid (median 4.5, "
-        "paired). So with S training steps use "
-        "bn_momentum ≤ 1 − 5 / S: 100 steps → bn_momentum ≤ 0.95, 1,000 steps → bn_momentum ≤ 0.995, 10,000 steps "
-        "→ bn_momentum ≤ 0.9995.")
-    assert not any("moves the gap most" in line for line in findings)  # the confounded split is gone
+    kinds = [f.kind for f in report.findings]
+    assert kinds[:4] == ["best_setting", "smallest_gaps", "noise_floor", "paired_effect"]
+    assert _finding(report, "noise_floor").text.startswith(
+        "Noise floor: one accuracy measured on the 379 held-out images has a standard error of about 2.4 points")
+    # Half the trials (horizon below the median, 25) lose 47 points to stale statistics, half nothing: the
+    # median over all is not clear, the short-horizon group's is.
+    overall = _finding(report, "paired_effect")
+    assert overall.split == "test" and overall.n == 14 and overall.interval[0] <= 0 < overall.interval[1]
+    assert "no clear effect, median +23.5 points of test accuracy" in overall.text
+    short, long = [f for f in report.findings if f.kind == "paired_effect_by_horizon"]
+    assert short.text.startswith("Trials with an EMA horizon (steps × (1 − bn_momentum)) below 25 (the study's median) "
+                                 "would have scored a median +47.0 points of test accuracy (95 % interval +47.0 to")
+    assert short.n == 7 and short.interval[0] > 0
+    assert "no clear effect, median 0.0 points" in long.text and long.n == 7
+    settled = _finding(report, "settled")
+    assert settled.text.startswith("7 of 14 trials had settled at their own momentum")
+    # Momentum's part of the gap is the same gap at two momenta: the gain, split into mode and generalization gap.
+    split = _finding(report, "gap_part_split").text
+    assert "the mode gap (train-mode vs inference-mode accuracy on training images: stale statistics, but also " \
+           "dropout and fit's within-epoch drift) changes by a median +24.0 points" in split
+    assert "what momentum leaves (the gap at the chosen momentum) is 0.04" in split
+    rest = _finding(report, "across_trial_split")
+    assert rest.text.startswith("No parameter clearly goes with the rest of the test gap") and rest.p_value > 0.05
+    band = _finding(report, "band")
+    assert band.text.startswith("For 50–400 training steps use bn_momentum 0–0.9: held-out accuracy was within 1 "
+                                "point") and "14 of 14 trials were within 1 point of their best" in band.text
+    assert report.headline == [
+        "What closes the gap: training at the val-chosen bn_momentum (for 50–400 training steps: bn_momentum 0–0.9).",
+        "By how much: a median +47.0 points of held-out accuracy per trial (95 % interval +47.0 to +49.1, n=7) for "
+        "trials with an EMA horizon (steps × (1 − bn_momentum)) below 25.",
+        "How sure: clear, the interval excludes 0 over 7 trials (one seed). Noise floor: 2.4 points per accuracy."]
+    assert not any("moves" in f.text for f in report.findings)
     caveats = report.section("7.").bullets
     assert ("The pruner stopped 2 of 2 pruned trials with a curve (trials 14, 15) whose val accuracy at their best "
             "momentum was at or above the median of the 12 complete trials") in "\n".join(caveats)
@@ -243,65 +263,76 @@ def test_findings_name_momentum_when_momentum_drives_the_gap(momentum_study):
     assert figure.png.startswith(b"\x89PNG")
     decomposition = report.section("3.").tables[0]
     seed_bn = next(row for row in decomposition.rows if row[2] == "seed-bn")
-    assert seed_bn[12:14] == [0.9, pytest.approx(seed_bn[9] + 0.47)] and seed_bn[14] == pytest.approx(0.48)
+    # Chosen on val: 0.9; held out, 47 points better there than at its own momentum 0.99.
+    assert seed_bn[11] == 0.9 and seed_bn[13] - seed_bn[12] == pytest.approx(0.47, abs=0.003)
 
 
 def test_a_study_without_curves_says_why_and_compares_across_trials(study_without_curves):
     report = _report(study_without_curves)
-    text = "\n".join(report.findings)
-    assert report.findings[1].startswith(
+    texts = [f.text for f in report.findings]
+    assert texts[2].startswith(
         "Paired momentum effect: not measured. Of 14 finished batchnorm trials, 14 have no momentum curve (trial user "
         "attribute momentum_curve): they were run before gaplab measured every model at a grid of momenta")
     assert "momentum_curves.png" not in {f.filename for f in report.figures}
     assert any(line.startswith("Figure 'Momentum curves' is left out: no finished batchnorm trial has a momentum curve")
                for line in report.section("7.").bullets)
-    gap_line = next(line for line in report.findings if "moves the gap most" in line)
-    assert gap_line.startswith("bn_momentum moves the gap most"), gap_line
-    # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03.
-    assert "median gap of 0.50 (n=7)" in gap_line and "0.03 (n=7)" in gap_line
-    assert "higher bn_momentum goes with a larger gap" in gap_line
-    # Horizon: high momentum trials ran 50 steps (horizon <= 2); low momentum 400 steps (>= 48).
-    horizon = next(line for line in report.findings if line.startswith("EMA horizon"))
+    split = _finding(report, "across_trial_split")
+    # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03: a perfect
+    # separation, rare among shuffles even after paying for 9 candidate splits.
+    assert split.text.startswith("Higher bn_momentum goes with a larger gap (across trials, which differ in "
+                                 "everything else too): trials with bn_momentum ≥ 0.9 had a median of 0.50 (n=7), "
+                                 "with bn_momentum < 0.9 0.03 (n=7)"), split.text
+    assert split.p_value < 0.01 and split.n == 14
+    horizon = _finding(report, "across_trial_horizon").text
     assert "below 3 had a median gap of 0.50 (n=7)" in horizon and "it was 0.03 (n=7)" in horizon
-    momentum = next(line for line in report.findings if line.startswith("High bn_momentum widens the gap"))
-    assert ("bn_momentum ≥ 0.95 and at most 50 steps, too few for the moving statistics to settle "
-            "(steps × (1 − bn_momentum) < 3), had a median gap of 0.50 and mode gap of 0.48 (n=7); trials with "
-            "bn_momentum < 0.9 had 0.03 and 0.00 (n=7)") in momentum
-    recal = next(line for line in report.findings if line.startswith("Re-estimating"))
-    assert "bn_momentum ≥ 0.95 the median is 0.400 (n=7)" in recal
-    # Best: the highest val among complete trials (the first low-momentum searched trial, number 4).
+    momentum = _finding(report, "across_trial_momentum").text
+    assert momentum.startswith("High bn_momentum with short training goes with a wider gap: trials with "
+                               "bn_momentum ≥ 0.95 and at most 50 steps"), momentum
+    assert not any(" moves " in text for text in texts)
+    recal = _finding(report, "recalibration").text
+    assert recal.startswith("PreciseBN re-estimates batchnorm's statistics on the training data at the final weights")
+    assert "for trials with bn_momentum ≥ 0.95, +40.0 points (95 % interval +40.0 to +40.0, n=7)." in recal
+    # Best: the highest val among complete trials.
     specs = study_without_curves["specs"]
     best = max((i for i, s in enumerate(specs) if s["state"] == TrialState.COMPLETE), key=lambda i: specs[i]["val"])
-    assert f"Best setting: trial {best} " in text
-    assert f"val accuracy {specs[best]['val']:.3f} and test accuracy {specs[best]['test']:.3f}" in text
+    assert f"Best setting: trial {best} " in texts[0]
+    assert f"val accuracy {specs[best]['val']:.3f} and test accuracy {specs[best]['test']:.3f}" in texts[0]
+    assert report.headline[0].startswith("What goes with a smaller gap (across trials, not paired): Higher "
+                                         "bn_momentum goes with a larger gap")
+
+
+def test_curves_without_held_out_accuracy_are_labelled_optimistic_and_claim_nothing(tmp_path):
+    report = _report(build_study(tmp_path / "old", "momentum", "before-test-accuracy", held_out=False))
+    paired = [f for f in report.findings if f.kind.startswith(("paired_effect", "gap_part"))]
+    assert paired and all(f.interval is None and f.split == "val" for f in paired)
+    assert all("optimistic: chosen and scored on val" in f.text or f.kind == "gap_part_split" for f in paired)
+    assert not any(f.kind in ("band", "noise_floor", "settled") for f in report.findings)
+    assert not any("would have scored" in f.text or "explains" in f.text for f in report.findings)
+    assert report.headline[0] == ("What closes the gap: unknown; the momentum curves predate held-out accuracy per "
+                                  "momentum.")
 
 
 def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     report = _report(dropout_study)
-    findings = report.findings
     # Every trial ran 1000 steps at bn_momentum <= 0.99: settled, so momentum gains nothing.
-    assert "no trial had too few to settle" in findings[1]
-    assert ("would have scored a median +0.00 val accuracy at their best grid momentum (0.995 for 14 of them"
-            in findings[1])
-    assert findings[2].startswith("Most of the gap is not momentum's: over 14 trials with curves"), findings[2]
-    assert "momentum explains 0.00 of it" in findings[2]
-    rest = findings[3]
-    assert rest.startswith("dropout moves the rest of the gap (gap minus momentum's part) most"), rest
-    assert "higher dropout goes with a smaller rest of the gap" in rest
-    # The sentence's numbers are the medians of the gaps put in (momentum's part is 0), on each side.
-    match = re.search(r"dropout ≥ ([0-9.]+) had a median of ([0-9.]+) \(n=(\d+)\); with dropout < \1, "
-                      r"([0-9.]+) \(n=(\d+)\)", rest)
-    assert match, rest
+    effect = _finding(report, "paired_effect")
+    assert effect.estimate == 0 and "no clear effect, median 0.0 points of test accuracy" in effect.text
+    assert _finding(report, "settled").text.startswith("14 of 14 trials had settled at their own momentum")
+    rest = _finding(report, "across_trial_split")
+    assert rest.text.startswith("Higher dropout goes with a smaller rest of the test gap (across trials"), rest.text
+    assert rest.p_value < 0.05
+    # The sentence's numbers are the medians of the held-out gaps put in (momentum's part is 0), on each side.
+    match = re.search(r"dropout ≥ ([0-9.]+) had a median of ([0-9.]+) \(n=(\d+)\), with dropout < \1 "
+                      r"([0-9.]+) \(n=(\d+)\)", rest.text)
+    assert match, rest.text
     threshold = float(match[1])
-    high = [s["gap"] for s in dropout_study["specs"] if s["dropout"] >= threshold]
-    low = [s["gap"] for s in dropout_study["specs"] if s["dropout"] < threshold]
-    assert (match[2], int(match[3])) == (f"{statistics.median(high):.2f}", len(high))
-    assert (match[4], int(match[5])) == (f"{statistics.median(low):.2f}", len(low))
-    assert statistics.median(low) - statistics.median(high) > 0.3
-    # Only momentum 0.999 (1000 steps x 0.001 = 1) is stale: the curves are within 1 point from 0.995 (5).
-    assert findings[4].startswith(
-        "Rule for bn_momentum, read off the curves: val accuracy was within 0.01 of the "
-        "curve's best once training steps × (1 − bn_momentum) ≥ 5 for 3 in 4 of the 14 trials")
+    specs = [s for s in dropout_study["specs"]]
+    high = [s["gap"] + 0.01 for s in specs if s["dropout"] >= threshold]
+    low = [s["gap"] + 0.01 for s in specs if s["dropout"] < threshold]
+    assert (float(match[2]), int(match[3])) == (pytest.approx(statistics.median(high), abs=0.006), len(high))
+    assert (float(match[4]), int(match[5])) == (pytest.approx(statistics.median(low), abs=0.006), len(low))
+    # Only momentum 0.999 (1000 steps x 0.001 = 1) is stale: the band is every grid momentum up to 0.995.
+    assert _finding(report, "band").interval == (0.0, 0.995)
     assert not any("pruner stopped" in line for line in report.section("7.").bullets)
 
 
@@ -320,6 +351,7 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     assert len(decomposition.rows) == len(specs)  # the failed trial has no metrics
     first = decomposition.rows[4]
     assert first[0] == 4 and first[6] == specs[4]["gap"] and first[9] == specs[4]["val"]
+    assert decomposition.columns[11:] == ["val-chosen momentum", "test at own momentum", "test at chosen momentum"]
     top = report.section("6.").tables[0]
     assert top.rows[0][-1]  # MLflow run id
     importance = report.section("4.")
@@ -328,8 +360,12 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     caveats = "\n".join(report.section("7.").bullets)
     assert "complete, 2 pruned, 1 failed" in caveats
     assert "re-run the best setting" in caveats
-    assert {f.filename for f in report.figures} == {"momentum_curves.png", "params.png", "ema_horizon.png",
-                                                   "momentum_batch.png", "learning_curves.png", "confusion_matrix.png"}
+    assert {f.filename for f in report.figures} == {"momentum_curves.png", "momentum_band.png", "params.png",
+                                                   "ema_horizon.png", "momentum_batch.png", "learning_curves.png",
+                                                   "confusion_matrix.png"}
+    # One count of trials, the same in the summary and the caveats.
+    assert report.summary[2] == "Trials: 17 (14 complete, 2 pruned, 1 failed)"
+    assert report.section("7.").bullets[0] == "Trials: 17 (14 complete, 2 pruned, 1 failed)."
     assert all(f.png.startswith(b"\x89PNG") for f in report.figures)
 
 
@@ -422,7 +458,7 @@ def test_user_data_is_escaped(dropout_study, tmp_path):
     assert re.search(r"(?<!\\)[<>]", markdown) is None
     assert "\\<img src=x onerror=alert(1)\\>" in markdown and "&lt;" not in markdown
     assert "dog\\|pipe" in markdown and "dropout \\<b\\>study\\</b\\>" in markdown
-    assert "\\< 3" in markdown  # the findings' "steps × (1 − bn_momentum) < 3"
+    assert "dropout \\< 0.325" in markdown  # the findings' split
     tables = _markdown_tables(markdown)
     assert len(tables) == 4 and sum(len(rows) for _, rows in tables) > 20  # seed, decomposition, importance, top
     assert _broken_rows(markdown) == []
@@ -512,7 +548,7 @@ def test_html_renders_in_headless_chromium(dropout_study, tmp_path):
     # The hostile class name is text in the DOM, never an element.
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom.stdout and "onerror=alert(1)>" not in dom.stdout.replace(
         "&gt;", "")
-    assert dom.stdout.count("<img ") == 6  # the six figures, nothing else
+    assert dom.stdout.count("<img ") == 7  # the seven figures, nothing else
     for problem in ("Uncaught", "CONSOLE(", ":ERROR:CONSOLE"):
         assert problem not in dom.stderr, dom.stderr[-2000:]
     shot = tmp_path / "shot.png"
@@ -564,27 +600,33 @@ def _bn_trial(number: int, momentum: float, steps: int, gap: float, mode_gap: fl
 
 
 @pytest.mark.parametrize("stale_gap, stale_mode, numbers, expected", [
-    (0.40, 0.38, "0.40 and mode gap of 0.38", "High bn_momentum widens the gap when training is short"),
+    (0.40, 0.38, "0.40 and mode gap of 0.38", "High bn_momentum with short training goes with a wider gap"),
     # Overfitting gives every trial a gap; momentum shows only in the part stale statistics cause.
     (0.21, 0.20, "0.21 and mode gap of 0.20",
-     "High bn_momentum with short training opens a mode gap, though the whole gap differs by less"),
+     "High bn_momentum with short training goes with a wider mode gap, though the whole gap differs by less"),
     (0.20, -0.001, "0.20 and mode gap of 0.00", "bn_momentum: trials with"),  # printed 0.00, never -0.00
 ])
 def test_momentum_finding_judges_gap_and_mode_gap(stale_gap, stale_mode, numbers, expected):
     from study.report.findings import momentum_finding
 
-    stale = [_bn_trial(i, 0.99, 100, stale_gap, stale_mode) for i in range(2)]  # horizon 1
-    low = [_bn_trial(2 + i, 0.8, 100, 0.19, 0.0) for i in range(3)]
-    settled = [_bn_trial(5 + i, 0.99, 1000, 0.17, 0.01) for i in range(2)]  # horizon 10
+    stale = [_bn_trial(i, 0.99, 100, stale_gap, stale_mode) for i in range(5)]  # horizon 1
+    low = [_bn_trial(5 + i, 0.8, 100, 0.19, 0.0) for i in range(5)]
+    settled = [_bn_trial(10 + i, 0.99, 1000, 0.17, 0.01) for i in range(5)]  # horizon 10
+    # Fewer than 5 a side: nothing is said to go with momentum.
+    assert momentum_finding(stale[:4] + low + settled).endswith("so what momentum goes with is inconclusive. For "
+                                                                "reference, bn_momentum ≥ 0.95 trials with enough "
+                                                                "steps to settle had a median gap of 0.17 and mode gap "
+                                                                "of 0.01 (n=5); trials with bn_momentum < 0.9 had "
+                                                                "0.19 and 0.00 (n=5).")
     text = momentum_finding(stale + low + settled)
     assert text.startswith(expected), text
     assert (f"at most 100 steps, too few for the moving statistics to settle (steps × (1 − bn_momentum) < 3), "
-            f"had a median gap of {numbers} (n=2); "
-            "trials with bn_momentum < 0.9 had 0.19 and 0.00 (n=3)") in text
+            f"had a median gap of {numbers} (n=5); "
+            "trials with bn_momentum < 0.9 had 0.19 and 0.00 (n=5)") in text
     if expected.startswith("bn_momentum"):
         assert text.endswith("no effect of momentum is shown (inconclusive).")
     else:
-        assert text.endswith("enough steps to settle had a median gap of 0.17 and mode gap of 0.01 (n=2).")
+        assert text.endswith("enough steps to settle had a median gap of 0.17 and mode gap of 0.01 (n=5).")
 
 
 def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
@@ -597,12 +639,11 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
     report = _report(info)
     caveats = report.section("7. Caveats").bullets
     finished = len(info["specs"])
-    assert caveats[0] == (f"{finished + 3} trials: {finished - 2} complete, 2 pruned, 1 failed, 1 running, "
-                          "1 waiting.")
+    assert caveats[0] == (f"Trials: {finished + 3} ({finished - 2} complete, 2 pruned, 1 failed, 1 running, "
+                          "1 waiting).")
     assert "The study is still running: rerun the report when it has finished." in caveats
     # Trials without metrics change no number: the findings are those of the finished trials.
-    assert any(line.startswith("Stale batchnorm statistics (bn_momentum) explain most of the gap")
-               for line in report.findings)
+    assert _finding(report, "paired_effect").n == 14
 
 
 def test_an_interrupted_study_is_not_called_running(tmp_path):
@@ -612,7 +653,7 @@ def test_an_interrupted_study_is_not_called_running(tmp_path):
     study = optuna.load_study(study_name=info["name"], storage=info["storage"])
     study.enqueue_trial({"batch_size": 32})  # queued, and no process runs the study
     caveats = _report(info).section("7. Caveats").bullets
-    assert caveats[0].endswith("1 failed, 1 waiting.")
+    assert caveats[0].endswith("1 failed, 1 waiting).")
     assert not any("still running" in line for line in caveats)
     assert any(line.startswith("1 trial(s) are queued but none is running: the study was interrupted")
                for line in caveats)
@@ -635,26 +676,48 @@ def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
     ]
 
 
+def _curve_trial(number: int, raw: dict, steps: float = 100.0):
+    from study.report.views import TrialView
+
+    return TrialView(number, TrialState.COMPLETE, None, True, {"bn_momentum": raw["own_momentum"]},
+                     {"gap": 0.1, "steps": steps, "train_accuracy": 0.9, contract.MOMENTUM_CURVE_ATTR: raw}, 0.8, {})
+
+
 def test_an_unreadable_curve_is_named_not_used():
     from study.report import paired
-    from study.report.views import MomentumCurve, TrialView
+    from study.report.views import MomentumCurve
 
     good = _curve({"train": 0.9, "bn_momentum": 0.99, "steps": 1000, "gap": 0.1, "mode_gap": 0.0,
                    "state": TrialState.COMPLETE}, "dropout")
     curve = MomentumCurve.read(good)
-    assert curve.momentum[curve.own] == 0.99 and curve.gain == pytest.approx(0.0)
-    # 1000 steps: up to 0.995 (horizon 5) the statistics settled, at 0.999 (horizon 1) not.
-    assert curve.settled_horizon(1000, 0.01) == (pytest.approx(5.0), False)
-    assert curve.settled_horizon(1000, 0.5) == (pytest.approx(1.0), True)  # within at the grid's end
+    assert curve.momentum[curve.own] == 0.99 and len(curve.test_accuracy) == len(curve.momentum)
     broken = {**good, "gap": good["gap"][:-1]}
     with pytest.raises(ValueError, match="different lengths"):
         MomentumCurve.read(broken)
-    views = [TrialView(n, TrialState.COMPLETE, None, True, {"bn_momentum": 0.99},
-                       {"gap": 0.1, "steps": 100.0, contract.MOMENTUM_CURVE_ATTR: raw}, 0.8, {})
-             for n, raw in enumerate((good, broken))]
+    missing_point = {**good, "test_accuracy": [*good["test_accuracy"][:-1], float("nan")]}
+    with pytest.raises(ValueError, match="test_accuracy is not a list of finite numbers"):
+        MomentumCurve.read(missing_point)
+    views = [_curve_trial(n, raw) for n, raw in enumerate((good, broken, missing_point))]
     assert [v.number for v in paired.with_curves(views)] == [0]
-    assert paired.missing_curves(views) == ("Of 2 finished batchnorm trials, 1 have a curve that cannot be read "
-                                            "(trial 1: its lists are empty or of different lengths).")
+    assert paired.missing_curves(views) == (
+        "Of 3 finished batchnorm trials, 2 have a curve that cannot be read and are skipped (trial 1: its lists are "
+        "empty or of different lengths; trial 2: test_accuracy is not a list of finite numbers).")
+
+
+def test_fewer_than_five_trials_with_curves_state_no_paired_effect():
+    from study.report import paired
+
+    raw = _curve({"train": 0.9, "bn_momentum": 0.999, "steps": 100, "gap": 0.1, "mode_gap": 0.0,
+                  "state": TrialState.COMPLETE}, "dropout")
+    views = [_curve_trial(n, raw) for n in range(4)]
+    found = paired.paired_findings(paired.with_curves(views), views)
+    assert found[0].text == ("Only 4 trial(s) have momentum curves; at least 5 are needed, so no paired effect is "
+                             "stated.")
+    assert not any(f.interval for f in found)
+    # A fifth trial: the effect is stated, with its interval (stale at 0.999 with 100 steps: 75 of 379 images).
+    views.append(_curve_trial(4, raw))
+    effect = next(f for f in paired.paired_findings(paired.with_curves(views), views) if f.kind == "paired_effect")
+    assert effect.n == 5 and effect.interval[0] > 0.15 and "would have scored a median +19.8 points" in effect.text
 
 
 def test_a_momentum_range_of_one_value_is_written_once():
@@ -677,3 +740,75 @@ def test_the_seed_caveat_reads_the_study_settings_and_falls_back_to_the_parent_r
     assert any("Every trial ran once (seed 7)" in line for line in _report(info).section("7.").bullets)
     study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0})  # stored as a number: 0 is a seed too
     assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("7.").bullets)
+
+
+def test_findings_json_is_the_source_of_the_finding_sentences(dropout_study, tmp_path):
+    assert _run_cli(dropout_study, tmp_path / "out", "--study_name", dropout_study["name"]) == 0
+    folder = next((tmp_path / "out").iterdir())
+    data = json.loads((folder / "findings.json").read_text())
+    markdown, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
+    from study.report.render import md_escape
+
+    assert data["study"] == dropout_study["name"] and len(data["headline"]) == 3
+    for finding in data["findings"]:
+        assert set(finding) == {"kind", "text", "estimate", "interval", "n", "split", "scheme", "p_value"}
+        assert f"- {md_escape(finding['text'])}" in markdown
+        assert html.escape(finding["text"], quote=True) in page
+    effect = next(f for f in data["findings"] if f["kind"] == "paired_effect")
+    assert effect["split"] == "test" and effect["n"] == 14 and len(effect["interval"]) == 2
+    low, high = effect["interval"]
+    assert f"95 % interval {low * 100:.1f} to {high * 100:.1f}, n=14" in effect["text"]
+    for line in data["headline"]:
+        assert md_escape(line) in markdown
+    # Wide tables scroll inside their own box.
+    assert page.count('<div class="scroll"><table>') == page.count("<table>") >= 4
+
+
+def test_the_pruned_caveat_reads_the_studys_prune_on(momentum_study, tmp_path):
+    import optuna
+
+    from study.report import paired
+    from study.report.views import finished, trial_views
+
+    study = optuna.load_study(study_name=momentum_study["name"], storage=momentum_study["storage"])
+    views = finished(trial_views(study))
+    assert paired.pruned_for_statistics(views, None).endswith(
+        "What the study pruned on is unknown (its settings predate prune_on); pruning on the val accuracy at the best "
+        "momentum (--prune_on best_momentum) keeps such trials.")
+    assert paired.pruned_for_statistics(views, "own_momentum").endswith(
+        "The study pruned on own_momentum; pruning on the val accuracy at the best momentum (--prune_on "
+        "best_momentum) keeps such trials.")
+    # The report reads the setting from the study; under best_momentum it does not advise what is already so.
+    info = build_study(tmp_path / "p", "momentum", "pruned-on")
+    stored = optuna.load_study(study_name=info["name"], storage=info["storage"])
+    stored.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0, "prune_on": "best_momentum"})
+    text = next(line for line in _report(info).section("7.").bullets if line.startswith("The pruner stopped"))
+    assert "The study already pruned on the val accuracy at the best momentum" in text
+    assert "keeps such trials" not in text
+
+
+def test_run_ids_link_to_the_mlflow_ui_when_tracking_is_a_server(momentum_study):
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from study.report import tables
+    from study.report.build import run_link
+    from study.report.document import Link
+    from study.report.render import to_html, to_markdown
+    from study.report.views import trial_views
+
+    class Study:
+        user_attrs = {contract.TRACKING_URI_ATTR: "http://127.0.0.1:5000/"}
+
+    client = MlflowClient(momentum_study["tracking"])
+    report = _report(momentum_study)
+    assert all(isinstance(row[-1], str) for row in report.section("6.").tables[0].rows)  # sqlite: plain text
+    link = run_link(Study(), client)
+    study = optuna.load_study(study_name=momentum_study["name"], storage=momentum_study["storage"])
+    table = tables.top_table(trial_views(study), link)
+    cell = table.rows[0][-1]
+    experiment = client.get_run(cell.text).info.experiment_id
+    assert isinstance(cell, Link) and cell.url == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{cell.text}"
+    report.section("6.").tables[0] = table
+    assert f"[{cell.text}](<{cell.url}>)" in to_markdown(report)
+    assert f'<a href="{cell.url}">{cell.text}</a>' in to_html(report)

@@ -6,7 +6,8 @@
 nothing); `to_markdown(report)` and `to_html(report)` render it. Modules, by what changes together:
 
 * `views`: stored trials read into `TrialView`s (public parameter names, metrics, the momentum curve);
-* `findings`, `paired`, `caveats`: the sentences and their statistics (`paired`: from the momentum curves);
+* `findings`, `paired`, `caveats`: the sentences (`paired`: from the momentum curves; `findings`: across trials);
+* `stats`: the statistics they share;
 * `tables`, `figures`: the report's tables and PNG figures;
 * `document`: the `Report` as plain data; `render`: Markdown, HTML and the files;
 * `build`: `build_report`; `cli`: the command line.

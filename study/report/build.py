@@ -5,12 +5,14 @@ Pure: it reads the Optuna study and the MLflow runs, and writes nothing anywhere
 
 from __future__ import annotations
 
+import math
+
 from study import contract
 from study.report import figures, paired, tables
 from study.report.caveats import caveats
-from study.report.document import SECTION_TITLES, FigureImage, Report, Section
-from study.report.findings import findings
-from study.report.views import complete_by_value, trial_views
+from study.report.document import SECTION_TITLES, FigureImage, Finding, Report, Section
+from study.report.findings import across_trial_findings, best_setting
+from study.report.views import TrialView, complete_by_value, fmt, points, trial_views
 from study.report.views import finished as finished_trials
 
 
@@ -22,7 +24,7 @@ def build_report(study, client) -> Report:
     best = complete[0] if complete else None
     parent = study.user_attrs.get(contract.PARENT_RUN_ID_ATTR)
     notes: list[str] = []
-    seed = study.user_attrs.get(contract.SETTINGS_ATTR, {}).get("seed")
+    seed = (study.user_attrs.get(contract.SETTINGS_ATTR) or {}).get("seed")
     if seed is None and parent:
         # Studies written before the settings were stored in the study: the parent run has the seed.
         try:
@@ -30,21 +32,31 @@ def build_report(study, client) -> Report:
         except Exception as error:  # noqa: BLE001 - a missing run only loses the seed number
             notes.append(f"The parent MLflow run {parent} could not be read ({type(error).__name__}).")
 
-    found = findings(views, best)
-    sections = [Section(SECTION_TITLES[0], bullets=found)]
+    # With momentum curves the findings are paired (same weights, only momentum differs); without,
+    # they compare trials, which differ in everything at once.
+    with_curves = paired.with_curves(finished)
+    found = [Finding("best_setting", best_setting(best), split="val", scheme="best objective value")]
+    found += smallest_gaps(finished)
+    found += (paired.paired_findings(with_curves, finished) if with_curves
+              else across_trial_findings(finished, paired.missing_curves(finished)))
+    settings = study.user_attrs.get(contract.SETTINGS_ATTR) or {}
+    sections = [Section(SECTION_TITLES[0], bullets=[finding.text for finding in found])]
     sections.append(Section(SECTION_TITLES[1], paragraphs=[
         "The four seed presets re-run here (first trials of the study) beside the numbers the seed reported."],
         tables=[tables.seed_table(views)]))
     sections.append(Section(SECTION_TITLES[2], paragraphs=[
         "Per finished trial: the gap split into mode gap (train-mode vs inference-mode accuracy on the training "
         "split) and generalization gap (inference-mode train vs val), and val accuracy before and after "
-        "re-estimating batchnorm statistics."], tables=[tables.decomposition_table(views)]))
+        "re-estimating batchnorm statistics at the final weights; from the momentum curve, the val-chosen momentum and "
+        "the held-out accuracy at the own and the chosen momentum."], tables=[tables.decomposition_table(views)]))
     sections.append(tables.importance_section(study))
 
     figs = Section(SECTION_TITLES[4])
     plots = [
         ("momentum_curves.png", "Momentum curves",
-         lambda: figures.momentum_curves_figure(paired.with_curves(finished))),
+         lambda: figures.momentum_curves_figure(with_curves, curve_labels(views, best))),
+        ("momentum_band.png", "Momentum band by training steps",
+         lambda: figures.band_figure(paired.bands(paired.pairs(with_curves)[0]) if with_curves else [])),
         ("params.png", "Gap and val accuracy vs each parameter", lambda: figures.params_figure(finished)),
         ("ema_horizon.png", "Gap vs EMA horizon", lambda: figures.horizon_figure(finished)),
         ("momentum_batch.png", "Momentum × batch size", lambda: figures.momentum_batch_figure(finished)),
@@ -53,8 +65,14 @@ def build_report(study, client) -> Report:
     ]
     captions = {
         "momentum_curves.png": "Each line is one trained model evaluated with batchnorm statistics tracked at each "
-                               "momentum of a grid (same weights); colour is the trial's training steps. Where a "
-                               "line drops, the statistics had too few steps at that momentum to settle.",
+                               "momentum of a grid (same weights); colour is the trial's training steps; the best "
+                               "trial and the seed presets are labelled. A drop at high momentum often means the "
+                               "statistics had too few steps at that momentum to catch up with the weights, but "
+                               "differences within the noise floor (1. Findings) are noise.",
+        "momentum_band.png": "For each group of trials with similar step counts: the momenta whose held-out "
+                             "accuracy was within 1 point of the curve's best (held-out accuracy at its val-chosen "
+                             "momentum) for 3 in 4 trials (shaded), with the group's size and leave-one-out hits. "
+                             "Only the steps the study ran are shown.",
         "params.png": "Each point is a finished trial; momentum is shown as 1 − bn_momentum on a log axis.",
         "ema_horizon.png": "Horizon = training steps × (1 − bn_momentum); left of the red line the running "
                            "statistics have seen less than one time constant of updates.",
@@ -73,7 +91,7 @@ def build_report(study, client) -> Report:
             notes.append(f"Figure '{title}' is left out: no finished batchnorm trial has a momentum curve (see 1. "
                          "Findings).")
         else:
-            notes.append(f"Figure '{title}' has no data yet.")
+            notes.append(f"Figure '{title}' has no data.")
     if best is not None:
         try:
             drawn = figures.confusion_png(client, best)
@@ -87,12 +105,84 @@ def build_report(study, client) -> Report:
     sections.append(figs)
     sections.append(Section(SECTION_TITLES[5],
                             paragraphs=[f"The {tables.TOP_N} complete trials with the highest val accuracy."],
-                            tables=[tables.top_table(views)]))
-    sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes)))
+                            tables=[tables.top_table(views, run_link(study, client))]))
+    sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes, settings.get("prune_on"))))
 
     classes = study.user_attrs.get(contract.CLASS_NAMES_ATTR) or []
     summary = [f"Study: {study.study_name}",
                f"Classes: {', '.join(str(c) for c in classes) or 'unknown'}",
-               f"Trials: {len(views)} ({len(finished)} finished with metrics)",
+               f"Trials: {tables.trial_counts(views)}",
                f"MLflow parent run: {parent or 'unknown'}"]
-    return Report(study.study_name, summary, found, sections)
+    return Report(study.study_name, summary, headline(found, bool(with_curves)), found, sections)
+
+
+def smallest_gaps(finished: list[TrialView]) -> list[Finding]:
+    """Says so when the smallest gaps belong to trials without batchnorm (no statistics to go stale)."""
+    ordered = sorted((v for v in finished if math.isfinite(v.get("gap"))), key=lambda v: v.get("gap"))[:2]
+    if len(ordered) < 2 or any(v.batchnorm for v in ordered):
+        return []
+    names = " and ".join(f"trial {v.number}" + (f" (preset {v.preset})" if v.preset else "") for v in ordered)
+    gaps = " and ".join(fmt(v.get("gap")) for v in ordered)
+    return [Finding("smallest_gaps", f"The two smallest gaps ({gaps}) belong to {names}, which have no batchnorm: "
+                    "no statistics can go stale there.", split="val", scheme="per trial")]
+
+
+def headline(found: list[Finding], paired_curves: bool) -> list[str]:
+    """Three lines for the first screen: what closes the gap, by how much, how sure."""
+    effects = [f for f in found if f.kind in ("paired_effect", "paired_effect_by_horizon")]
+    band = next((f for f in found if f.kind == "band" and f.interval), None)
+    split = next((f for f in found if f.kind == "across_trial_split"), None)
+    floor = next((f for f in found if f.kind == "noise_floor" and f.estimate), None)
+    noise = f" Noise floor: {floor.estimate * 100:.1f} points per accuracy." if floor else ""
+    if paired_curves and effects and effects[0].estimate is not None:
+        if effects[0].split != "test":
+            return ["What closes the gap: unknown; the momentum curves predate held-out accuracy per momentum.",
+                    f"By how much: a median {points(effects[0].estimate)} points of val accuracy per trial, "
+                    f"n={effects[0].n} (optimistic: chosen and scored on val, so never negative).",
+                    "How sure: not at all; rerun the study with the current gaplab for held-out numbers."]
+        clear = next((f for f in effects if f.interval and f.n >= 5 and f.interval[0] > 0), None)
+        shown = clear or effects[0]
+        amount = (f"By how much: a median {points(shown.estimate)} points of held-out accuracy per trial (95 % "
+                  f"interval {points(shown.interval[0])} to {points(shown.interval[1])}, n={shown.n})")
+        if clear is None:
+            return ["What closes the gap: nothing clearly; moving bn_momentum to the val-chosen grid momentum shows "
+                    "no clear effect.", amount + ".", f"How sure: the interval includes 0.{noise}"]
+        # A horizon group's sentence starts with who it is about: "Trials with an EMA horizon ... (the study's median)".
+        who = ("" if clear.kind == "paired_effect"
+               else " for t" + clear.text[1:clear.text.index(" (the study's median)")])
+        rule = f" ({band.text.split(':')[0].replace('For ', 'for ').replace(' use ', ': ')})" if band else ""
+        return [f"What closes the gap: training at the val-chosen bn_momentum{rule}.", amount + who + ".",
+                f"How sure: clear, the interval excludes 0 over {clear.n} trials (one seed).{noise}"]
+    if paired_curves and effects:
+        return ["What closes the gap: not stated.", effects[0].text, "How sure: too few trials with momentum curves."]
+    if split is not None and split.p_value is not None and split.p_value < 0.05:
+        return [f"What goes with a smaller gap (across trials, not paired): {split.text}",
+                f"By how much: a difference in median gap of {abs(split.estimate):.2f}, n={split.n}.",
+                f"How sure: p={split.p_value:.2g} in a permutation test that repeats the whole search; across trials "
+                "this is association, not cause."]
+    return ["What closes the gap: nothing clearly; no momentum curves, and no parameter clearly goes with the gap "
+            "across trials.", "By how much: see 1. Findings.", "How sure: not sure; see the counts in 7. Caveats."]
+
+
+def curve_labels(views: list[TrialView], best: TrialView | None) -> dict[int, str]:
+    """Which momentum curves the figure names: the best trial and the seed presets."""
+    labels = {v.number: v.preset for v in views if v.preset}
+    if best is not None:
+        labels[best.number] = "best" + (f", {best.preset}" if best.preset else "")
+    return labels
+
+
+def run_link(study, client):
+    """A function giving a run id's MLflow UI address where the tracking URI is a server (http/https), else None."""
+    uri = str(study.user_attrs.get(contract.TRACKING_URI_ATTR) or "")
+    if not uri.startswith(("http://", "https://")):
+        return lambda run_id: None
+
+    def link(run_id: str) -> str | None:
+        try:
+            experiment = client.get_run(run_id).info.experiment_id
+        except Exception:  # noqa: BLE001 - a run the server no longer has keeps its id as plain text
+            return None
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+    return link

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 
 from study.contract import SEARCHED
 from study.report import paired
+from study.report.tables import trial_counts
 from study.report.views import TrialView, fmt_param
 from study.report.views import finished as finished_trials
 
@@ -49,12 +50,11 @@ def _range_text(view: TrialView, name: str) -> str:
     return f"{fmt_param(name, dist.low)} to {fmt_param(name, dist.high)}"
 
 
-def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | None, notes: list[str]) -> list[str]:
+def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | None, notes: list[str],
+            prune_on: str | None = None) -> list[str]:
+    """The caveats; `prune_on` is the study's stored setting (None for studies that predate it)."""
     counts = {state: sum(v.state == state for v in views) for state in TrialState}
-    out = [f"{len(views)} trials: {counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
-           f"{counts[TrialState.FAIL]} failed"
-           + (f", {counts[TrialState.RUNNING]} running" if counts[TrialState.RUNNING] else "")
-           + (f", {counts[TrialState.WAITING]} waiting" if counts[TrialState.WAITING] else "") + "."]
+    out = [f"Trials: {trial_counts(views)}."]
     if counts[TrialState.RUNNING]:
         out.append("The study is still running: rerun the report when it has finished.")
     elif counts[TrialState.WAITING]:
@@ -63,7 +63,7 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | No
                    "finish it, then rerun the report.")
     finished = finished_trials(views)
     missing = paired.with_curves(finished) and paired.missing_curves(finished)
-    for line in (paired.pruned_for_statistics(finished), missing):
+    for line in (paired.pruned_for_statistics(finished, prune_on), missing):
         if line:
             out.append(line)
     if counts[TrialState.PRUNED]:

@@ -20,6 +20,38 @@ SECTION_TITLES = (
 
 
 @dataclass
+class Finding:
+    """One finding: its sentence and the numbers behind it (`findings.json` holds these, the pages render them).
+
+    kind: what it is (paired_effect, gap_part, band, across_trial_split, ...); estimate: its number (an
+    accuracy difference as a fraction, a share, a p-free effect); interval: the 95 % interval, None where none
+    is claimed; n: trials (or images, for the noise floor); split: the images it was scored on (test, val,
+    train); scheme: how it was computed (paired and chosen on val, optimistic, across trials with a
+    permutation test, ...); p_value: for across-trial splits.
+    """
+
+    kind: str
+    text: str
+    estimate: float | None = None
+    interval: tuple[float, float] | None = None
+    n: int | None = None
+    split: str | None = None
+    scheme: str | None = None
+    p_value: float | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links somewhere (an MLflow run in its UI)."""
+
+    text: str
+    url: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
 class Table:
     columns: list[str]
     rows: list[list[Any]]
@@ -47,7 +79,8 @@ class Section:
 class Report:
     study_name: str
     summary: list[str]
-    findings: list[str]
+    headline: list[str]
+    findings: list[Finding]
     sections: list[Section]
 
     @property

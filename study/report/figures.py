@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.cm import ScalarMappable
 from optuna.trial import TrialState
 
+from study import figures as study_figures
 from study.contract import SEARCHED
 from study.report.views import TrialView
 
@@ -95,8 +96,6 @@ def momentum_batch_figure(finished: list[TrialView]) -> bytes:
 
 
 def curves_figure(client, top: list[TrialView]) -> bytes | None:
-    from study import figures
-
     histories = {}
     for v in top:
         if not v.run_id:
@@ -109,25 +108,24 @@ def curves_figure(client, top: list[TrialView]) -> bytes | None:
             histories[f"trial {v.number}"] = history
     if not histories:
         return None
-    return _png(figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
+    return _png(study_figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
 
 
 def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
-    from study import figures
-
     if not best.run_id:
         return None
     with tempfile.TemporaryDirectory() as folder:
         path = client.download_artifacts(best.run_id, "confusion_matrix.json", folder)
         data = json.loads(Path(path).read_text())
     names = [str(name) for name in data["class_names"]]
-    figure = figures.confusion_figure(data["matrix"], names,
+    figure = study_figures.confusion_figure(data["matrix"], names,
                                       f"Trial {best.number}, {data.get('split', 'val')} split")
     return _png(figure), names
 
 
-def momentum_curves_figure(paired: list[TrialView]) -> bytes | None:
-    """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps."""
+def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> bytes | None:
+    """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps; the
+    curves of `labels` (trial number -> name) drawn thicker and named in the legend."""
     from matplotlib import colormaps
     from matplotlib.colors import LogNorm
     from matplotlib.figure import Figure
@@ -139,19 +137,45 @@ def momentum_curves_figure(paired: list[TrialView]) -> bytes | None:
     colours = colormaps["viridis"]
     figure = Figure(figsize=(8, 5))
     ax = figure.subplots()
-    for v in paired:
+    for index, v in enumerate(sorted(paired, key=lambda v: v.number in labels)):
         curve, colour = v.curve, colours(norm(v.get("steps")))
-        ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", color=colour, alpha=0.75, linewidth=1.2)
-        ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=colour,
+        named = labels.get(v.number)
+        style = {"color": f"C{index % 10}", "linewidth": 2.4, "alpha": 1.0,
+                 "label": f"trial {v.number} ({named})"} if named else {"color": colour, "linewidth": 1.0, "alpha": 0.6}
+        ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", **style)
+        ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=style["color"],
                 markeredgecolor="k", markersize=5)
-    decades = max(3, *(math.ceil(-math.log10(1 - m) - 1e-9) for v in paired for m in v.curve.momentum if m < 1))
-    ax.set_xscale("log")
-    ax.set_xlim(1.5, 10.0 ** -decades / 1.5)  # momentum grows to the right
-    ax.set_xticks([10.0 ** -k for k in range(decades + 1)], ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
-    ax.set_xlabel("bn_momentum (log axis on 1 − momentum)")
+    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
     ax.set_ylabel("val accuracy (same weights)")
     ax.set_title(f"Momentum curves of {len(paired)} trials (dot: the trial's own momentum)")
     ax.grid(alpha=0.3)
-    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label="training steps (log)")
+    if any(v.number in labels for v in paired):
+        ax.legend(fontsize=8, loc="lower left")
+    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label="training steps, unlabelled curves (log)")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def band_figure(bands) -> bytes | None:
+    """Training steps against momentum: each step group's band (`study.report.paired.Band`) shaded."""
+    from matplotlib.figure import Figure
+
+    drawn = [b for b in bands if b.low is not None]
+    if not drawn:
+        return None
+    figure = Figure(figsize=(7, 4.5))
+    ax = figure.subplots()
+    for b in drawn:
+        width = max(b.steps_high - b.steps_low, b.steps_low * 0.1)
+        ax.fill_between([b.steps_low, b.steps_low + width], 1 - b.low, 1 - b.high, color="C2", alpha=0.35,
+                        label="band" if b is drawn[0] else None)
+        ax.text(b.steps_low, 1 - b.high, f" n={b.n}, hit {b.hits}/{b.checked}", fontsize=8, va="bottom")
+    ax.set_xscale("log")
+    ax.set_xlabel("training steps (log)")
+    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for b in drawn for m in (b.low, b.high)),
+                                which="y")
+    ax.set_title("Momenta within 1 point of the best for 3 in 4 trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     figure.tight_layout()
     return _png(figure)

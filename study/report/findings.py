@@ -1,80 +1,21 @@
-"""The findings: plain sentences with their statistics and trial counts, from trial views.
+"""The findings that compare trials (for studies without momentum curves), the best setting, and what
+recalibration recovers: plain sentences with their statistics and trial counts, from trial views.
 
-Every claim needs at least 2 trials on each side and a difference of at least MIN_EFFECT;
-otherwise the sentence says "inconclusive" and why.
+`study.report.build` uses these or the paired ones (`study.report.paired`). Every comparison needs at
+least MIN_SIDE_N trials on each side (and the split search a permutation test); otherwise the sentence
+says "inconclusive" and why.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from statistics import median
 
 from study.contract import SEARCHED
-from study.report.views import TrialView, describe, finite_median, fmt, fmt_param
-from study.report.views import finished as finished_trials
-
-# A split must move the median gap by at least this much to be called a finding.
-MIN_EFFECT = 0.05
-# EMA horizon (steps x (1 - momentum)) below which BN's running statistics have not caught up.
-HORIZON_THRESHOLD = 3.0
-HIGH_MOMENTUM = 0.95
-LOW_MOMENTUM = 0.9
-
-
-@dataclass
-class ThresholdSplit:
-    """Trials split at `threshold` on `param`: the median gap below and at or above it."""
-
-    param: str
-    threshold: float
-    low_n: int
-    high_n: int
-    low_gap: float
-    high_gap: float
-
-    @property
-    def effect(self) -> float:
-        return self.high_gap - self.low_gap
-
-
-def _candidate_thresholds(param: str, values: list[float]) -> list[float]:
-    ordered = sorted(set(values))
-    middle = median(values)
-    candidates = {middle}
-    above = [v for v in ordered if v > middle]
-    if above:
-        candidates.add(above[0])
-    if param == "bn_momentum":
-        candidates.update((0.9, HIGH_MOMENTUM, 0.99))
-    return sorted(candidates)
-
-
-def best_split(views: list[TrialView], param: str, value=lambda v: v.get("gap")) -> ThresholdSplit | None:
-    """The threshold on `param` (median or a meaningful value) with the largest difference in the median of
-    `value` (the gap unless told), among those leaving at least 2 trials on each side; None when none does."""
-    points = [(v.params[param], value(v)) for v in views if param in v.params and math.isfinite(value(v))]
-    if len(points) < 4:
-        return None
-    best = None
-    for threshold in _candidate_thresholds(param, [x for x, _ in points]):
-        low = [g for x, g in points if x < threshold]
-        high = [g for x, g in points if x >= threshold]
-        if len(low) < 2 or len(high) < 2:
-            continue
-        split = ThresholdSplit(param, threshold, len(low), len(high), median(low), median(high))
-        if best is None or abs(split.effect) > abs(best.effect):
-            best = split
-    return best
-
-
-def split_sentence(split: ThresholdSplit) -> str:
-    name, t = split.param, fmt_param(split.param, split.threshold)
-    direction = "larger" if split.effect > 0 else "smaller"
-    return (f"{name} moves the gap most: trials with {name} ≥ {t} had a median gap of {fmt(split.high_gap)} "
-            f"(n={split.high_n}); with {name} < {t} it was {fmt(split.low_gap)} (n={split.low_n}), "
-            f"a difference of {fmt(abs(split.effect))}, so higher {name} goes with a {direction} gap"
-            + (" (batchnorm trials only)." if name == "bn_momentum" else "."))
+from study.report import stats
+from study.report.document import Finding
+from study.report.stats import HIGH_MOMENTUM, HORIZON_THRESHOLD, LOW_MOMENTUM, MIN_EFFECT, MIN_SIDE_N
+from study.report.views import TrialView, describe, finite_median, fmt, points
 
 
 def momentum_finding(with_bn: list[TrialView]) -> str:
@@ -99,12 +40,12 @@ def momentum_finding(with_bn: list[TrialView]) -> str:
                 f"(n={len(low)})")
     settled_text = (f"bn_momentum ≥ {HIGH_MOMENTUM:g} trials with enough steps to settle had a median gap of "
                     f"{fmt(settled_gap)} and mode gap of {fmt(settled_mode)} (n={len(settled)})")
-    if len(stale) < 2 or len(low) < 2:
+    if len(stale) < MIN_SIDE_N or len(low) < MIN_SIDE_N:
         text = (f"bn_momentum: {len(stale)} trial(s) with bn_momentum ≥ {HIGH_MOMENTUM:g} and too few steps for "
                 f"the moving statistics to settle (steps × (1 − bn_momentum) < {HORIZON_THRESHOLD:g}) and {len(low)} "
-                f"with bn_momentum < {LOW_MOMENTUM:g}; at least 2 of each are needed, so momentum's effect is "
-                "inconclusive")
-        if len(settled) >= 2 and len(low) >= 2:
+                f"with bn_momentum < {LOW_MOMENTUM:g}; at least {MIN_SIDE_N} of each are needed, so what momentum "
+                "goes with is inconclusive")
+        if len(settled) >= MIN_SIDE_N and len(low) >= MIN_SIDE_N:
             text += f". For reference, {settled_text}; {low_text}"
         return text + "."
     most_steps = int(max(v.get("steps") for v in stale))
@@ -115,82 +56,58 @@ def momentum_finding(with_bn: list[TrialView]) -> str:
                  "0/1 and move only (1 − bn_momentum) per step")
     gap_effect, mode_effect = stale_gap - low_gap, stale_mode - low_mode
     if gap_effect >= MIN_EFFECT:
-        text = f"High bn_momentum widens the gap when training is short: {observed}. {mechanism}"
+        text = f"High bn_momentum with short training goes with a wider gap: {observed}. {mechanism}"
     elif mode_effect >= MIN_EFFECT:
-        text = (f"High bn_momentum with short training opens a mode gap, though the whole gap differs by less than "
-                f"{MIN_EFFECT:g} (other causes of the gap weigh more here): {observed}. {mechanism}")
+        text = (f"High bn_momentum with short training goes with a wider mode gap, though the whole gap differs "
+                f"by less than {MIN_EFFECT:g} (other causes of the gap weigh more here): {observed}. {mechanism}")
     elif max(abs(gap_effect), abs(mode_effect)) < MIN_EFFECT:
         return (f"bn_momentum: {observed}. Differences under {MIN_EFFECT:g}: no effect of momentum is shown "
                 "(inconclusive).")
     else:
-        text = f"High bn_momentum with short training did not widen the gap here: {observed}"
-    if len(settled) >= 2:
-        text += f". With enough steps the effect goes: {settled_text}"
+        text = f"High bn_momentum with short training did not go with a wider gap here: {observed}"
+    if len(settled) >= MIN_SIDE_N:
+        text += f". With enough steps the difference goes: {settled_text}"
     return text + "."
 
 
-def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
-    """The report's findings: with momentum curves, the paired ones first; without, the comparison across trials."""
-    from study.report import paired
+def best_setting(best: TrialView | None) -> str:
+    """The best complete trial, with its val and test accuracy."""
+    if best is None:
+        return "No trial has completed yet, so there is no best setting."
+    label = f" (preset {best.preset})" if best.preset else ""
+    return (f"Best setting: trial {best.number}{label} with {describe(best)} reached val accuracy "
+            f"{fmt(best.get('val_accuracy'), 3)} and test accuracy {fmt(best.get('test_accuracy'), 3)} "
+            f"(train {fmt(best.get('train_accuracy'), 3)}, gap {fmt(best.get('gap'), 3)}).")
 
-    out: list[str] = []
-    finished = finished_trials(views)
-    if best is not None:
-        label = f" (preset {best.preset})" if best.preset else ""
-        out.append(f"Best setting: trial {best.number}{label} with {describe(best)} reached val accuracy "
-                   f"{fmt(best.get('val_accuracy'), 3)} and test accuracy {fmt(best.get('test_accuracy'), 3)} "
-                   f"(train {fmt(best.get('train_accuracy'), 3)}, gap {fmt(best.get('gap'), 3)}).")
-    else:
-        out.append("No trial has completed yet, so there is no best setting.")
-    with_curves = paired.with_curves(finished)
-    if with_curves:
-        out.append(paired.paired_effect(with_curves))
-        out += paired.gap_attribution(with_curves, finished)
-        out.append(paired.momentum_rule(with_curves))
-        out.append(recalibration_finding([v for v in finished if v.batchnorm]))
-        return out
-    out.append("Paired momentum effect: not measured. " + (paired.missing_curves(finished) or
-               "No finished batchnorm trial yet.") + " The findings below compare momenta across trials, which also "
-               "differ in batch size, dropout, depth, steps and pruning; rerun the study with the current gaplab for "
-               "paired findings.")
-    if len(finished) < 4:
-        out.append(f"Only {len(finished)} finished trial(s): too few to say which parameter moves the gap "
-                   "(inconclusive; at least 2 trials on each side of a split are needed).")
-        return out
 
+def across_trial_findings(finished: list[TrialView], missing: str | None) -> list[Finding]:
+    """Without momentum curves: why (`missing`), then momenta and the other parameters compared across trials.
+
+    Trials differ in everything at once, so these say what "goes with" the gap, never what moves it.
+    """
+    out = [Finding("paired_effect", "Paired momentum effect: not measured. " + (missing or "No finished batchnorm "
+                   "trial yet.") + " The findings below compare trials, which also differ in batch size, dropout, "
+                   "depth, steps and pruning; rerun the study with the current gaplab for paired findings.")]
     # Momentum only matters where there is batchnorm; the no-BN presets are left out of its split.
+    gap = {v.number: v.get("gap") for v in finished}
+    params = {name: {v.number: v.params[name] for v in finished
+                     if name in v.params and (v.batchnorm or name != "bn_momentum")} for name in SEARCHED}
+    out.append(stats.across_trial_split(params, gap, "gap"))
     with_bn = [v for v in finished if v.batchnorm]
-    splits = {param: best_split(with_bn if param == "bn_momentum" else finished, param)
-              for param in SEARCHED}
-    valid = [s for s in splits.values() if s is not None]
-    if not valid:
-        out.append("No parameter split leaves at least 2 finished trials on each side: which parameter "
-                   "moves the gap is inconclusive.")
-    else:
-        top = max(valid, key=lambda s: abs(s.effect))
-        if abs(top.effect) < MIN_EFFECT:
-            out.append(f"No parameter moves the median gap by {MIN_EFFECT} or more over {len(finished)} finished "
-                       f"trials (largest: {top.param}, {fmt(abs(top.effect))}): inconclusive.")
-        else:
-            others = sorted((s for s in valid if s is not top), key=lambda s: -abs(s.effect))
-            tail = ""
-            if others:
-                tail = " Next: " + "; ".join(f"{s.param} {fmt(abs(s.effect))}" for s in others) + "."
-            out.append(split_sentence(top) + tail)
-
-    out.append(momentum_finding(with_bn))
+    out.append(Finding("across_trial_momentum", momentum_finding(with_bn), scheme="across trials, medians"))
 
     # EMA horizon: steps x (1 - momentum).
     horizon = [v for v in with_bn if math.isfinite(v.horizon)]
     short = [v.get("gap") for v in horizon if v.horizon < HORIZON_THRESHOLD]
     long = [v.get("gap") for v in horizon if v.horizon >= HORIZON_THRESHOLD]
-    if len(short) >= 2 and len(long) >= 2:
-        out.append(f"EMA horizon (training steps × (1 − bn_momentum)): trials with a horizon below "
-                   f"{HORIZON_THRESHOLD:g} had a median gap of {fmt(median(short))} (n={len(short)}); "
-                   f"at {HORIZON_THRESHOLD:g} or more it was {fmt(median(long))} (n={len(long)}).")
+    if min(len(short), len(long)) >= MIN_SIDE_N:
+        text = (f"EMA horizon (training steps × (1 − bn_momentum)): trials with a horizon below "
+                f"{HORIZON_THRESHOLD:g} had a median gap of {fmt(median(short))} (n={len(short)}); "
+                f"at {HORIZON_THRESHOLD:g} or more it was {fmt(median(long))} (n={len(long)}).")
     else:
-        out.append(f"EMA horizon (training steps × (1 − bn_momentum)): {len(short)} batchnorm trial(s) below "
-                   f"{HORIZON_THRESHOLD:g} and {len(long)} at or above it; inconclusive (need 2 on each side).")
+        text = (f"EMA horizon (training steps × (1 − bn_momentum)): {len(short)} batchnorm trial(s) below "
+                f"{HORIZON_THRESHOLD:g} and {len(long)} at or above it; inconclusive (need {MIN_SIDE_N} on each side).")
+    out.append(Finding("across_trial_horizon", text, scheme="across trials, medians"))
 
     mode = finite_median(v.get("mode_gap") for v in finished)
     general = finite_median(v.get("generalization_gap") for v in finished)
@@ -198,31 +115,38 @@ def findings(views: list[TrialView], best: TrialView | None) -> list[str]:
         numbers = (f"over {len(finished)} finished trials the median mode gap is {fmt(mode)} and the median "
                    f"generalization gap is {fmt(general)}")
         if max(mode, general) < 0.02:
-            out.append(f"There is little positive gap left to attribute: {numbers}.")
+            text = f"There is little positive gap left to attribute: {numbers}."
         elif mode >= general:
-            out.append(f"The remaining gap is mostly mode gap (train-mode vs inference-mode accuracy on the training "
-                       f"split, i.e. batchnorm statistics): {numbers}.")
+            text = (f"The gap is mostly mode gap (train-mode vs inference-mode accuracy on the training split: stale "
+                    f"batchnorm statistics, but also dropout and fit's within-epoch drift): {numbers}.")
         else:
-            out.append(f"The remaining gap is mostly generalization gap (overfitting proper): {numbers}.")
-
-    out.append(recalibration_finding(with_bn))
+            text = f"The gap is mostly generalization gap (inference-mode train vs val accuracy): {numbers}."
+        out.append(Finding("gap_parts", text, split="val", scheme="across trials, medians"))
+    out.append(Finding("recalibration", recalibration_finding(with_bn), split="val", scheme="per trial"))
     return out
 
 
 def recalibration_finding(with_bn: list[TrialView]) -> str:
-    """What re-estimating BN statistics exactly (PreciseBN) recovers, overall and at high momentum."""
-    recovered = [v.get("val_accuracy_recalibrated") - v.get("val_accuracy") for v in with_bn]
-    recovered = [r for r in recovered if math.isfinite(r)]
-    if len(recovered) >= 2:
-        sentence = (f"Re-estimating batchnorm statistics on the training data changes val accuracy by a median "
-                    f"of {fmt(median(recovered), 3)} (n={len(recovered)} batchnorm trials)")
-        high = [v.get("val_accuracy_recalibrated") - v.get("val_accuracy") for v in with_bn
-                if v.params.get("bn_momentum", 0) >= HIGH_MOMENTUM]
-        high = [r for r in high if math.isfinite(r)]
-        if len(high) >= 2:
-            sentence += (f"; for trials with bn_momentum ≥ {HIGH_MOMENTUM:g} the median is "
-                         f"{fmt(median(high), 3)} (n={len(high)}).")
-        else:
-            sentence += f"; with {len(high)} trial(s) at bn_momentum ≥ {HIGH_MOMENTUM:g} that subset is inconclusive."
-        return sentence
-    return "Fewer than 2 finished batchnorm trials: what recalibration recovers is inconclusive."
+    """What re-estimating BN statistics at the final weights (PreciseBN) changes, overall and at high momentum."""
+    def recovered(views):
+        values = [v.get("val_accuracy_recalibrated") - v.get("val_accuracy") for v in views]
+        return stats.median_interval([r for r in values if math.isfinite(r)])
+
+    what = ("PreciseBN re-estimates batchnorm's statistics on the training data at the final weights (the population "
+            "statistics of the trained model), where the moving averages average batch statistics over the recent "
+            "steps, at weights that were still changing")
+    overall = recovered(with_bn)
+    if overall.n < stats.MIN_PAIRED_N:
+        return f"{what}. With {overall.n} batchnorm trial(s) measured, what it changes is not stated."
+    sentence = f"{what}. With no choice involved, val scores it: it changes val accuracy by a median {_points(overall)}"
+    high = recovered([v for v in with_bn if v.params.get("bn_momentum", 0) >= HIGH_MOMENTUM])
+    if high.n >= stats.MIN_PAIRED_N:
+        return sentence + f"; for trials with bn_momentum ≥ {HIGH_MOMENTUM:g}, {_points(high)}."
+    return sentence + f"; with {high.n} trial(s) at bn_momentum ≥ {HIGH_MOMENTUM:g} that subset is not stated."
+
+
+def _points(effect: stats.Effect) -> str:
+    """A median difference in points with its interval and n; "no clear effect" when the interval holds 0."""
+    words = (f"{points(effect.estimate)} points (95 % interval {points(effect.low)} to {points(effect.high)}, "
+             f"n={effect.n})")
+    return words if effect.clear else f"{words}: no clear effect"

@@ -6,12 +6,14 @@ Report text is plain; each format escapes it its own way (backslashes in Markdow
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
+import json
 import math
 from pathlib import Path
 from typing import Any
 
-from study.report.document import Report
+from study.report.document import Link, Report
 
 
 def _cell(value: Any) -> str:
@@ -24,7 +26,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "–"
-        return str(int(value)) if value.is_integer() and abs(value) >= 2 else f"{value:.3f}"
+        # Accuracies and gaps to 3 decimals (about the noise of a few hundred images); counts and horizons whole.
+        return f"{value:.0f}" if abs(value) >= 10 or (value.is_integer() and abs(value) >= 2) else f"{value:.3f}"
     return str(value)
 
 
@@ -39,8 +42,15 @@ def md_escape(text: str) -> str:
     return "".join("\\" + char if char in _MARKDOWN_SPECIAL else char for char in text)
 
 
+def _md_cell(value: Any) -> str:
+    if isinstance(value, Link):
+        return f"[{md_escape(value.text)}](<{value.url.replace('<', '%3C').replace('>', '%3E')}>)"
+    return md_escape(_cell(value))
+
+
 def to_markdown(report: Report) -> str:
     lines = [f"# Study report: {md_escape(report.study_name)}", ""]
+    lines += [f"**{md_escape(line)}**  " for line in report.headline] + [""]
     lines += [f"- {md_escape(line)}" for line in report.summary] + [""]
     for section in report.sections:
         lines += [f"## {md_escape(section.title)}", ""]
@@ -53,7 +63,7 @@ def to_markdown(report: Report) -> str:
                 lines += [f"*{md_escape(table.caption)}*", ""]
             lines.append("| " + " | ".join(md_escape(c) for c in table.columns) + " |")
             lines.append("|" + "---|" * len(table.columns))
-            lines += ["| " + " | ".join(md_escape(_cell(c)) for c in row) + " |" for row in table.rows]
+            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
             if not table.rows:
                 lines.append("| " + " | ".join("–" for _ in table.columns) + " |")
             lines.append("")
@@ -70,8 +80,31 @@ h1{border-bottom:2px solid #446;padding-bottom:.2em}h2{margin-top:1.6em;border-b
 table{border-collapse:collapse;margin:.8em 0;font-size:.88em}th,td{border:1px solid #ccd;padding:.25em .5em;
 text-align:right}th{background:#eef}td:first-child,th:first-child{text-align:left}tr:nth-child(even){background:#f8f8fc}
 figure{margin:1em 0}figcaption{font-size:.9em;color:#555}img{max-width:100%;height:auto;border:1px solid #eee}
-.summary{color:#555}.findings li{margin:.4em 0}
+.summary{color:#555}.findings li{margin:.4em 0}.scroll{overflow-x:auto;max-width:100%}
+.headline{font-size:1.08em;background:#f3f5fb;border-left:4px solid #446;padding:.5em 1em;margin:1em 0}
+.headline p{margin:.25em 0}
 """
+
+
+def _html_cell(value: Any) -> str:
+    if isinstance(value, Link):
+        return f'<a href="{html.escape(value.url, quote=True)}">{html.escape(value.text)}</a>'
+    return html.escape(_cell(value), quote=True)
+
+
+def to_findings_json(report: Report) -> str:
+    """The findings as JSON (format in docs/report.md): the one source of the pages' finding sentences."""
+    def number(value):
+        return value if value is None or math.isfinite(value) else None
+
+    findings = []
+    for finding in report.findings:
+        row = dataclasses.asdict(finding)
+        row["estimate"], row["p_value"] = number(finding.estimate), number(finding.p_value)
+        row["interval"] = list(finding.interval) if finding.interval else None
+        findings.append(row)
+    return json.dumps({"study": report.study_name, "headline": report.headline, "findings": findings},
+                      indent=2, ensure_ascii=False) + "\n"
 
 
 def to_html(report: Report) -> str:
@@ -79,7 +112,8 @@ def to_html(report: Report) -> str:
     parts = ["<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
              '<meta name="viewport" content="width=device-width, initial-scale=1">',
              f"<title>Study report: {e(report.study_name)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
-             f"<h1>Study report: {e(report.study_name)}</h1>", '<ul class="summary">']
+             f"<h1>Study report: {e(report.study_name)}</h1>", '<div class="headline">']
+    parts += [f"<p>{e(line)}</p>" for line in report.headline] + ["</div>", '<ul class="summary">']
     parts += [f"<li>{e(line)}</li>" for line in report.summary] + ["</ul>"]
     for index, section in enumerate(report.sections, 1):
         parts.append(f'<section id="section-{index}"><h2>{e(section.title)}</h2>')
@@ -88,12 +122,12 @@ def to_html(report: Report) -> str:
             css = ' class="findings"' if index == 1 else ""
             parts += [f"<ul{css}>"] + [f"<li>{e(b)}</li>" for b in section.bullets] + ["</ul>"]
         for table in section.tables:
-            parts.append("<table>")
+            parts.append('<div class="scroll"><table>')
             if table.caption:
                 parts.append(f"<caption>{e(table.caption)}</caption>")
             parts.append("<thead><tr>" + "".join(f"<th>{e(c)}</th>" for c in table.columns) + "</tr></thead><tbody>")
-            parts += ["<tr>" + "".join(f"<td>{e(_cell(c))}</td>" for c in row) + "</tr>" for row in table.rows]
-            parts.append("</tbody></table>")
+            parts += ["<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in table.rows]
+            parts.append("</tbody></table></div>")
         for figure in section.figures:
             data = base64.b64encode(figure.png).decode("ascii")
             parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{e(figure.title)}">'
@@ -110,7 +144,8 @@ def write_report(report: Report, folder: Path) -> list[Path]:
         path = folder / figure.filename
         path.write_bytes(figure.png)
         paths.append(path)
-    for name, text in (("report.md", to_markdown(report)), ("report.html", to_html(report))):
+    for name, text in (("report.md", to_markdown(report)), ("report.html", to_html(report)),
+                       ("findings.json", to_findings_json(report))):
         path = folder / name
         path.write_text(text, encoding="utf-8")
         paths.append(path)

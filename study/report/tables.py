@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import math
 
-from study.report.document import SECTION_TITLES, Section, Table
+from optuna.trial import TrialState
+
+from study.report import stats
+from study.report.document import SECTION_TITLES, Link, Section, Table
 from study.report.views import TrialView, complete_by_value, describe
+
+
+def trial_counts(views: list[TrialView]) -> str:
+    """"N (c complete, p pruned, f failed[, r running, w waiting])": the counts every part of the report uses."""
+    counts = {state: sum(v.state == state for v in views) for state in TrialState}
+    text = (f"{len(views)} ({counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+            f"{counts[TrialState.FAIL]} failed")
+    for state in (TrialState.RUNNING, TrialState.WAITING):
+        if counts[state]:
+            text += f", {counts[state]} {state.name.lower()}"
+    return text + ")"
 
 TOP_N = 5
 
@@ -33,16 +47,20 @@ def decomposition_table(views: list[TrialView]) -> Table:
             continue
         before, after = v.get("val_accuracy"), v.get("val_accuracy_recalibrated")
         curve = v.curve if v.batchnorm else None
-        paired = ([curve.momentum[curve.best], curve.val_accuracy[curve.best], curve.momentum_part] if curve
-                  else [None, None, None])
+        paired = [None, None, None]
+        if curve:
+            chosen = stats.chosen_index(curve.val_accuracy, curve.momentum)
+            held = curve.test_accuracy or (None,) * len(curve.momentum)
+            paired = [curve.momentum[chosen], held[curve.own], held[chosen]]
         rows.append([v.number, v.state.name, v.preset or "", v.momentum if v.batchnorm else "no BN",
                      v.get("steps"), v.horizon if v.batchnorm else math.nan, v.get("gap"), v.get("mode_gap"),
-                     v.get("generalization_gap"), before, after, after - before, *paired])
+                     v.get("generalization_gap"), before, after, *paired])
     return Table(["trial", "state", "preset", "bn_momentum", "steps", "EMA horizon", "gap", "mode gap",
-                  "generalization gap", "val", "val recalibrated", "recovered", "best momentum",
-                  "val at best momentum", "momentum's part of the gap"], rows,
-                 "gap = mode gap + generalization gap; EMA horizon = steps × (1 − bn_momentum); best momentum: the "
-                 "momentum curve's (same weights), and momentum's part = mode gap at the own momentum minus at it.")
+                  "generalization gap", "val", "val recalibrated", "val-chosen momentum", "test at own momentum",
+                  "test at chosen momentum"], rows,
+                 "gap = mode gap + generalization gap (on val); EMA horizon = steps × (1 − bn_momentum); the chosen "
+                 "momentum is the momentum curve's highest val accuracy (same weights), scored on test; – where the "
+                 "curve predates held-out accuracy per momentum.")
 
 
 def importance_section(study) -> Section:
@@ -63,8 +81,14 @@ def importance_section(study) -> Section:
     return section
 
 
-def top_table(views: list[TrialView]) -> Table:
+def top_table(views: list[TrialView], link=lambda run_id: None) -> Table:
+    """The best complete trials; `link(run_id)` gives a run's MLflow UI address, or None to leave it as text."""
     complete = complete_by_value(views)[:TOP_N]
+
+    def run_cell(run_id: str):
+        url = link(run_id) if run_id else None
+        return Link(run_id, url) if url else run_id
+
     rows = [[rank, v.number, v.preset or "", v.get("val_accuracy"), v.get("test_accuracy"), v.get("gap"),
-             describe(v), v.run_id] for rank, v in enumerate(complete, 1)]
+             describe(v), run_cell(v.run_id)] for rank, v in enumerate(complete, 1)]
     return Table(["rank", "trial", "preset", "val", "test", "gap", "parameters", "MLflow run id"], rows)

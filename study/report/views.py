@@ -32,6 +32,8 @@ class MomentumCurve:
     train_eval_accuracy: tuple[float, ...]
     gap: tuple[float, ...]
     mode_gap: tuple[float, ...]
+    # Held-out accuracy per momentum; empty for curves recorded before it was measured.
+    test_accuracy: tuple[float, ...] = ()
 
     @classmethod
     def read(cls, raw: Any) -> MomentumCurve:
@@ -42,7 +44,8 @@ class MomentumCurve:
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
         lists = {}
-        for key in contract.MOMENTUM_CURVE_KEYS:
+        optional = ("test_accuracy",) if "test_accuracy" in raw else ()
+        for key in (*contract.MOMENTUM_CURVE_KEYS, *optional):
             values = raw[key]
             if not isinstance(values, list) or not all(_is_number(x) for x in values):
                 raise ValueError(f"{key} is not a list of finite numbers")
@@ -62,24 +65,6 @@ class MomentumCurve:
     def best(self) -> int:
         """Index of the highest val accuracy; ties go to the largest momentum, as in training."""
         return max(range(len(self.momentum)), key=lambda i: (self.val_accuracy[i], self.momentum[i]))
-
-    @property
-    def gain(self) -> float:
-        """Val accuracy at the best momentum minus at the trial's own: the paired momentum effect."""
-        return self.val_accuracy[self.best] - self.val_accuracy[self.own]
-
-    @property
-    def momentum_part(self) -> float:
-        """The part of the gap momentum explains: mode gap at the own momentum minus at the best."""
-        return self.mode_gap[self.own] - self.mode_gap[self.best]
-
-    def settled_horizon(self, steps: float, tolerance: float) -> tuple[float, bool]:
-        """The smallest steps x (1 - m) on the curve whose val accuracy is within `tolerance` of the best,
-        and whether it is only an upper bound (the curve is still within at its largest momentum)."""
-        best = self.val_accuracy[self.best]
-        close = [i for i in range(len(self.momentum)) if self.val_accuracy[i] >= best - tolerance]
-        largest = max(close, key=lambda i: self.momentum[i])
-        return steps * (1.0 - self.momentum[largest]), largest == len(self.momentum) - 1
 
 
 def _is_number(value: Any) -> bool:
@@ -180,6 +165,14 @@ def fmt(value: float, digits: int = 2) -> str:
         return "n/a"
     text = f"{value:.{digits}f}"
     return text.lstrip("-") if float(text) == 0 else text  # no "-0.00"
+
+
+def points(value: float) -> str:
+    """An accuracy difference in percentage points, signed, to the 0.1 the noise allows at best."""
+    if not math.isfinite(value):
+        return "n/a"
+    text = f"{value * 100:+.1f}"
+    return "0.0" if float(text) == 0 else text
 
 
 def fmt_param(name: str, value: float) -> str:
