@@ -8,7 +8,10 @@ link resolves; and CI runs the README's test command.
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import re
+import types
 
 import pytest
 
@@ -49,6 +52,21 @@ def test_every_python_snippet_runs_as_written(where, code, tmp_path, monkeypatch
         rows = [line.split() for line in printed.splitlines()]
         assert [row[0] for row in rows] == ["photos", "shapes"], printed
         assert all(len(row) == 5 and all(abs(float(value)) <= 1 for value in row[1:]) for row in rows), printed
+
+
+def test_every_name_gaplab_exports_stays_itself_once_every_submodule_is_imported():
+    # Importing gaplab.<x> sets the package attribute x to the submodule: an export named like a
+    # submodule (once `train`) then hands out the module, and the library example fails.
+    import gaplab
+
+    for module in pkgutil.iter_modules(gaplab.__path__):
+        if module.name != "__main__":
+            importlib.import_module(f"gaplab.{module.name}")
+    shadowed = [name for name in gaplab.__all__ if isinstance(getattr(gaplab, name), types.ModuleType)]
+    assert shadowed == [], f"gaplab.{shadowed} are submodules, not the exported names"
+    from gaplab import train
+
+    assert callable(train)
 
 
 def _commands(program: str) -> list[str]:
