@@ -1,9 +1,18 @@
-"""Shared fixtures: small generated image folders and datasets, every store under tmp_path."""
+"""Shared test helpers: generated image folders and datasets, every store under tmp_path, and the mock trainer.
+
+Fixtures are found by pytest; the plain helpers (`fake_train`, `run_mocked`, `train_result`,
+`subprocess_env`, `exit_code`, `wait_for_running_trial`, `make_folder`) are imported with
+`from tests.conftest import ...`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import socket
 import sys
+import time
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +21,8 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-TRASHNET = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "trashnet150"
+ROOT = Path(__file__).resolve().parents[1]
+TRASHNET = ROOT.parent / "shared" / "data" / "trashnet150"
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +43,7 @@ def _isolated_caches(tmp_path, monkeypatch):
 
 @pytest.fixture
 def mock_study(tmp_path, monkeypatch):
-    """A working folder with its own MLflow store, for studies run in this process (tests.test_study.run_mocked)."""
+    """A working folder with its own MLflow store, for studies run in this process (`run_mocked`)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     yield tmp_path
@@ -41,6 +51,23 @@ def mock_study(tmp_path, monkeypatch):
 
     while mlflow.active_run():
         mlflow.end_run()
+
+
+def subprocess_env(tmp_path: Path) -> dict[str, str]:
+    """The environment for a `python -m study.*` subprocess: this checkout first, stores and caches in tmp_path."""
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'src'}",
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "GAPLAB_CACHE_DIR": str(tmp_path / "cache"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def configured_backend() -> str:
+    """The Keras backend the tests (and their subprocesses) run on, e.g. 'tensorflow' or 'jax'."""
+    import keras
+
+    return keras.backend.backend()
+
+
+# -- images ------------------------------------------------------------------------------------
 
 
 def write_image(path: Path, colour, size: int = 20, mode: str = "RGB", fmt: str | None = None) -> Path:
@@ -74,3 +101,118 @@ def tiny_data():
     from gaplab.data import generate_shapes
 
     return generate_shapes(image_size=16, n_images=96, seed=0)
+
+
+# -- the command in this process, with a mock trainer -------------------------------------------
+
+
+def exit_code(main, argv: list[str], **options) -> int:
+    """`main(argv)`'s exit code as `python -m` would give it: argparse's usage errors exit via SystemExit."""
+    try:
+        return main(argv, **options)
+    except SystemExit as exit_:
+        return exit_.code
+
+
+def train_result(config, class_names=("a", "b"), **fields) -> object:
+    """A real gaplab.trainer.TrainResult: `fields` as given, every other required field a neutral value of its type.
+
+    Built from the dataclass's own fields, so a field added to TrainResult is filled here (or, if its
+    type is new, named in the error) instead of being forgotten by a hand-written fake.
+    """
+    from gaplab.trainer import TrainResult
+
+    neutral = {bool: lambda: False, int: lambda: 1, float: lambda: 0.5, dict: dict, list: list, tuple: tuple,
+               np.ndarray: lambda: np.eye(len(class_names), dtype=int)}
+    namespace = vars(sys.modules[TrainResult.__module__])
+    values = {"config": config, "class_names": tuple(class_names)}
+    for field in dataclasses.fields(TrainResult):
+        has_default = field.default is not dataclasses.MISSING or field.default_factory is not dataclasses.MISSING
+        if field.name in values or field.name in fields or has_default:
+            continue
+        # Only the required fields' annotations are resolved (as typing.get_type_hints would, one by one).
+        hint = eval(field.type, namespace) if isinstance(field.type, str) else field.type
+        kind = typing.get_origin(hint) or hint
+        if kind not in neutral:
+            raise TypeError(f"TrainResult.{field.name} has type {hint}, which train_result() in "
+                            "tests/conftest.py has no neutral value for; add one there.")
+        values[field.name] = neutral[kind]()
+    return TrainResult(**{**values, **fields})
+
+
+def _fake_val(config, momentum: float) -> float:
+    # Stale statistics cost accuracy in proportion to momentum; dropout costs a little at any momentum.
+    return 0.9 - 0.5 * momentum * config.batchnorm - 0.1 * config.dropout
+
+
+def fake_train(config, data, callbacks=(), verbose=0, best_momentum_each_epoch=False):
+    """Stands in for gaplab.trainer.train: the gap grows with momentum, as in the phenomenon; dropout 0.6 raises."""
+    from gaplab import MomentumCurve
+    from gaplab.trainer import EpochCallback
+
+    if config.dropout == 0.6:
+        raise RuntimeError("simulated crash")
+    val = _fake_val(config, config.bn_momentum)
+    momenta = sorted({*config.momentum_grid, config.bn_momentum}) if config.batchnorm else []
+    curve = MomentumCurve(
+        own_momentum=config.bn_momentum, momentum=tuple(momenta),
+        val_accuracy=tuple(_fake_val(config, m) for m in momenta),
+        train_eval_accuracy=tuple(_fake_val(config, m) + 0.05 for m in momenta), train_accuracy=0.9,
+        recalibrated_val_accuracy=0.88, recalibrated_train_eval_accuracy=0.93) if momenta else None
+    history = {"train_loss": [], "train_accuracy": [], "val_loss": [], "val_accuracy": []}
+    model_holder = type("Holder", (), {"stop_training": False})()
+    for epoch in range(1, config.epochs + 1):
+        metrics = {"train_loss": 1.0 / epoch, "train_accuracy": 0.9, "val_loss": 1.0, "val_accuracy": val}
+        if curve and best_momentum_each_epoch:
+            metrics.update(val_accuracy_at_best_momentum=curve.val_accuracy_at_best_momentum,
+                           best_momentum=curve.best_momentum)
+        for key, value in metrics.items():
+            history.setdefault(key, []).append(value)
+        for callback in callbacks:
+            if isinstance(callback, EpochCallback):
+                callback.set_model(model_holder)
+                callback.on_epoch(epoch, metrics)
+        if model_holder.stop_training:
+            break
+    return train_result(
+        config, data.class_names, history=history, epochs=len(history["val_accuracy"]), steps=10 * config.epochs,
+        stopped_early=model_holder.stop_training, train_accuracy=0.9, train_eval_accuracy=0.85, val_accuracy=val,
+        test_accuracy=val - 0.01, val_accuracy_recalibrated=0.88,
+        timings={"data_seconds": 0.0, "build_seconds": 0.0, "fit_seconds": 0.1, "eval_seconds": 0.0,
+                 "first_epoch_seconds": 0.1, "steady_epoch_seconds": 0.1},
+        momentum_curve=curve)
+
+
+def run_mocked(argv: list[str], train_fn=fake_train) -> int:
+    """`python -m study.run` in this process, with `train_fn` injected as the trainer; its exit code."""
+    from study import run
+
+    return exit_code(run.main, argv, train_fn=train_fn)
+
+
+# -- waiting on real processes --------------------------------------------------------------------
+
+
+def wait_for_running_trial(storage: str, study_name: str, pids: list[int], first_number: int = 0,
+                           timeout: float = 240) -> tuple[int, int]:
+    """(pid, trial number) of a process among `pids` inside a trial numbered `first_number` or later, with its
+    MLflow run started."""
+    import optuna
+
+    from study.contract import RUN_ID_ATTR, WORKER_ATTR
+
+    host = socket.gethostname()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            study = optuna.load_study(study_name=study_name, storage=storage)
+            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if trial.number < first_number:
+                    continue
+                for pid in pids:
+                    if trial.user_attrs.get(WORKER_ATTR) == f"{host}:{pid}" and trial.user_attrs.get(RUN_ID_ATTR):
+                        return pid, trial.number
+        except KeyError:
+            pass  # the study is not created yet
+        time.sleep(0.3)
+    raise AssertionError(f"no process among {pids} started a trial of {study_name!r} within {timeout} s")

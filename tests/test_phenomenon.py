@@ -2,7 +2,7 @@
 
 On the built-in dataset at its defaults (the study's defaults too), seed-bn's inference-mode
 validation accuracy must sit at least 0.3 below its fit() train accuracy, and seed-final's
-difference must be at most 0.1. `python -m gaplab` prints the same table for the README.
+difference must be at most 0.1. `python -m gaplab` prints the same table (docs/phenomenon.md).
 """
 
 from __future__ import annotations

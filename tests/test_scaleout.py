@@ -21,8 +21,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import workers
-from tests.test_study import _env, run_mocked
+from study import stopping, workers
+from tests.conftest import run_mocked, subprocess_env, wait_for_running_trial
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 GRACE_S = 3
@@ -143,23 +143,6 @@ def _children_of(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _wait_for_running_trial(storage: str, pids: list[int], timeout: float = 240):
-    """(pid, trial number) of a worker among `pids` inside a trial with its MLflow run started."""
-    host = socket.gethostname()
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            study = optuna.load_study(study_name=STUDY, storage=storage)
-            for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
-                for pid in pids:
-                    if trial.user_attrs.get("worker") == f"{host}:{pid}" and trial.user_attrs.get("mlflow_run_id"):
-                        return pid, trial.number
-        except KeyError:
-            pass  # the study is not created yet
-        time.sleep(0.3)
-    raise AssertionError("no worker started a trial in time")
-
-
 def _assert_study_is_whole(storage: str, trials: int, killed: int | None, tracking_uri: str) -> None:
     """Exactly `trials` finished, the killed trial FAIL with its run KILLED, one run per trial, nothing RUNNING."""
     study = optuna.load_study(study_name=STUDY, storage=storage)
@@ -189,12 +172,12 @@ def _assert_study_is_whole(storage: str, trials: int, killed: int | None, tracki
 
 @pytest.mark.slow
 def test_kill_9_of_a_lone_worker_then_reruns_lose_nothing(tmp_path):
-    env = {**_env(tmp_path), "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
+    env = {**subprocess_env(tmp_path), "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     command = [sys.executable, "-m", "study.run", "--epochs", "2", "--image_size", "16", "--pruner", "none"]
     process = subprocess.Popen([*command, "--trials", "4"], cwd=tmp_path, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    pid, number = _wait_for_running_trial(storage, [process.pid])
+    pid, number = wait_for_running_trial(storage, STUDY, [process.pid])
     process.kill()
     process.wait()
     killed_at = time.time()
@@ -220,7 +203,7 @@ def test_kill_9_of_a_lone_worker_then_reruns_lose_nothing(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
-    env = _env(tmp_path)
+    env = subprocess_env(tmp_path)
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     command = [sys.executable, "-m", "study.run", "--trials", "4", "--workers", "2", "--epochs", "2",
                "--image_size", "16", "--pruner", "none", "--storage", storage]
@@ -229,10 +212,10 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and len(_children_of(process.pid)) < 2:
         time.sleep(0.2)
-    _wait_for_running_trial(storage, _children_of(process.pid))
+    wait_for_running_trial(storage, STUDY, _children_of(process.pid))
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == stopping.EXIT_CODE, stderr[-3000:]
     study = optuna.load_study(study_name=STUDY, storage=storage)
     assert "RUNNING" not in {t.state.name for t in study.trials}
     runs = MlflowClient(env["MLFLOW_TRACKING_URI"]).search_runs(
@@ -300,7 +283,7 @@ def mlflow_server(postgres, tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_path, postgres, mlflow_server):
-    env = {**_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server, "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
+    env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server, "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
     storage = f"{postgres}/optuna"
     trials = 5
     started = time.time()
@@ -311,7 +294,7 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_pat
     deadline = time.time() + 300
     while time.time() < deadline and len(_children_of(process.pid)) < 2:
         time.sleep(0.2)
-    pid, number = _wait_for_running_trial(storage, _children_of(process.pid))
+    pid, number = wait_for_running_trial(storage, STUDY, _children_of(process.pid))
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
     stdout, stderr = process.communicate(timeout=600)

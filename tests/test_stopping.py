@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from study import run as run_module
 from study import stopping
+from tests.conftest import configured_backend, subprocess_env
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -39,14 +41,26 @@ def test_the_command_restores_the_signal_handlers_it_installed(tmp_path, monkeyp
     assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == before
 
 
-def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
-    from tests.test_study import _env
+def _backend_library_is_loading(pid: int) -> bool:
+    """Whether process `pid` has mapped a shared library of the Keras backend's package: it is importing Keras."""
+    package = {"jax": "jaxlib"}.get(configured_backend(), configured_backend())
+    return f"/{package}/" in Path(f"/proc/{pid}/maps").read_text()
 
+
+@pytest.mark.xfail(configured_backend() == "jax", strict=True, reason=(
+    "on JAX a KeyboardInterrupt raised while jaxlib's extension modules are created segfaults the process "
+    "(exit -11, in jaxlib/xla_client.py's import); the interrupt must wait until the backend is imported"))
+def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
     process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "1", "--image_size", "16"],
-                               cwd=tmp_path, env=_env(tmp_path), text=True,
+                               cwd=tmp_path, env=subprocess_env(tmp_path), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.5)  # validation is done; Keras and its backend are being imported
+    # The backend is imported only after validation: once its libraries load, the start-up is under way.
+    deadline = time.time() + 120
+    while not _backend_library_is_loading(process.pid):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.time() < deadline, "the command did not start importing its Keras backend within 120 s"
+        time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == stopping.EXIT_CODE, stderr[-3000:]
     assert "Traceback" not in stderr and "interrupted; rerun the same command to resume." in stderr
