@@ -67,9 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> Settings:
     """Check every value before anything is created; raise UsageError naming the value."""
-    from study.contract import PRUNE_ON_METRIC
-    from study.workers import list_gpus, parse_gpus
-
     base = check_training_values(trials=args.trials, image_size=args.image_size, epochs=args.epochs, seed=args.seed,
                                  device=args.device, workers=args.workers)
     if args.pruner not in PRUNERS:
@@ -80,11 +77,15 @@ def validate(args: argparse.Namespace) -> Settings:
     if args.study_name and not STUDY_NAME_PATTERN.match(args.study_name):
         raise UsageError(f"--study_name={args.study_name!r} is invalid; use up to 100 letters, digits, "
                          "spaces, '.', '_' or '-', starting with a letter or digit.")
+    from study.contract import PRUNE_ON_METRIC  # imports Optuna: after the checks that need none
+
     if args.prune_on not in PRUNE_ON_METRIC:
         raise UsageError(f"--prune_on={args.prune_on!r} is unknown; use one of {', '.join(PRUNE_ON_METRIC)}.")
     if args.skip_bad_images not in ("true", "false"):
         raise UsageError(f"--skip_bad_images={args.skip_bad_images!r} is invalid; use true or false.")
-    gpus = parse_gpus(args.gpus, list_gpus())
+    from study import workers  # imports NumPy: after the checks that need none
+
+    gpus = workers.parse_gpus(args.gpus, workers.list_gpus())
     storage = args.storage or default_storage()
     check_storage_url(storage)
     return Settings(trials=args.trials, base=base, data_dir=args.data_dir, study_name=args.study_name,
@@ -118,12 +119,12 @@ def _command(argv: list[str], train_fn) -> int:
         prepare_backend(settings.device)
     except DeviceError as error:
         return fail(str(error))
-    from study.workers import WORKER_INDEX_ENV, gpu_environment
+    from study import workers
 
-    worker_index = os.environ.get(WORKER_INDEX_ENV)
+    worker_index = os.environ.get(workers.WORKER_INDEX_ENV)
     if worker_index is None and settings.workers == 1:
         # Before TensorFlow or JAX is imported: they read these once.
-        os.environ.update(gpu_environment(0, settings.gpus))
+        os.environ.update(workers.gpu_environment(0, settings.gpus))
     # Heavy imports after validation, so bad input is answered at once.
     from gaplab.data import DataError
     from study import session
