@@ -73,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> TrainConfig:
     """The base TrainConfig of the benchmark study; UsageError naming the first bad value (as study.run's)."""
-    base = check_training_values(trials=args.trials, image_size=args.image_size, epochs=args.epochs, seed=args.seed,
-                                 device=args.device, workers=args.workers)
+    base = check_training_values(args)
     if args.epochs < 2:
         raise UsageError(f"--epochs={args.epochs} is too few; use at least 2 (the first epoch compiles).")
     if args.images < 10 * NUM_CLASSES:
@@ -283,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         base = validate(args)
-    except UsageError as error:
-        return fail(str(error))
-    quiet_logging()
-    try:
+        quiet_logging()
         prepare_backend(args.device)
         if args.workers > 1:
             # The children get the same arguments, less --workers, --json and --seed, which they are given.
@@ -294,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             report = {**workers.pop("one_worker"), "workers": workers}
         else:
             report = run_bench(args, base, started)
-    except DeviceError as error:
+    except (UsageError, DeviceError) as error:
         return fail(str(error))
     except BenchFailed as error:
         return fail(str(error), exit_code=1)

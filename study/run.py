@@ -67,8 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def validate(args: argparse.Namespace) -> Settings:
     """Check every value before anything is created; raise UsageError naming the value."""
-    base = check_training_values(trials=args.trials, image_size=args.image_size, epochs=args.epochs, seed=args.seed,
-                                 device=args.device, workers=args.workers)
+    base = check_training_values(args)
     if args.pruner not in PRUNERS:
         raise UsageError(f"--pruner={args.pruner!r} is unknown; use one of {', '.join(PRUNERS)}.")
     if args.data_dir and not Path(args.data_dir).expanduser().is_dir():
@@ -112,12 +111,9 @@ def _command(argv: list[str], train_fn) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = validate(args)
-    except UsageError as error:
-        return fail(str(error))
-    quiet_logging()
-    try:
+        quiet_logging()
         prepare_backend(settings.device)
-    except DeviceError as error:
+    except (UsageError, DeviceError) as error:
         return fail(str(error))
     from study import workers
 

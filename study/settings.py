@@ -8,6 +8,7 @@ bad input is answered before they load.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 from gaplab.config import ConfigError, TrainConfig
@@ -35,17 +36,17 @@ class Settings:
     gpus: tuple[str, ...] = ()
 
 
-def check_training_values(*, trials: int, image_size: int, epochs: int, seed: int, device: str,
-                          workers: int) -> TrainConfig:
-    """The base TrainConfig of a study with these values; UsageError naming the first bad one as its flag."""
-    if trials < 1:
-        raise UsageError(f"--trials={trials} is invalid; use at least 1.")
+def check_training_values(args: argparse.Namespace) -> TrainConfig:
+    """The base TrainConfig of a study with the parsed flags --trials, --image_size, --epochs, --seed, --device
+    and --workers (both commands name them alike); UsageError naming the first bad one."""
+    if args.trials < 1:
+        raise UsageError(f"--trials={args.trials} is invalid; use at least 1.")
     try:
-        base = TrainConfig(image_size=image_size, epochs=epochs, seed=seed).validate()
+        base = TrainConfig(image_size=args.image_size, epochs=args.epochs, seed=args.seed).validate()
     except ConfigError as error:
         raise UsageError(f"--{error}") from None
-    if device not in DEVICES:
-        raise UsageError(f"--device={device!r} is unknown; use one of {', '.join(DEVICES)}.")
-    if workers < 1:
-        raise UsageError(f"--workers={workers} is invalid; use at least 1.")
+    if args.device not in DEVICES:
+        raise UsageError(f"--device={args.device!r} is unknown; use one of {', '.join(DEVICES)}.")
+    if args.workers < 1:
+        raise UsageError(f"--workers={args.workers} is invalid; use at least 1.")
     return base
