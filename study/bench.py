@@ -6,12 +6,14 @@
     python -m study.bench --workers 2                                 # 2 workers together against 1
 
 Use it to size a study before running one, and to tell a GPU run from a CPU one. It needs no data:
-the images are random pixels of shape (image_size, image_size, 3) in 6 classes, split 70/15/15.
+the images are random pixels of shape (image_size, image_size, 3) in 6 classes, split 70/15/15
+per class as an image folder is (gaplab.data.dataset_from_arrays).
 The study is real (Optuna sampling, training, the measurements after each fit, MLflow tracking of
 every trial with its figures and model, the end-of-study summary), in throw-away stores under a
 temporary folder, with no pruning and without the seed presets, so every trial runs every epoch.
 `--batch_size 0` samples the batch size from the search space like a study does; any other value
-fixes it (the other parameters are still searched).
+fixes it (the other parameters are still searched). The shared values (trials, image size, epochs,
+seed, device, workers) are checked as `study.run` checks them, and the device is chosen as there.
 
 It prints, and writes to `--json PATH`:
 * backend, its version, and the device trials trained on;
@@ -30,21 +32,19 @@ It prints, and writes to `--json PATH`:
 
 from __future__ import annotations
 
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
-_STARTED = time.perf_counter()
-
-import argparse  # noqa: E402 - the clock starts before the imports it measures
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-from gaplab.device import DEVICES, DeviceError, prepare_backend  # noqa: E402
-from study.cli import ArgumentParser, UsageError, quiet_logging  # noqa: E402
+from gaplab.config import TrainConfig
+from gaplab.device import DEVICES, DeviceError, prepare_backend
+from study.cli import ArgumentParser, UsageError, fail, quiet_logging
+from study.settings import check_training_values
 
 
 class BenchFailed(RuntimeError):
@@ -71,40 +71,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def validate(args: argparse.Namespace) -> None:
-    if args.image_size < 8:
-        raise UsageError(f"--image_size={args.image_size} is too small; use at least 8.")
-    if args.images < 10 * NUM_CLASSES:
-        raise UsageError(f"--images={args.images} is too few; use at least {10 * NUM_CLASSES}.")
+def validate(args: argparse.Namespace) -> TrainConfig:
+    """The base TrainConfig of the benchmark study; UsageError naming the first bad value (as study.run's)."""
+    base = check_training_values(args)
     if args.epochs < 2:
         raise UsageError(f"--epochs={args.epochs} is too few; use at least 2 (the first epoch compiles).")
-    if args.trials < 1:
-        raise UsageError(f"--trials={args.trials} is invalid; use at least 1.")
+    if args.images < 10 * NUM_CLASSES:
+        raise UsageError(f"--images={args.images} is too few; use at least {10 * NUM_CLASSES}.")
     if args.batch_size < 0:
         raise UsageError(f"--batch_size={args.batch_size} is invalid; use 0 (search space) or a positive size.")
-    if args.workers < 1:
-        raise UsageError(f"--workers={args.workers} is invalid; use at least 1.")
-    if args.device not in DEVICES:
-        raise UsageError(f"--device={args.device!r} is unknown; use one of {', '.join(DEVICES)}.")
     if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
         raise UsageError(f"--json={args.json!r}: its folder does not exist; create it or pick another path.")
+    return base
 
 
 def synthetic_data(image_size: int, images: int, seed: int):
-    """Random pixels in the seed's shape, 6 balanced classes, split 70/15/15."""
+    """Random pixels in the seed's shape, 6 balanced classes, split 70/15/15 per class as folders are."""
     import numpy as np
 
-    from gaplab.data import Dataset, Split
+    from gaplab.data import dataset_from_arrays
 
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (images, image_size, image_size, 3), dtype=np.uint8)
-    y = (np.arange(images) % NUM_CLASSES).astype(np.int32)
-    cut_train, cut_val = int(images * 0.7), int(images * 0.85)
-    return Dataset(
-        name="synthetic", class_names=tuple(f"class{index}" for index in range(NUM_CLASSES)),
-        train=Split(x[:cut_train], y[:cut_train]), val=Split(x[cut_train:cut_val], y[cut_train:cut_val]),
-        test=Split(x[cut_val:], y[cut_val:]), digest=f"synthetic-{image_size}-{images}-{seed}",
-        source=f"synthetic:?image_size={image_size}&images={images}&seed={seed}")
+    y = np.arange(images) % NUM_CLASSES
+    return dataset_from_arrays(x, y, tuple(f"class{index}" for index in range(NUM_CLASSES)), name="synthetic",
+                               source=f"synthetic:?image_size={image_size}&images={images}&seed={seed}", seed=seed)
 
 
 class _Clock:
@@ -128,35 +119,25 @@ class _Clock:
 
         return timed_call
 
-    @contextlib.contextmanager
-    def timing(self, module, name: str, part: str):
-        """While active, calls to `module.name` add their seconds to the current trial's `part`."""
-        original = getattr(module, name)
-        # Instrumentation only: the objective looks it up on its module at call time.
-        setattr(module, name, self.timed(original, part))
-        try:
-            yield
-        finally:
-            setattr(module, name, original)
 
+def run_bench(args: argparse.Namespace, base: TrainConfig, started: float) -> dict:
+    """One study in throw-away stores; the measurements as a dict (see the module docstring).
 
-def run_bench(args: argparse.Namespace) -> dict:
-    """One study in throw-away stores; the measurements as a dict (see the module docstring)."""
+    `started` is when the command started (time.perf_counter): the wall time counts from there.
+    """
+    # After the arguments are checked; the imports count as once per run.
     import mlflow
     import optuna
 
     from gaplab import device
-    from gaplab.config import TrainConfig
     from gaplab.trainer import train
-    from study import objective as objective_module
     from study import space, summary
+    from study.objective import Objective
+    from study.session import training_device_for
 
-    training_device = device.choose_device(args.device)
-    if training_device == "CPU" and args.device == "auto":
-        print(device.cpu_notice(), flush=True)
+    training_device = training_device_for(args.device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = synthetic_data(args.image_size, args.images, args.seed)
-    base = TrainConfig(image_size=args.image_size, epochs=args.epochs, seed=args.seed)
     study_name = f"bench-{args.image_size}px"
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="gaplab-bench-") as folder:
@@ -168,8 +149,8 @@ def run_bench(args: argparse.Namespace) -> dict:
         study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{Path(folder) / 'optuna.db'}",
                                     direction="maximize", sampler=sampler, pruner=optuna.pruners.NopPruner())
         fixed = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed, "device": training_device}
-        objective = objective_module.Objective(study_name, data, base, fixed,
-                                               train_fn=clock.timed(train, "train_call"))
+        objective = Objective(study_name, data, base, fixed, train_fn=clock.timed(train, "train_call"),
+                              suggest_fn=clock.timed(space.suggest, "sampling"))
 
         def timed_objective(trial):
             clock.trials.append({"number": trial.number, "began": time.perf_counter()})
@@ -178,8 +159,7 @@ def run_bench(args: argparse.Namespace) -> dict:
             finally:
                 clock.trials[-1]["ended"] = time.perf_counter()
 
-        with mlflow.start_run(run_name=study_name), \
-                clock.timing(space, "suggest", "sampling"):
+        with mlflow.start_run(run_name=study_name):
             mlflow.log_params({"backend": device.backend(), "backend_version": device.backend_version(),
                                "device": args.device})
             study.optimize(timed_objective, n_trials=args.trials, catch=(Exception,), gc_after_trial=False)
@@ -188,7 +168,7 @@ def run_bench(args: argparse.Namespace) -> dict:
         if failed:
             raise BenchFailed(f"{len(failed)} of {args.trials} benchmark trials failed (first: trial "
                               f"{failed[0].number}); Optuna's warning above shows the error.")
-    wall = time.perf_counter() - _STARTED
+    wall = time.perf_counter() - started
     return _account(clock.trials, wall, data, args, training_device, device.backend(), device.backend_version())
 
 
@@ -297,28 +277,23 @@ def format_report(report: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
-        validate(args)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    quiet_logging()
-    try:
+        base = validate(args)
+        quiet_logging()
         prepare_backend(args.device)
         if args.workers > 1:
             # The children get the same arguments, less --workers, --json and --seed, which they are given.
             workers = compare_workers(args, _without(argv, ("--workers", "--json", "--seed")))
             report = {**workers.pop("one_worker"), "workers": workers}
         else:
-            report = run_bench(args)
-    except DeviceError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            report = run_bench(args, base, started)
+    except (UsageError, DeviceError) as error:
+        return fail(str(error))
     except BenchFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(str(error), exit_code=1)
     print(format_report(report), flush=True)
     if args.json:
         Path(args.json).expanduser().write_text(json.dumps(report, indent=2))

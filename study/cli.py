@@ -1,9 +1,10 @@
-"""Command-line plumbing shared by `study.run` and `study.report`.
+"""Command-line plumbing shared by `study.run`, `study.bench` and `study.report`.
 
 * `UsageError`: a bad command-line value, printed as one line with exit code 2;
+* `fail` / `ArgumentParser`: that line, and the parser whose own errors are that line too (from
+  gaplab.cli, so `python -m gaplab` answers bad input in the same way);
 * `default_storage` / `check_storage_url`: the Optuna storage URL, its default beside a sqlite
   MLflow store, and its checks (both CLIs accept the same URLs and default to the same file);
-* `ArgumentParser`: the CLIs' parser: one-line usage errors with exit code 2, no abbreviations;
 * `quiet_logging`: no Keras/TF/Optuna/MLflow chatter by default.
 
 Nothing here imports Keras, so the report starts without loading a deep learning backend.
@@ -11,24 +12,17 @@ Nothing here imports Keras, so the report starts without loading a deep learning
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 from pathlib import Path
 
+from gaplab.cli import ArgumentParser, fail
+
+__all__ = ["ArgumentParser", "UsageError", "check_storage_url", "default_storage", "fail", "quiet_logging"]
+
 
 class UsageError(ValueError):
     """A bad command-line value; reported as one line with exit code 2."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors (exit 2) and no abbreviations: `--tri 2` is not `--trials 2`."""
-
-    def __init__(self, **kwargs):
-        super().__init__(allow_abbrev=False, **kwargs)
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
 
 
 def default_storage(tracking_uri: str | None = None) -> str:

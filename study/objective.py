@@ -73,13 +73,16 @@ class PruningCallback(EpochCallback):
 class Objective:
     """Callable for `study.optimize`; the data is loaded once by the caller and shared.
 
-    `train_fn` is the trainer (gaplab.trainer.train; tests pass a stand-in).
+    `train_fn` is the trainer (gaplab.trainer.train) and `suggest_fn` samples a trial's config
+    (study.space.suggest); tests pass stand-ins, and study.bench passes them timed.
     """
 
     def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
                  prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None,
-                 train_fn: Callable[..., TrainResult] | None = None):
+                 train_fn: Callable[..., TrainResult] | None = None,
+                 suggest_fn: Callable[[optuna.Trial, TrainConfig], TrainConfig] | None = None):
         self.train_fn = train_fn or train
+        self.suggest_fn = suggest_fn or space.suggest
         self.study_name = study_name
         self.parent_run_id = parent_run_id
         self.data = data
@@ -89,7 +92,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         stopping.raise_if_requested()
-        config = space.suggest(trial, self.base)
+        config = self.suggest_fn(trial, self.base)
         preset = trial.user_attrs.get(PRESET_ATTR)
         params = {**self.fixed_params, **config.as_params(), **({PRESET_ATTR: preset} if preset else {})}
         with tracking.trial_run(self.study_name, trial, params, self.parent_run_id) as run:
@@ -105,7 +108,7 @@ class Objective:
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
         # The grid's val passes each epoch are only paid for where the pruner reads them.
         result = self.train_fn(config, self.data, callbacks=callbacks,
-                       best_momentum_each_epoch=self.prune_on == "best_momentum")
+                               best_momentum_each_epoch=self.prune_on == "best_momentum")
         for name, value in result.final_metrics().items():
             trial.set_user_attr(name, value)
         trial.set_user_attr(BN_MOMENTUM_ATTR, config.bn_momentum)

@@ -228,9 +228,10 @@ def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
     client.set_terminated(run_id, "KILLED")
 
 
-def parent_run_id_from_launcher() -> str | None:
-    """The run `mlflow run` created for this process, if any."""
-    return os.environ.get("MLFLOW_RUN_ID") or None
+def end_active_runs(status: str, keep: str | None = None) -> None:
+    """End this process's active runs with `status` (e.g. KILLED), innermost first; stop at run `keep`, left open."""
+    while (run := mlflow.active_run()) is not None and run.info.run_id != keep:
+        mlflow.end_run(status)
 
 
 def log_json(data: object, name: str) -> None:

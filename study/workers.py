@@ -1,7 +1,7 @@
 """Several worker processes on one study: their environment, GPU placement, sampler seeds, and their lives.
 
 Workers coordinate only through the study's Optuna storage: each starts a trial while the finished
-and running trials are fewer than the target (`study.run.run_worker`). This module only spawns the
+and running trials are fewer than the target (`study.session.run_worker`). This module only spawns the
 processes, forwards Ctrl-C/SIGTERM to them, waits, and says which one died of what, during which
 trial. A worker that dies is not replaced: the others go on, and its trial is failed once its
 heartbeat is older than the grace period, after which another worker runs a trial in its place.
@@ -15,10 +15,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 
 import numpy as np
 
+from study import stopping
 from study.cli import UsageError
 
 # Set in a worker's environment: its index. Its presence makes `python -m study.run` a worker
@@ -26,6 +27,17 @@ from study.cli import UsageError
 WORKER_INDEX_ENV = "GAPLAB_WORKER_INDEX"
 # Set in a worker's environment: its TPE sampler's seed, chosen by the command (`sampler_seed`).
 SAMPLER_SEED_ENV = "GAPLAB_SAMPLER_SEED"
+# Set by `mlflow run`: the id of the run it created for the command.
+LAUNCHER_RUN_ENV = "MLFLOW_RUN_ID"
+
+
+def take_launcher_run(environ: MutableMapping[str, str]) -> str | None:
+    """The run `mlflow run` created (None without one), removed from `environ`.
+
+    Left there, MLflow would resume that run at a trial's `start_run`, and a worker inheriting it
+    would do the same; the command attaches it as the study's parent run instead.
+    """
+    return environ.pop(LAUNCHER_RUN_ENV, None) or None
 
 
 def list_gpus() -> list[str]:
@@ -66,8 +78,7 @@ def gpu_environment(index: int, gpus: Sequence[str]) -> dict[str, str]:
 def worker_environment(base: dict[str, str], index: int, gpus: Sequence[str], seed: int) -> dict[str, str]:
     """The environment of worker `index`: its GPU, its sampler seed, and no launcher run id."""
     env = dict(base)
-    # `mlflow run` exports its run's id; a worker inheriting it would resume that run as a trial's run.
-    env.pop("MLFLOW_RUN_ID", None)
+    take_launcher_run(env)
     env[WORKER_INDEX_ENV] = str(index)
     env[SAMPLER_SEED_ENV] = str(seed)
     env.update(gpu_environment(index, gpus))
@@ -116,7 +127,7 @@ def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
                 if code is None:
                     continue
                 del running[index]
-                if code < 0 or (code not in (0, 130) and not interrupted):
+                if code < 0 or (code not in (0, stopping.EXIT_CODE) and not interrupted):
                     cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                     report = (f"worker {index} (pid {process.pid}) died from {cause} during "
                               f"{trial_of(f'{host}:{process.pid}')}")

@@ -1,7 +1,7 @@
 """Train the seed's four presets on one dataset and print how each splits its train/val gap.
 
     python -m gaplab                                  # built-in dataset, its defaults
-    python -m gaplab --data-dir ../shared/data/trashnet150 --image-size 64 --epochs 8
+    python -m gaplab --data_dir ../shared/data/trashnet150 --image_size 64 --epochs 8
 
 This is the reproducible check behind the README's table: on the built-in dataset, seed-bn's
 inference-mode accuracy falls far below its fit() accuracy (mode gap), and seed-final's does not.
@@ -9,9 +9,9 @@ inference-mode accuracy falls far below its fit() accuracy (mode gap), and seed-
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from gaplab.cli import ArgumentParser, fail
 from gaplab.config import PRESETS, ConfigError, TrainConfig
 from gaplab.data import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, DataError, generate_shapes, load_image_folder
 from gaplab.trainer import train
@@ -40,12 +40,13 @@ def format_table(rows: list[dict[str, float | str]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gaplab", description=__doc__.splitlines()[0], allow_abbrev=False)
-    parser.add_argument("--data-dir", default="", help="image folder (default: the built-in dataset)")
-    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    parser = ArgumentParser(prog="python -m gaplab", description=__doc__.splitlines()[0])
+    # Snake case as in the study's commands; the dashed spellings stay as aliases.
+    parser.add_argument("--data_dir", "--data-dir", default="", help="image folder (default: the built-in dataset)")
+    parser.add_argument("--image_size", "--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="built-in dataset size")
     parser.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     args = parser.parse_args(argv)
@@ -56,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             data = generate_shapes(args.image_size, args.images, args.seed)
         rows = compare_presets(data, args.presets, args.epochs, args.batch_size, args.seed)
     except (DataError, ConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
     print(f"dataset {data.name}: {len(data.train)}/{len(data.val)}/{len(data.test)} images at {data.image_size} px")
     print(format_table(rows))
     return 0

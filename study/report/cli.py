@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from study import contract
-from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, quiet_logging
+from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, fail, quiet_logging
 from study.report.build import build_report
 from study.report.render import write_report
 
@@ -66,8 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         check_storage_url(storage, must_exist=True)
         name = resolve_study_name(storage, args.study_name)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return fail(str(error))
     study = optuna.load_study(study_name=name, storage=storage)
     client = MlflowClient(tracking)
     report = build_report(study, client)
