@@ -12,8 +12,8 @@ from tests.conftest import configured_backend, subprocess_env
 
 
 def test_bad_bench_input_is_one_line_and_exit_2(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "study.bench", "--epochs", "1"], cwd=tmp_path, env=subprocess_env(tmp_path),
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "study.bench", "--epochs", "1"], cwd=tmp_path,
+                          env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --epochs=1 is too few; use at least 2 (the first epoch compiles)."
 
