@@ -4,8 +4,8 @@
   where it is missing), answered without writing anything, so that a store that cannot be used is
   refused before either store is touched;
 * a new SQLite store (MLflow's schema is seconds of migrations, Optuna's a few tables) is created
-  under a temporary name beside it with Ctrl-C and SIGTERM deferred (`signals_deferred`), then
-  linked into place: an interrupt or a crash never leaves a half-created store;
+  under a temporary name beside it, then linked into place with Ctrl-C and SIGTERM deferred
+  (`signals_deferred`): an interrupt or a crash never leaves a half-created store;
 * `open_optuna_storage`: an `RDBStorage` with heartbeats (a dead process's trial is failed after
   `heartbeat_grace()` seconds), `pool_pre_ping` so connections a database server dropped while a
   long trial trained are re-opened, and a long SQLite busy timeout for several local workers;
@@ -211,11 +211,12 @@ def _is_new(path: Path) -> bool:
 
 def _create_whole(path: Path, create_schema: Callable[[str], None]) -> None:
     """Create the SQLite store at `path` by `create_schema(url)` on a temporary file beside it, then link it
-    into place; an interrupt or a crash meanwhile leaves no store (the temporary file is removed)."""
+    into place. Ctrl-C during the creation (seconds of MLflow's migrations) stops at once and leaves no
+    store; the link and the clean-up run with signals deferred, so they are never cut short."""
     temporary = path.with_name(f".{path.name}.creating-{os.getpid()}")
-    with signals_deferred():
-        try:
-            create_schema(f"sqlite:///{temporary}")
+    try:
+        create_schema(f"sqlite:///{temporary}")
+        with signals_deferred():
             try:
                 os.link(temporary, path)  # refuses to replace: a store another process made meanwhile is kept
             except FileExistsError:
@@ -224,7 +225,8 @@ def _create_whole(path: Path, create_schema: Callable[[str], None]) -> None:
             except OSError:  # a file system without hard links
                 if _is_new(path):
                     os.replace(temporary, path)
-        finally:
+    finally:
+        with signals_deferred():
             for leftover in (temporary, Path(f"{temporary}-journal")):
                 leftover.unlink(missing_ok=True)
 
