@@ -5,7 +5,8 @@
   refused before either store is touched;
 * a new SQLite store (MLflow's schema is seconds of migrations, Optuna's a few tables) is created
   under a temporary name beside it, then linked into place with Ctrl-C and SIGTERM deferred
-  (`signals_deferred`): an interrupt or a crash never leaves a half-created store;
+  (`signals_deferred`): an interrupt or a crash never leaves a half-created store. One an older
+  version left (tables but no experiment, so nothing to lose) is named and created anew;
 * `open_optuna_storage`: an `RDBStorage` with heartbeats (a dead process's trial is failed after
   `heartbeat_grace()` seconds), `pool_pre_ping` so connections a database server dropped while a
   long trial trained are re-opened, and a long SQLite busy timeout for several local workers;
@@ -22,6 +23,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -158,28 +160,25 @@ def check_tracking_store(uri: str, *, create: bool, label: str = "", option: str
     path = sqlite_file(uri)
     check_sqlite_file(path, label, write=create, option=option,
                       missing=f"pass the MLflow store the study used with {option}; a reader never creates one.")
-    if path.is_file() and path.stat().st_size:
-        _refuse_half_created(path, label)
+    if not create and path.is_file() and _unfinished(path, label):
+        raise UsageError(f"{label}: {path} was left half-created by an interrupted first run and holds no "
+                         "experiment or run; run python -m study.run to create it anew, or delete it.")
 
 
-def _refuse_half_created(path: Path, label: str) -> None:
-    """UsageError if the MLflow store at `path` was left half-created (by an older version of this tool).
+def _unfinished(path: Path, label: str) -> bool:
+    """Whether the MLflow store at `path` has tables but no experiment, run or registered model: its creation
+    was cut short (an older version of this tool created stores in place), and it holds nothing to lose.
 
-    MLflow adds its Default experiment after the last schema migration, so a store with tables but
-    no experiment never finished its creation, and holds nothing to lose.
+    MLflow adds its Default experiment after the last schema migration, so a finished store has one.
     """
     try:
         with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
             tables = {name for (name,) in connection.execute("select name from sqlite_master where type='table'")}
-            experiments = (connection.execute("select count(*) from experiments").fetchone()[0]
-                           if "experiments" in tables else 0)
+            counts = [connection.execute(f"select count(*) from {table}").fetchone()[0]
+                      for table in ("experiments", "runs", "registered_models") if table in tables]
     except sqlite3.DatabaseError as error:
         raise UsageError(f"{label}: {path} cannot be read as an MLflow store ({error}).") from None
-    if tables and not experiments:
-        leftovers = sorted(name for name in tables if name.startswith("_alembic_tmp_"))
-        raise UsageError(f"{label}: {path} was left half-created by an interrupted first run"
-                         + (f" (table {', '.join(leftovers)})" if leftovers else "")
-                         + " and holds no experiment or run; delete it or move it aside, then rerun.")
+    return bool(tables) and not any(counts)
 
 
 @contextlib.contextmanager
@@ -209,10 +208,13 @@ def _is_new(path: Path) -> bool:
     return not path.exists() or path.stat().st_size == 0
 
 
-def _create_whole(path: Path, create_schema: Callable[[str], None]) -> None:
-    """Create the SQLite store at `path` by `create_schema(url)` on a temporary file beside it, then link it
-    into place. Ctrl-C during the creation (seconds of MLflow's migrations) stops at once and leaves no
-    store; the link and the clean-up run with signals deferred, so they are never cut short."""
+def _create_whole(path: Path, create_schema: Callable[[str], None], replaces: Callable[[Path], bool] = _is_new) -> None:
+    """Create the SQLite store at `path` by `create_schema(url)` on a temporary file beside it, then move it
+    into place; a file found there is replaced only if `replaces(path)` (by default: an empty one).
+
+    Ctrl-C during the creation (seconds of MLflow's migrations) stops at once and leaves no store; the move
+    and the clean-up run with signals deferred, so they are never cut short.
+    """
     temporary = path.with_name(f".{path.name}.creating-{os.getpid()}")
     try:
         create_schema(f"sqlite:///{temporary}")
@@ -220,10 +222,10 @@ def _create_whole(path: Path, create_schema: Callable[[str], None]) -> None:
             try:
                 os.link(temporary, path)  # refuses to replace: a store another process made meanwhile is kept
             except FileExistsError:
-                if path.stat().st_size == 0:
+                if replaces(path):
                     os.replace(temporary, path)
             except OSError:  # a file system without hard links
-                if _is_new(path):
+                if not path.exists() or replaces(path):
                     os.replace(temporary, path)
     finally:
         with signals_deferred():
@@ -331,6 +333,10 @@ def check_tracking_uri(uri: str | None = None, *, create: bool = True, label: st
         uri = f"sqlite:///{path.resolve()}"
         if create and _is_new(path):
             _create_whole(path, _create_mlflow_schema)
+        elif create and _unfinished(path, label):
+            print(f"note: {path} was left half-created by an interrupted run of an older version and held no "
+                  "experiment or run; creating it anew.", file=sys.stderr, flush=True)
+            _create_whole(path, _create_mlflow_schema, replaces=lambda found: _unfinished(found, label))
     server = uri.startswith(("http://", "https://"))
     if server:
         # MLflow retries an unreachable server for minutes by default; one try answers the question.

@@ -114,18 +114,41 @@ def test_an_interrupt_while_the_stores_are_created_leaves_them_whole_and_the_rer
     assert dict(states).get("COMPLETE") == 1 and set(dict(states)) <= {"COMPLETE", "WAITING"}, states
 
 
-def test_a_store_an_older_version_left_half_created_is_named_with_what_to_do(tmp_path):
-    # What an interrupted first run of an older version left: MLflow's first tables and a migration's
-    # temporary table, no experiment.
-    store = tmp_path / "mlflow.db"
+def half_created(store: Path) -> Path:
+    """What an interrupted first run of an older version left: MLflow's first tables, a migration's temporary
+    table, and no experiment (MLflow then fails with "table _alembic_tmp_metrics already exists")."""
     with contextlib.closing(sqlite3.connect(store)) as connection:
         connection.executescript("create table experiments (experiment_id integer primary key, name text);"
                                  "create table runs (run_uuid text); create table _alembic_tmp_metrics (x int);"
                                  "create table alembic_version (version_num text);")
-    error = one_line_error(run_command([*RUN, "--storage", f"sqlite:///{tmp_path / 'optuna.db'}"], tmp_path))
-    assert f"{store} was left half-created" in error
-    assert "holds no experiment or run" in error and "delete it or move it aside" in error
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"], "nothing else may be written"
+    return store
+
+
+def test_a_store_an_older_version_left_half_created_is_named_and_created_anew(tmp_path, capsys):
+    from study.storage import check_tracking_store, check_tracking_uri
+
+    store = half_created(tmp_path / "mlflow.db")
+    check_tracking_store(f"sqlite:///{store}", create=True)
+    assert check_tracking_uri(f"sqlite:///{store}") == f"sqlite:///{store}"
+    # (MLflow's own INFO lines follow here; the commands silence them with study.cli.quiet_logging.)
+    assert capsys.readouterr().err.splitlines()[0] == (f"note: {store} was left half-created by an interrupted run "
+                                                       "of an older version and held no experiment or run; creating "
+                                                       "it anew.")
+    assert_whole_stores(tmp_path)
+
+
+def test_a_reader_names_a_half_created_store_and_leaves_it(tmp_path):
+    from study.cli import UsageError
+    from study.storage import check_tracking_store
+
+    store = half_created(tmp_path / "mlflow.db")
+    before = store.read_bytes()
+    with pytest.raises(UsageError) as refused:
+        check_tracking_store(f"sqlite:///{store}", create=False, option="--tracking_uri")
+    assert str(refused.value) == (f"--tracking_uri='sqlite:///{store}': {store} was left half-created by an "
+                                  "interrupted first run and holds no experiment or run; run python -m study.run "
+                                  "to create it anew, or delete it.")
+    assert store.read_bytes() == before
 
 
 def test_the_checks_write_nothing_and_creation_leaves_only_the_store(tmp_path, monkeypatch):
