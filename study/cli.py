@@ -37,20 +37,31 @@ def default_storage(tracking_uri: str | None = None) -> str:
 
 
 def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
-    """Raise UsageError unless `storage` is a database URL whose sqlite folder (or file, if `must_exist`) exists.
+    """Raise UsageError, writing nothing, unless `storage` is a database URL a study can live in; a sqlite
+    file must exist and be a database (for readers, `must_exist`), or be writable or creatable (for writers).
 
     `must_exist` is for readers: Optuna would silently create an empty sqlite file otherwise.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    from study.storage import check_sqlite_file, is_in_memory
+
     try:
         url = make_url(storage)
     except ArgumentError:
         raise UsageError(f"--storage={storage!r} is not a database URL; use e.g. sqlite:///optuna.db "
                          "or postgresql://user@host/db.") from None
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+    backend = url.get_backend_name()
+    if backend in ("http", "https"):
+        raise UsageError(f"--storage={url.render_as_string(hide_password=True)!r} is a tracking URI (an MLflow "
+                         "server), not a storage URL; give it as MLFLOW_TRACKING_URI, and --storage a database URL, "
+                         "e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db.")
+    if backend != "sqlite":
         return
+    if is_in_memory(storage):
+        raise UsageError(f"--storage={storage!r} is an in-memory database: the study would vanish when this process "
+                         "ends (and its MLflow runs would stay); use a file, e.g. sqlite:///optuna.db.")
     path = Path(url.database).expanduser()
     if path.is_dir():
         raise UsageError(f"--storage={storage!r}: {url.database} is a folder, not a database file; pass a file "
@@ -61,6 +72,7 @@ def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
     if not path.resolve().parent.is_dir():
         raise UsageError(f"--storage={storage!r}: folder {path.resolve().parent} does not exist; "
                          "create it or pick another path.")
+    check_sqlite_file(path, f"--storage={storage!r}", write=not must_exist, option="--storage")
 
 
 def quiet_logging() -> None:

@@ -1,19 +1,33 @@
 """Opening the study's two stores, Optuna's RDB storage and MLflow's tracking store, for many processes.
 
+* `check_sqlite_file` / `check_tracking_store`: whether a store can be read (or written, and created
+  where it is missing), answered without writing anything, so that a store that cannot be used is
+  refused before either store is touched;
+* a new SQLite store (MLflow's schema is seconds of migrations, Optuna's a few tables) is created
+  under a temporary name beside it, then linked into place with Ctrl-C and SIGTERM deferred
+  (`signals_deferred`): an interrupt or a crash never leaves a half-created store. One an older
+  version left (tables but no experiment, so nothing to lose) is named and created anew;
 * `open_optuna_storage`: an `RDBStorage` with heartbeats (a dead process's trial is failed after
   `heartbeat_grace()` seconds), `pool_pre_ping` so connections a database server dropped while a
   long trial trained are re-opened, and a long SQLite busy timeout for several local workers;
-* `check_tracking_uri`: MLflow's store answers before any worker starts;
+* `check_tracking_uri`: MLflow's store answers before any worker starts; a tracking server gets one
+  try of at most TRACKING_SERVER_TIMEOUT_S seconds instead of MLflow's minutes of retries;
 * bad URLs, missing drivers, wrong passwords and absent databases become a `UsageError` that names
   the URL with its password masked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import sqlite3
+import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from study.cli import UsageError
 
@@ -22,6 +36,12 @@ HEARTBEAT_GRACE_ENV = "GAPLAB_HEARTBEAT_GRACE"
 DEFAULT_HEARTBEAT_GRACE = 45
 # SQLite serialises writers; several workers wait this long for the lock instead of failing.
 SQLITE_BUSY_TIMEOUT_S = 60
+# An MLflow tracking server that does not answer one request within this time is reported as down.
+TRACKING_SERVER_TIMEOUT_S = 10
+SQLITE_HEADER = b"SQLite format 3\x00"
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Enough of a driver's first line to hold its advice (MLflow's file-store refusal ends with the fix).
+MESSAGE_LIMIT = 1000
 
 
 def masked(url: str) -> str:
@@ -49,7 +69,7 @@ def _scrubbed(message: str, url: str) -> str:
 
 def _first_line(error: BaseException, url: str) -> str:
     text = str(getattr(error, "orig", None) or error).strip()
-    return _scrubbed(text.splitlines()[0][:300] if text else type(error).__name__, url)
+    return _scrubbed(text.splitlines()[0][:MESSAGE_LIMIT] if text else type(error).__name__, url)
 
 
 def heartbeat_grace() -> int:
@@ -59,6 +79,172 @@ def heartbeat_grace() -> int:
     if not raw.isdigit() or int(raw) < 2:
         raise UsageError(f"{HEARTBEAT_GRACE_ENV}={raw!r} is invalid; use whole seconds, at least 2.")
     return int(raw)
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of an SQLite URL; None for other databases and for in-memory SQLite."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or is_in_memory(url):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+def is_in_memory(url: str) -> bool:
+    """Whether `url` is an in-memory SQLite database, which lives and dies with one connection's process."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    return parsed.get_backend_name() == "sqlite" and (
+        parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory")
+
+
+def check_sqlite_file(path: Path, label: str, *, write: bool, option: str, missing: str = "") -> None:
+    """UsageError unless `path` is an SQLite database this process can read (and write, if `write`), or,
+    for a writer, a new file its folder lets SQLite create. Writes nothing.
+
+    `label` names the value as given (e.g. "--storage='sqlite:///x.db'"), `option` where to pass another,
+    `missing` what to do when a reader finds no file.
+    """
+    if path.is_dir():
+        raise UsageError(f"{label}: {path} is a folder, not a database file; pass a file path.")
+    folder = path.resolve().parent
+    if not path.exists():
+        if not write:
+            raise UsageError(f"{label}: {path} does not exist; {missing or f'pass another {option}.'}")
+        if not folder.is_dir():
+            raise UsageError(f"{label}: folder {folder} does not exist; create it or pick another path.")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise UsageError(f"{label}: folder {folder} is read-only, so {path.name} cannot be created there; "
+                             f"pass a path in a writable folder with {option}.")
+        return
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{label}: {path} cannot be read; make it readable (chmod u+r), or pass another {option}.")
+    with open(path, "rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise UsageError(f"{label}: {path} is not an SQLite database; pass the store's database file with {option}.")
+    if write and not os.access(path, os.W_OK):
+        raise UsageError(f"{label}: {path} is read-only; make it writable (chmod u+w), or pass another {option}.")
+    if write and not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{label}: folder {folder} is read-only, and SQLite writes its journal beside "
+                         f"{path.name}; make the folder writable, or move the file and pass it with {option}.")
+
+
+def check_tracking_store(uri: str, *, create: bool, label: str = "", option: str = "MLFLOW_TRACKING_URI") -> None:
+    """UsageError, writing nothing, unless MLflow's store at `uri` can be read, or (`create`) written and
+    created where missing. Servers (http, databases other than SQLite) are asked by `check_tracking_uri`."""
+    label = label or f"{option}={masked(uri)!r}"
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file"):
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+
+        folder = Path(uri[len("file://"):] if scheme else uri).expanduser()
+        if not create and not folder.is_dir():
+            raise UsageError(f"{label} is not a tracking URI, and no MLflow folder {folder} exists; pass the study's "
+                             f"store with {option}, e.g. sqlite:///path/to/mlflow.db or http://host:5000.")
+        if not MLFLOW_ALLOW_FILE_STORE.get():
+            raise UsageError(f"{label} is a folder (MLflow's file store), which MLflow 3 refuses; use a database, "
+                             "e.g. sqlite:///mlflow.db, or set MLFLOW_ALLOW_FILE_STORE=true to keep the folder.")
+        return
+    if not scheme.startswith("sqlite"):
+        return
+    if is_in_memory(uri):
+        raise UsageError(f"{label} is an in-memory database: runs there vanish when this process ends; use a file, "
+                         "e.g. sqlite:///mlflow.db.")
+    path = sqlite_file(uri)
+    check_sqlite_file(path, label, write=create, option=option,
+                      missing=f"pass the MLflow store the study used with {option}; a reader never creates one.")
+    if not create and path.is_file() and _unfinished(path, label):
+        raise UsageError(f"{label}: {path} was left half-created by an interrupted first run and holds no "
+                         "experiment or run; run python -m study.run to create it anew, or delete it.")
+
+
+def _unfinished(path: Path, label: str) -> bool:
+    """Whether the MLflow store at `path` has tables but no experiment, run or registered model: its creation
+    was cut short (an older version of this tool created stores in place), and it holds nothing to lose.
+
+    MLflow adds its Default experiment after the last schema migration, so a finished store has one.
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {name for (name,) in connection.execute("select name from sqlite_master where type='table'")}
+            counts = [connection.execute(f"select count(*) from {table}").fetchone()[0]
+                      for table in ("experiments", "runs", "registered_models") if table in tables]
+    except sqlite3.DatabaseError as error:
+        raise UsageError(f"{label}: {path} cannot be read as an MLflow store ({error}).") from None
+    return bool(tables) and not any(counts)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block reach the handlers there were before when it ends.
+
+    Only the main thread can set handlers; elsewhere the block defers nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {signum: signal.getsignal(signum) for signum in DEFERRED_SIGNALS}
+    previous = {signum: handler for signum, handler in previous.items() if handler is not None}
+    for signum in previous:
+        signal.signal(signum, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            signal.raise_signal(signum)
+
+
+def _is_new(path: Path) -> bool:
+    return not path.exists() or path.stat().st_size == 0
+
+
+def _create_whole(path: Path, create_schema: Callable[[str], None], replaces: Callable[[Path], bool] = _is_new) -> None:
+    """Create the SQLite store at `path` by `create_schema(url)` on a temporary file beside it, then move it
+    into place; a file found there is replaced only if `replaces(path)` (by default: an empty one).
+
+    Ctrl-C during the creation (seconds of MLflow's migrations) stops at once and leaves no store; the move
+    and the clean-up run with signals deferred, so they are never cut short.
+    """
+    temporary = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    try:
+        create_schema(f"sqlite:///{temporary}")
+        with signals_deferred():
+            try:
+                os.link(temporary, path)  # refuses to replace: a store another process made meanwhile is kept
+            except FileExistsError:
+                if replaces(path):
+                    os.replace(temporary, path)
+            except OSError:  # a file system without hard links
+                if not path.exists() or replaces(path):
+                    os.replace(temporary, path)
+    finally:
+        with signals_deferred():
+            for leftover in (temporary, Path(f"{temporary}-journal")):
+                leftover.unlink(missing_ok=True)
+
+
+def _create_mlflow_schema(url: str) -> None:
+    from mlflow.store.tracking import DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    # The artifact root MLflow itself gives a local store; its Default experiment records it.
+    SqlAlchemyStore(url, DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH)._dispose_engine()
+
+
+def _create_optuna_schema(url: str) -> None:
+    import optuna
+
+    optuna.storages.RDBStorage(url).engine.dispose()
 
 
 def _missing_module(error: ImportError) -> str:
@@ -78,8 +264,11 @@ def _driver_hint(url: str, error: ImportError) -> str:
     return f"--storage={masked(url)!r} needs the database driver {module!r}, which is not installed; {remedy}."
 
 
-def open_optuna_storage(url: str, on_stale_trial: Callable | None = None):
-    """Optuna's storage at `url`, checked by a first query; UsageError if it cannot be used."""
+def open_optuna_storage(url: str, on_stale_trial: Callable | None = None, *, create: bool = True):
+    """Optuna's storage at `url`, checked by a first query; UsageError if it cannot be used.
+
+    `create=False` is for readers: no table is created, and no heartbeat is kept.
+    """
     import optuna
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
@@ -93,20 +282,25 @@ def open_optuna_storage(url: str, on_stale_trial: Callable | None = None):
         # connections while a long trial trains.
         engine_kwargs["pool_pre_ping"] = True
     grace = heartbeat_grace()
+    heartbeat = ({"heartbeat_interval": max(1, grace // 3), "grace_period": grace,
+                  "heartbeat_stale_trial_callback": on_stale_trial} if create else {"skip_table_creation": True})
+    path = sqlite_file(url)
     try:
+        if create and path is not None and _is_new(path):
+            _create_whole(path, _create_optuna_schema)
         with warnings.catch_warnings():
             # Heartbeats are marked experimental in Optuna 5 but are its only way to fail the trial
             # of a process that died; the warning would print on every run.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=max(1, grace // 3), grace_period=grace,
-                heartbeat_stale_trial_callback=on_stale_trial)
+            storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
         storage.get_all_studies()
     except ImportError as error:
         raise UsageError(_driver_hint(url, error)) from None
     except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as error:
-        check = ("that the file is a readable, writable SQLite database" if url.startswith("sqlite")
-                 else "the host, port, user, password and that the database exists")
+        check = (("that the file is a readable" + (", writable" if create else "") + " SQLite database")
+                 if backend == "sqlite" else "the host, port, user, password and that the database exists")
+        if isinstance(error, optuna.exceptions.StorageInternalError) and error.__cause__ is not None:
+            error = error.__cause__  # Optuna's words ("raised during the commit") hide the driver's
         raise UsageError(f"--storage={masked(url)!r} cannot be opened ({_first_line(error, url)}); check "
                          f"{check}.") from None
     return storage
@@ -122,28 +316,45 @@ def fail_stale_trials(study) -> None:
         optuna.storages.fail_stale_trials(study)
 
 
-def check_tracking_uri() -> str:
-    """MLflow's tracking URI, once it answered a query; UsageError naming it (password masked) if not."""
+def check_tracking_uri(uri: str | None = None, *, create: bool = True, label: str = "",
+                       option: str = "MLFLOW_TRACKING_URI") -> str:
+    """MLflow's tracking URI (`uri`, else MLflow's current; an SQLite path made absolute) once its store was
+    checked (`check_tracking_store`), created whole if missing and `create`, and answered a query;
+    UsageError naming it (password masked) if not."""
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
+    uri = uri or mlflow.get_tracking_uri()
+    label = label or f"{option}={masked(uri)!r}"
+    check_tracking_store(uri, create=create, label=label, option=option)
+    path = sqlite_file(uri)
+    if path is not None and "?" not in uri:
+        uri = f"sqlite:///{path.resolve()}"
+        if create and _is_new(path):
+            _create_whole(path, _create_mlflow_schema)
+        elif create and _unfinished(path, label):
+            print(f"note: {path} was left half-created by an interrupted run of an older version and held no "
+                  "experiment or run; creating it anew.", file=sys.stderr, flush=True)
+            _create_whole(path, _create_mlflow_schema, replaces=lambda found: _unfinished(found, label))
+    server = uri.startswith(("http://", "https://"))
+    if server:
         # MLflow retries an unreachable server for minutes by default; one try answers the question.
         saved = {name: os.environ.get(name) for name in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES",
                                                          "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-        os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="10")
+        os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0",
+                          MLFLOW_HTTP_REQUEST_TIMEOUT=str(TRACKING_SERVER_TIMEOUT_S))
     try:
-        MlflowClient().search_experiments(max_results=1)
+        MlflowClient(uri).search_experiments(max_results=1)
     except ImportError as error:
-        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} needs the database driver "
-                         f"{_missing_module(error)!r}; install it with pip install -e \".[postgres]\".") from None
+        raise UsageError(f"{label} needs the database driver {_missing_module(error)!r}; install it with "
+                         "pip install -e \".[postgres]\".") from None
     except (MlflowException, OSError) as error:
-        raise UsageError(f"MLFLOW_TRACKING_URI={masked(uri)!r} cannot be used ({_first_line(error, uri)}); check "
-                         "that the server runs and the URI, user and password are right.") from None
+        given_up = f" (one try of at most {TRACKING_SERVER_TIMEOUT_S} s)" if server else ""
+        raise UsageError(f"{label} cannot be used{given_up} ({_first_line(error, uri)}); check that the server "
+                         "runs and the URI, user and password are right.") from None
     finally:
-        if uri.startswith(("http://", "https://")):
+        if server:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)

@@ -7,7 +7,10 @@
 
 Writes <out>/<study>/report.md, report.html and the figures, then logs those files to the
 study's parent MLflow run under `report/` (and to the run `mlflow run` created, if any). The
-study is only read, so one that is still running can be reported at any time.
+study is only read, so one that is still running can be reported at any time, and no store is
+ever created: a missing or unusable store, or an --out that cannot hold the report, is one line
+and exit code 2. The MLflow store is the one the study recorded, unless --tracking_uri is given;
+a tracking server gets one try of at most study.storage.TRACKING_SERVER_TIMEOUT_S (10) seconds.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from study import contract
 from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, fail, quiet_logging
 from study.report.build import build_report
 from study.report.render import write_report
+from study.storage import check_tracking_uri, masked, open_optuna_storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,47 +35,85 @@ def build_parser() -> argparse.ArgumentParser:
         help="study to report (default: the only study in the storage)")
     add("--storage", type=str, default="", help="Optuna storage URL (default: as python -m study.run)")
     add("--tracking_uri", "--tracking-uri", type=str, default="",
-        help="MLflow tracking URI (default: MLflow's current)")
+        help="MLflow tracking URI (default: the one the study recorded, else MLflow's current)")
     add("--out", type=str, default="", help="output folder; the report goes to <out>/<study>/ (default: reports)")
     return parser
 
 
-def resolve_study_name(storage: str, requested: str) -> str:
+def resolve_study_name(storage, url: str, requested: str) -> str:
+    """The study to report from Optuna's `storage` (opened from `url`); UsageError naming the choices."""
     import optuna
 
     names = sorted(optuna.get_all_study_names(storage=storage))
     listing = ", ".join(repr(n) for n in names) if names else "none"
+    where = masked(url)
     if requested:
         if requested not in names:
-            raise UsageError(f"--study_name={requested!r} is not in {storage}; studies there: {listing}.")
+            raise UsageError(f"--study_name={requested!r} is not in {where}; studies there: {listing}.")
         return requested
     if not names:
-        raise UsageError(f"{storage} holds no study; run python -m study.run first, or pass the --storage it used.")
+        raise UsageError(f"{where} holds no study; run python -m study.run first, or pass the --storage it used.")
     if len(names) != 1:
-        raise UsageError(f"{storage} holds {len(names)} studies ({listing}); pick one with --study_name.")
+        raise UsageError(f"{where} holds {len(names)} studies ({listing}); pick one with --study_name.")
     return names[0]
+
+
+def check_out_folder(out: str) -> Path:
+    """`out` as a path, once the folder (or its nearest existing parent) is a folder this process can write."""
+    path = Path(out).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out={out!r}: {existing} is a file, not a folder; pass a folder for the report.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out={out!r}: folder {existing} is read-only; pass a folder you can write.")
+    return path
+
+
+def open_study(args: argparse.Namespace):
+    """(study, tracking URI): the study read from its storage and the MLflow store it recorded (or the one
+    given), both checked; nothing is created or written."""
+    import mlflow
+    import optuna
+
+    storage = args.storage or default_storage(args.tracking_uri or mlflow.get_tracking_uri())
+    check_storage_url(storage, must_exist=True)
+    optuna_storage = open_optuna_storage(storage, create=False)
+    name = resolve_study_name(optuna_storage, storage, args.study_name)
+    study = optuna.load_study(study_name=name, storage=optuna_storage)
+    stored = study.user_attrs.get(contract.TRACKING_URI_ATTR)
+    if args.tracking_uri:
+        uri, label = args.tracking_uri, ""
+    elif stored:
+        uri, label = stored, f"the study's tracking URI {masked(stored)!r} (recorded by python -m study.run)"
+    else:
+        uri = mlflow.get_tracking_uri()
+        label = f"MLflow's tracking URI {masked(uri)!r} (the study recorded none)"
+    return study, check_tracking_uri(uri, create=False, label=label, option="--tracking_uri")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_logging()
-    import mlflow
     import optuna
     from mlflow.tracking import MlflowClient
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    tracking = args.tracking_uri or mlflow.get_tracking_uri()
-    storage = args.storage or default_storage(tracking)
+    out = args.out or "reports"
     try:
-        check_storage_url(storage, must_exist=True)
-        name = resolve_study_name(storage, args.study_name)
+        out_folder = check_out_folder(out)
+        study, tracking = open_study(args)
+        client = MlflowClient(tracking)
+        report = build_report(study, client)
+        folder = out_folder / _safe_folder(study.study_name)
+        try:
+            paths = write_report(report, folder)
+        except OSError as error:
+            raise UsageError(f"--out={out!r}: the report cannot be written to {folder} "
+                             f"({error.strerror or error}); pass a folder you can write.") from None
     except UsageError as error:
         return fail(str(error))
-    study = optuna.load_study(study_name=name, storage=storage)
-    client = MlflowClient(tracking)
-    report = build_report(study, client)
-    folder = Path(args.out or "reports") / _safe_folder(name)
-    paths = write_report(report, folder)
     # The study's parent run keeps the report; a run `mlflow run . -e report` created gets a copy.
     targets = [run for run in (study.user_attrs.get(contract.PARENT_RUN_ID_ATTR), os.environ.get("MLFLOW_RUN_ID"))
                if run]
@@ -84,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as error:  # noqa: BLE001 - the files on disk are the report; logging is a copy
             print(f"warning: could not log the report to MLflow run {run}: {type(error).__name__}: {error}",
                   file=sys.stderr)
-    print(f"report for study {name!r}: {folder / 'report.html'} and report.md"
+    print(f"report for study {study.study_name!r}: {folder / 'report.html'} and report.md"
           + (f"; logged to MLflow run{'s' * (len(logged) > 1)} {' and '.join(logged)} under report/" if logged else ""))
     return 0
 
