@@ -4,7 +4,7 @@ Every trial logs two confusion matrices, its learning curves and its momentum cu
 and drawing the static parts (tick labels, axis labels, tight_layout) costs most of the time, so
 trials use renderers that draw those once per process and then only redraw what changes
 (blitting): `trial_confusion_renderer(class_names)`, `trial_curves_renderer(epochs)` and
-`trial_momentum_renderer(decades)` return RGBA arrays.
+`trial_momentum_renderer(grid, decades)` return RGBA arrays.
 The report makes ordinary figures with `confusion_figure` and `learning_curves_figure`.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullLocator
 
 # A confusion matrix stays readable with counts in its cells up to this many classes, and with
 # class names on its axes up to the next; beyond, the figure shows the pattern only and the
@@ -164,15 +164,17 @@ class CurvesRenderer(_BlitRenderer):
 class MomentumCurveRenderer(_BlitRenderer):
     """One trial's val and train-eval accuracy against momentum, log axis on 1 − momentum.
 
-    The axis runs from momentum 0 (1 − m = 1) to 1 − m = 10^-decades, labelled in momenta
-    (0, 0.9, 0.99, ...); the trial's own momentum is a vertical line, the recalibrated (PreciseBN)
-    accuracies, with statistics estimated on the training data at the final weights, are horizontal lines.
+    The axis runs from momentum 0 (1 − m = 1) to 1 − m = 10^-decades and labels every momentum of
+    the grid (the trials share it; a trial's own momentum is the vertical line, its value in the
+    title). The recalibrated (PreciseBN) accuracies, with statistics re-estimated on the training
+    data at the final weights, are horizontal lines. The legend sits below the axes, where it
+    covers no data.
     """
 
-    def __init__(self, decades: int):
-        figure = Figure(figsize=(7, 4.2), dpi=100)
+    def __init__(self, grid: tuple[float, ...], decades: int):
+        figure = Figure(figsize=(7, 5.0), dpi=100)
         axes = figure.add_subplot()
-        momentum_axis(axes, decades)
+        momentum_axis(axes, decades, labelled=grid)
         axes.set_ylabel("accuracy")
         axes.set_ylim(0, 1.02)
         axes.grid(alpha=0.3)
@@ -183,9 +185,10 @@ class MomentumCurveRenderer(_BlitRenderer):
                                                label="train (inference), recalibrated BN")
         self.own = axes.axvline(np.nan, color="0.3", linestyle="--", label="own momentum")
         self.title = axes.set_title("Momentum curve")
-        legend = axes.legend(fontsize=8, loc="best")
+        self.legend = axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=3,
+                                  frameon=False)
         super().__init__(figure, [self.val_line, self.train_eval_line, self.recalibrated_val,
-                                  self.recalibrated_train, self.own, legend, self.title])
+                                  self.recalibrated_train, self.own, self.title])
 
     def __call__(self, curve: dict, title: str) -> np.ndarray:
         """`curve` in the format of `study.contract.MOMENTUM_CURVE_ATTR`."""
@@ -205,22 +208,28 @@ def momentum_decades(momenta) -> int:
     return max([3, *(math.ceil(-math.log10(1.0 - m) - 1e-9) for m in momenta if m < 1)])
 
 
-def momentum_axis(axes, decades: int, which: str = "x") -> None:
+def momentum_axis(axes, decades: int, which: str = "x", labelled: tuple[float, ...] = ()) -> None:
     """Lay out `axes`' x (or y) axis for momenta: log on 1 − momentum from 0 to 1 − 10^-decades,
-    momentum growing to the right (or upwards), ticks labelled 0, 0.9, 0.99, ..."""
-    set_scale, set_lim, set_ticks, set_label = (
-        (axes.set_xscale, axes.set_xlim, axes.set_xticks, axes.set_xlabel) if which == "x"
-        else (axes.set_yscale, axes.set_ylim, axes.set_yticks, axes.set_ylabel))
+    momentum growing to the right (or upwards), ticks at 0, 0.9, 0.99, ..., or at 0 and every
+    momentum of `labelled` (e.g. the grid) where given."""
+    axis, set_scale, set_lim, set_ticks, set_label = (
+        (axes.xaxis, axes.set_xscale, axes.set_xlim, axes.set_xticks, axes.set_xlabel) if which == "x"
+        else (axes.yaxis, axes.set_yscale, axes.set_ylim, axes.set_yticks, axes.set_ylabel))
     set_scale("log")
     set_lim(1.5, 10.0 ** -decades / 1.5)
-    set_ticks([10.0 ** -k for k in range(decades + 1)], ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
+    if labelled:
+        momenta = sorted(set(labelled) | {0.0})
+        set_ticks([1.0 - m for m in momenta], [f"{m:g}" for m in momenta], fontsize=8)
+        axis.set_minor_locator(NullLocator())
+    else:
+        set_ticks([10.0 ** -k for k in range(decades + 1)], ["0"] + [f"0.{'9' * k}" for k in range(1, decades + 1)])
     set_label("bn_momentum (log axis on 1 − momentum)")
 
 
 @functools.lru_cache(maxsize=4)
-def trial_momentum_renderer(decades: int) -> MomentumCurveRenderer:
-    """The momentum-curve renderer for an axis down to 1 − m = 10^-decades, shared by the trials."""
-    return MomentumCurveRenderer(decades)
+def trial_momentum_renderer(grid: tuple[float, ...], decades: int) -> MomentumCurveRenderer:
+    """The momentum-curve renderer for a grid and an axis down to 1 − m = 10^-decades, shared by the trials."""
+    return MomentumCurveRenderer(grid, decades)
 
 
 @functools.lru_cache(maxsize=4)

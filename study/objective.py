@@ -94,7 +94,7 @@ class Objective:
         stopping.raise_if_requested()
         config = self.suggest_fn(trial, self.base)
         preset = trial.user_attrs.get(PRESET_ATTR)
-        params = {**self.fixed_params, **config.as_params(), **({PRESET_ATTR: preset} if preset else {})}
+        params = {**self.fixed_params, **space.logged_params(config), **({PRESET_ATTR: preset} if preset else {})}
         with tracking.trial_run(self.study_name, trial, params, self.parent_run_id) as run:
             try:
                 return self._train_and_log(trial, config, preset, run.info.run_id)
@@ -111,7 +111,8 @@ class Objective:
                                best_momentum_each_epoch=self.prune_on == "best_momentum")
         for name, value in result.final_metrics().items():
             trial.set_user_attr(name, value)
-        trial.set_user_attr(BN_MOMENTUM_ATTR, config.bn_momentum)
+        if config.batchnorm:  # without batchnorm there is no momentum (see study.space)
+            trial.set_user_attr(BN_MOMENTUM_ATTR, config.bn_momentum)
         trial.set_user_attr(BATCHNORM_ATTR, config.batchnorm)
         if result.momentum_curve is not None:
             trial.set_user_attr(MOMENTUM_CURVE_ATTR, result.momentum_curve.as_dict())

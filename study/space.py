@@ -1,17 +1,27 @@
 """The search space, declared once. `suggest(trial, base)` is the only code that samples it.
 
-| name          | range                        | sampled as                                        |
-|---------------|------------------------------|---------------------------------------------------|
-| bn_momentum   | 0.5 - 0.999                  | log-uniform on 1 - momentum (Optuna param         |
-|               |                              | `one_minus_bn_momentum`), so .99-.999 is covered  |
-| batch_size    | 8, 16, 32, 64, 128, 256      | categorical                                       |
-| dropout       | 0 - 0.6                      | uniform                                           |
-| depth         | 1 - 5, limited to the depths | integer                                           |
-|               | the image size allows        |                                                   |
+| name        | range                        | Optuna parameter (what Optuna stores)                   |
+|-------------|------------------------------|---------------------------------------------------------|
+| bn_momentum | 0.5 - 0.999, 3 decimals      | `one_minus_bn_momentum_permille`: int 1 - 500, log      |
+|             | (batchnorm models only)      | scale; bn_momentum = 1 - permille / 1000                |
+| batch_size  | 8, 16, 32, 64, 128, 256      | `batch_size`: categorical                               |
+| dropout     | 0 - 0.6 on a 0.01 step       | `dropout_percent`: int 0 - 60; dropout = percent / 100  |
+| depth       | 1 - 5, limited to the depths | `depth`: int                                            |
+|             | the image size allows        |                                                         |
 
-Optuna has no transformed distributions, so momentum is the one parameter whose Optuna name
-differs: its complement is sampled and `bn_momentum` is derived. Everywhere else (MLflow params,
-the config, the report) the name is `bn_momentum`.
+Why integers: a person writes 0.995 and 0.35, not 0.9953171 or 0.35000000000000003. Optuna
+cannot round what it samples (a stepped float such as `suggest_float(0, 0.6, step=0.01)` stores
+0.5700000000000001, and a log-scale float takes no step), and rounding after sampling would log
+another value to MLflow than the one Optuna stores. An integer is stored exactly, and its public
+value is exact too: `to_public` maps 5 permille to bn_momentum 0.995 and 35 percent to dropout
+0.35, the values the config trains with and MLflow logs. The permille integer is sampled on a
+log scale, so .99 - .999 gets as much of the search as .5 - .9 (resolution 0.001 there).
+
+Momentum is conditional: a model without batchnorm (the presets seed-initial and seed-deeper)
+has no momentum, so its trials have no momentum parameter (they are enqueued without it and
+`suggest` does not sample it), and neither its MLflow params nor the parent's `best_*` metrics
+carry one. Everywhere but Optuna (MLflow params, the config, the report) the names are public
+(`bn_momentum`, `dropout`); `public_params` turns a trial's params into them.
 
 The seed's four presets are enqueued as the first trials of a new study (`enqueue_presets`);
 a trial's `preset` user attribute marks them, and they are never pruned.
@@ -28,7 +38,11 @@ MOMENTUM_RANGE = (0.5, 0.999)
 BATCH_SIZES = (8, 16, 32, 64, 128, 256)
 DROPOUT_RANGE = (0.0, 0.6)
 DEPTH_RANGE = (1, 5)
-MOMENTUM_PARAM = "one_minus_bn_momentum"
+MOMENTUM_PARAM = "one_minus_bn_momentum_permille"
+DROPOUT_PARAM = "dropout_percent"
+# Public name -> (Optuna parameter, public units per Optuna unit) for the parameters Optuna
+# holds as integers; bn_momentum's integer counts 1 - momentum.
+_SCALED = {"bn_momentum": (MOMENTUM_PARAM, 1000), "dropout": (DROPOUT_PARAM, 100)}
 
 
 def depth_choices(image_size: int) -> list[int]:
@@ -43,40 +57,78 @@ def depth_choices(image_size: int) -> list[int]:
 
 def optuna_name(name: str) -> str:
     """The Optuna parameter behind a public parameter name."""
-    return MOMENTUM_PARAM if name == "bn_momentum" else name
+    return _SCALED[name][0] if name in _SCALED else name
 
 
 def public_name(param: str) -> str:
     """The public name of an Optuna parameter."""
-    return "bn_momentum" if param == MOMENTUM_PARAM else param
+    return next((name for name, (scaled, _) in _SCALED.items() if scaled == param), param)
 
 
-def momentum_from(complement: float) -> float:
-    """bn_momentum from the sampled `one_minus_bn_momentum`."""
-    return round(1.0 - complement, 6)
+def to_public(param: str, value: float) -> float:
+    """The public value of an Optuna parameter's value (exact: 5 permille -> 0.995, 35 percent -> 0.35)."""
+    if param == MOMENTUM_PARAM:
+        return momentum_from(value)
+    # Only the integer parameters are scaled: a study from before them stored `dropout` itself.
+    name = public_name(param)
+    return value / _SCALED[name][1] if name != param else value
+
+
+def to_optuna(name: str, value: float) -> float:
+    """The Optuna value of a public value; ValueError if the value is off the sampled step."""
+    if name not in _SCALED:
+        return value
+    units = _SCALED[name][1]
+    scaled = round((1.0 - value if name == "bn_momentum" else value) * units)
+    if to_public(optuna_name(name), scaled) != value:
+        raise ValueError(f"{name}={value} is not on the search space's step of 1/{units}; use a value with at most "
+                         f"{len(str(units)) - 1} decimals.")
+    return scaled
+
+
+def momentum_from(permille: int) -> float:
+    """bn_momentum from the sampled `one_minus_bn_momentum_permille`."""
+    return (1000 - round(permille)) / 1000
+
+
+def public_params(params: dict[str, object]) -> dict[str, object]:
+    """A trial's Optuna params under their public names and in public units."""
+    return {public_name(param): to_public(param, value) for param, value in params.items()}
+
+
+def logged_params(config: TrainConfig) -> dict[str, object]:
+    """A trial's config as MLflow params: every field, but no momentum for a model without batchnorm."""
+    params = config.as_params()
+    if not config.batchnorm:
+        del params["bn_momentum"]
+    return params
 
 
 def _optuna_params(config: TrainConfig) -> dict[str, object]:
-    return {
-        MOMENTUM_PARAM: 1.0 - config.bn_momentum,
-        "batch_size": config.batch_size,
-        "dropout": config.dropout,
-        "depth": config.depth,
-    }
+    searched = {"batch_size": config.batch_size, "dropout": config.dropout, "depth": config.depth}
+    if config.batchnorm:
+        searched["bn_momentum"] = config.bn_momentum
+    return {optuna_name(name): to_optuna(name, value) for name, value in searched.items()}
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
-    """The trial's config: `base` (fixed settings) with the searched values filled in."""
+    """The trial's config: `base` (fixed settings) with the searched values filled in.
+
+    Without batchnorm no momentum is sampled; the config keeps `base`'s, which the model ignores.
+    """
     depths = depth_choices(base.image_size)
     preset = trial.user_attrs.get(PRESET_ATTR)
     if preset is not None:
         # Fixed params were enqueued with the preset's values; batchnorm is not searched.
         base = base.replace(batchnorm=PRESETS[preset].batchnorm)
-    complement = trial.suggest_float(MOMENTUM_PARAM, 1.0 - MOMENTUM_RANGE[1], 1.0 - MOMENTUM_RANGE[0], log=True)
+    if base.batchnorm:
+        permille = trial.suggest_int(MOMENTUM_PARAM, round((1.0 - MOMENTUM_RANGE[1]) * 1000),
+                                     round((1.0 - MOMENTUM_RANGE[0]) * 1000), log=True)
+        base = base.replace(bn_momentum=momentum_from(permille))
+    percent = trial.suggest_int(DROPOUT_PARAM, round(DROPOUT_RANGE[0] * 100), round(DROPOUT_RANGE[1] * 100))
     return base.replace(
-        bn_momentum=momentum_from(complement),
         batch_size=trial.suggest_categorical("batch_size", BATCH_SIZES),
-        dropout=trial.suggest_float("dropout", *DROPOUT_RANGE),
+        dropout=to_public(DROPOUT_PARAM, percent),
         depth=trial.suggest_int("depth", depths[0], depths[-1]),
     )
 

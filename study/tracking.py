@@ -36,6 +36,7 @@ from gaplab.trainer import EpochCallback, TrainResult
 from study import figures
 from study.contract import (
     ERROR_TAG,
+    MODEL_URI_ATTR,
     MOMENTUM_CURVE_ARTIFACT,
     MOMENTUM_CURVE_FIGURE,
     RUN_ID_ATTR,
@@ -127,8 +128,18 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
         mlflow.end_run(RUN_STATUS["COMPLETE"])
 
 
+def _active_trial_number() -> int:
+    """The trial number of the active run (a `trial_run`)."""
+    return int(mlflow.active_run().data.tags[TRIAL_NUMBER_TAG])
+
+
 def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | None:
-    """Final metrics, confusion matrices, learning curves and (optionally) the model; the model URI."""
+    """Final metrics, confusion matrices, learning curves and (optionally) the model, named
+    `trial-NNN`, on the active `trial_run`; the model URI.
+
+    Every figure's title names its trial, so a downloaded PNG keeps its context.
+    """
+    number = _active_trial_number()
     # Final values share names with per-epoch metrics; log them at the last epoch's step, and not at
     # all where the last epoch already holds that value, so each history stays one point per epoch.
     last_epoch = {key: values[-1] for key, values in result.history.items() if values}
@@ -145,12 +156,12 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
         suffix = "" if split == "val" else "_test"
         mlflow.log_dict({"split": split, "class_names": names, "matrix": matrix.tolist()},
                         f"confusion_matrix{suffix}.json")
-        mlflow.log_image(confusion(matrix, f"Confusion matrix ({split})"),
+        mlflow.log_image(confusion(matrix, f"Trial {number}: confusion matrix ({split})"),
                          artifact_file=f"confusion_matrix{suffix}.png")
     curves = figures.trial_curves_renderer(result.config.epochs)
-    mlflow.log_image(curves(result.history, "Learning curves"), artifact_file="learning_curves.png")
+    mlflow.log_image(curves(result.history, f"Trial {number}: learning curves"), artifact_file="learning_curves.png")
     if result.momentum_curve is not None:
-        log_momentum_curve(result.momentum_curve)
+        log_momentum_curve(result.momentum_curve, result.config.momentum_grid, number)
     if not with_model or result.model is None:
         return None
     portable = to_portable(result.model, result.config, data.num_classes)
@@ -162,7 +173,7 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
     metadata = {"input": f"images, shape (n, {size}, {size}, 3), RGB values 0-255, dtype uint8 or float32",
                 "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
     # step: the final metrics, logged at the last epoch, are linked to the model.
-    info = mlflow.keras.log_model(portable, name="model", metadata=metadata,
+    info = mlflow.keras.log_model(portable, name=f"trial-{number:03d}", metadata=metadata,
                                   step=result.epochs, pip_requirements=model_requirements())
     return info.model_uri
 
@@ -176,12 +187,13 @@ def momentum_curve_metrics(curve: MomentumCurve) -> list[Metric]:
                                (TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, train_eval))]
 
 
-def log_momentum_curve(curve: MomentumCurve) -> None:
-    """momentum_curve.json (the trial's `MOMENTUM_CURVE_ATTR`), momentum_curve.png and the curve's metrics."""
+def log_momentum_curve(curve: MomentumCurve, grid: tuple[float, ...], trial_number: int) -> None:
+    """momentum_curve.json (the trial's `MOMENTUM_CURVE_ATTR`), momentum_curve.png (every momentum of `grid`
+    labelled) and the curve's metrics."""
     data = curve.as_dict()
     mlflow.log_dict(data, MOMENTUM_CURVE_ARTIFACT)
-    render = figures.trial_momentum_renderer(figures.momentum_decades(curve.momentum))
-    title = f"Momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
+    render = figures.trial_momentum_renderer(tuple(grid), figures.momentum_decades(curve.momentum))
+    title = f"Trial {trial_number}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
     mlflow.log_image(render(data, title), artifact_file=MOMENTUM_CURVE_FIGURE)
     MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=momentum_curve_metrics(curve))
 
@@ -197,14 +209,24 @@ def model_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package, "numpy")]
 
 
-def register_best(study_name: str, model_uri: str, run_id: str) -> str:
-    """Register the best trial's model under the study's name with alias `best`; the version."""
+def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str:
+    """Register the best trial's model under the study's name with alias `best`; the version.
+
+    The version's description and tags name the study, the trial, its val and test accuracy and its run.
+    """
     client = MlflowClient()
+    run_id = best.user_attrs[RUN_ID_ATTR]
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         current = client.get_model_version_by_alias(study_name, "best")
         if current.run_id == run_id:
             return current.version
-    version = mlflow.register_model(model_uri, study_name)
+    val_accuracy, test_accuracy = float(best.value), float(best.user_attrs.get("test_accuracy", float("nan")))
+    tags = {STUDY_TAG: study_name, TRIAL_NUMBER_TAG: str(best.number), "val_accuracy": f"{val_accuracy:.4f}",
+            "test_accuracy": f"{test_accuracy:.4f}", RUN_ID_ATTR: run_id}
+    version = mlflow.register_model(best.user_attrs[MODEL_URI_ATTR], study_name, tags=tags)
+    client.update_model_version(study_name, version.version, description=(
+        f"The best trial of study {study_name!r} when registered: trial {best.number}, val_accuracy "
+        f"{val_accuracy:.4f} (the objective), test_accuracy {test_accuracy:.4f}; MLflow run {run_id}."))
     client.set_registered_model_alias(study_name, "best", version.version)
     return version.version
 

@@ -57,12 +57,30 @@ def _curve(own: float, shift: float) -> dict:
             "recalibrated": {"val_accuracy": 0.65 + shift, "train_eval_accuracy": 0.75 + shift}}
 
 
+GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
 def test_momentum_renderer_redraws_another_trials_curve_cleanly():
-    reused = figures.MomentumCurveRenderer(decades=3)
+    reused = figures.MomentumCurveRenderer(GRID, decades=3)
     first = reused(_curve(0.95, 0.2), "trial a").copy()
     second = reused(_curve(0.7, 0.0), "trial b")
     assert not np.array_equal(first, second)
-    np.testing.assert_array_equal(second, figures.MomentumCurveRenderer(decades=3)(_curve(0.7, 0.0), "trial b"))
+    np.testing.assert_array_equal(second, figures.MomentumCurveRenderer(GRID, decades=3)(_curve(0.7, 0.0), "trial b"))
+
+
+def test_the_momentum_figure_labels_every_grid_momentum_and_keeps_its_legend_off_the_data():
+    renderer = figures.MomentumCurveRenderer(GRID, decades=3)
+    renderer(_curve(0.97, 0.1), "Trial 12: momentum curve")
+    axes = renderer.figure.axes[0]
+    labels = {round(1.0 - tick, 6): label.get_text()
+              for tick, label in zip(axes.get_xticks(), axes.get_xticklabels())}
+    assert labels == {round(m, 6): f"{m:g}" for m in GRID}
+    assert "0.995" in labels.values() and "0.8" in labels.values()
+    assert axes.get_xticks(minor=True).size == 0, "no unlabelled ticks between the grid's"
+    legend = renderer.legend.get_window_extent()
+    plot_area = axes.get_window_extent()
+    assert legend.y1 < plot_area.y0, "the legend sits below the axes, off the data"
+    assert legend.y0 >= 0 and legend.x0 >= 0 and legend.x1 <= renderer.figure.bbox.x1, "and inside the PNG"
 
 
 def test_the_momentum_axis_covers_every_momentum_of_the_curve():

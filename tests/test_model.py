@@ -98,3 +98,31 @@ def test_the_momentum_grid_is_layer_state_not_weights():
         assert means.shape == variances.shape == (len(grid), layer.moving_mean.shape[0])
         assert (means == 0).all() and (variances == 1).all(), "Keras's initial moving statistics"
         np.testing.assert_allclose(layer.momentum_grid, grid, rtol=1e-6)
+
+
+@pytest.fixture
+def mixed_float16():
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_training_step_under_mixed_float16_keeps_the_grid_in_float32(mixed_float16):
+    # Runs in this process on the default backend; tests/test_mixed_precision.py trains on both.
+    from gaplab.model import batchnorm_layers
+
+    config = TrainConfig(image_size=16, depth=2, bn_momentum=0.999, dropout=0.3, momentum_grid=(0.5, 0.999))
+    model = build_model(config, 3, runtime_hyperparameters=True)
+    assert model.get_layer("conv1").compute_dtype == "float16"
+    x = np.random.default_rng(0).integers(0, 256, (8, 16, 16, 3)).astype("float32")
+    assert model(x, training=True).shape == (8, 3)
+    for layer in batchnorm_layers(model):
+        means, variances = layer.grid_statistics()
+        assert means.dtype == variances.dtype == np.float32
+        assert np.abs(layer.moving_mean.numpy()).max() > 1e-4, "0.999 must not read as 1.0"
+        np.testing.assert_allclose(means[1], layer.moving_mean.numpy(), rtol=0, atol=1e-7)
+        np.testing.assert_allclose(variances[1], layer.moving_variance.numpy(), rtol=0, atol=1e-7)

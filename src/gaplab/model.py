@@ -81,8 +81,11 @@ class _RuntimeState(keras.random.SeedGenerator):
         self.backend = keras.backend
         self._initial_seed = None
         with keras.name_scope(name, caller=self):
+            # autocast=False: under a mixed-precision policy a layer's variables are read in the
+            # compute dtype, and in bfloat16 a momentum of 0.999 reads as 1.0 (statistics never move);
+            # like Keras's own moving statistics, these stay float32.
             self.state = keras.Variable(np.asarray(value, dtype="float32"), dtype="float32", trainable=False,
-                                        name=name)
+                                        autocast=False, name=name)
 
     def next(self, ordered=True):  # pragma: no cover - never used as a seed
         raise TypeError(f"{self.name} holds a hyperparameter, not a random seed")
@@ -180,9 +183,11 @@ class RuntimeRateDropout(keras.layers.Layer):
     def call(self, inputs, training=False):
         if not training:
             return inputs
-        rate = ops.cast(self._rate.state.value, inputs.dtype)
-        keep = ops.cast(keras.random.uniform(ops.shape(inputs), seed=self.seed_generator) >= rate, inputs.dtype)
-        return inputs * keep / (1.0 - rate)
+        # The draw and the rate compare in float32 whatever the compute dtype (mixed precision).
+        rate = self._rate.state.value
+        draw = keras.random.uniform(ops.shape(inputs), dtype="float32", seed=self.seed_generator)
+        keep = ops.cast(draw >= rate, inputs.dtype)
+        return inputs * keep / ops.cast(1.0 - rate, inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

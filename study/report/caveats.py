@@ -22,8 +22,7 @@ def _edge(view: TrialView, name: str) -> str | None:
     value = view.params.get(name)
     if value is None or dist is None:
         return None
-    if name == "bn_momentum":
-        value = 1.0 - value  # compare in the sampled (log) space of 1 - momentum
+    value = space.to_optuna(name, value)  # compare in the sampled space: 1 - momentum in permille, dropout in percent
     if hasattr(dist, "choices"):
         choices = sorted(dist.choices)
         return "lower" if value == choices[0] else "upper" if value == choices[-1] else None
@@ -45,9 +44,8 @@ def _range_text(view: TrialView, name: str) -> str:
     dist = view.distributions[space.optuna_name(name)]
     if hasattr(dist, "choices"):
         return ", ".join(str(c) for c in dist.choices)
-    if name == "bn_momentum":
-        return f"{fmt_param(name, 1 - dist.high)} to {fmt_param(name, 1 - dist.low)}"
-    return f"{fmt_param(name, dist.low)} to {fmt_param(name, dist.high)}"
+    low, high = (space.to_public(space.optuna_name(name), bound) for bound in (dist.low, dist.high))
+    return f"{fmt_param(name, min(low, high))} to {fmt_param(name, max(low, high))}"
 
 
 def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | None, notes: list[str],

@@ -134,9 +134,10 @@ def trial_views(study) -> list[TrialView]:
             momentum = space.momentum_from(trial.params[space.MOMENTUM_PARAM])
         if momentum is not None:
             params["bn_momentum"] = float(momentum)
+        public = space.public_params(trial.params)
         for name in SEARCHED:
-            if name != "bn_momentum" and name in trial.params:
-                params[name] = trial.params[name]
+            if name != "bn_momentum" and name in public:
+                params[name] = public[name]
         # Studies written before the batchnorm attribute existed: presets are the only BN-less trials.
         inferred = PRESETS[preset].batchnorm if preset in PRESETS else True
         batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, inferred)

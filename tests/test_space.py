@@ -1,0 +1,129 @@
+"""The search space: conditional momentum, values a person would write, importances over batchnorm trials,
+and what optuna-dashboard shows."""
+
+from __future__ import annotations
+
+import warnings
+
+import optuna
+import pytest
+
+from gaplab.config import PRESETS, TrainConfig
+from study import dashboard, space
+from study.contract import BATCHNORM_ATTR, PRESET_ATTR
+from study.importance import param_importances
+
+BASE = TrainConfig(image_size=16, epochs=1)
+WITHOUT_BATCHNORM = {name for name, preset in PRESETS.items() if not preset.batchnorm}
+
+
+def _sampled_study(trials: int) -> tuple[optuna.Study, dict[int, TrainConfig]]:
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
+    space.enqueue_presets(study, BASE)
+    configs = {}
+
+    def objective(trial):
+        configs[trial.number] = space.suggest(trial, BASE)
+        return configs[trial.number].dropout - configs[trial.number].bn_momentum
+
+    study.optimize(objective, n_trials=trials)
+    return study, configs
+
+
+def test_models_without_batchnorm_have_no_momentum_anywhere():
+    study, configs = _sampled_study(8)
+    assert WITHOUT_BATCHNORM == {"seed-initial", "seed-deeper"}
+    for trial in study.trials:
+        config = configs[trial.number]
+        preset = trial.user_attrs.get(PRESET_ATTR)
+        assert config.batchnorm == (preset not in WITHOUT_BATCHNORM)
+        if config.batchnorm:
+            assert space.MOMENTUM_PARAM in trial.params and "bn_momentum" in space.logged_params(config)
+        else:
+            assert set(trial.params) == {space.DROPOUT_PARAM, "batch_size", "depth"}
+            assert set(space.logged_params(config)) == set(config.as_params()) - {"bn_momentum"}
+            assert "bn_momentum" not in space.public_params(trial.params)
+
+
+def test_presets_are_enqueued_with_their_own_values():
+    study, configs = _sampled_study(4)
+    for trial in study.trials:
+        preset = PRESETS[trial.user_attrs[PRESET_ATTR]]
+        config = configs[trial.number]
+        assert (config.depth, config.batchnorm, config.dropout) == (preset.depth, preset.batchnorm, preset.dropout)
+        if preset.batchnorm:
+            assert config.bn_momentum == preset.bn_momentum
+
+
+def test_optuna_stores_exactly_the_values_that_are_trained_and_logged():
+    study, configs = _sampled_study(30)
+    searched = [t for t in study.trials if PRESET_ATTR not in t.user_attrs]
+    assert len({t.params[space.MOMENTUM_PARAM] for t in searched}) > 5, "the sampler explores momentum"
+    for trial in study.trials:
+        config = configs[trial.number]
+        logged = {key: str(value) for key, value in space.logged_params(config).items()}
+        public = space.public_params(trial.params)
+        assert logged["dropout"] == str(public["dropout"]) == str(config.dropout)
+        # A value a person writes: at most two decimals, no 0.5700000000000001.
+        assert config.dropout == round(config.dropout, 2) and len(str(config.dropout)) <= 4
+        assert 0.0 <= config.dropout <= 0.6
+        if config.batchnorm:
+            assert logged["bn_momentum"] == str(public["bn_momentum"]) == str(config.bn_momentum)
+            assert config.bn_momentum == round(config.bn_momentum, 3) and len(str(config.bn_momentum)) <= 5
+            assert 0.5 <= config.bn_momentum <= 0.999
+            assert space.to_optuna("bn_momentum", config.bn_momentum) == trial.params[space.MOMENTUM_PARAM]
+
+
+@pytest.mark.parametrize("name, public, stored", [("bn_momentum", 0.995, 5), ("bn_momentum", 0.5, 500),
+                                                  ("bn_momentum", 0.99, 10), ("dropout", 0.57, 57),
+                                                  ("dropout", 0.0, 0), ("depth", 3, 3)])
+def test_public_and_optuna_values_convert_exactly_both_ways(name, public, stored):
+    assert space.to_optuna(name, public) == stored
+    assert space.to_public(space.optuna_name(name), stored) == public
+    assert space.public_name(space.optuna_name(name)) == name
+
+
+def test_a_value_off_the_step_is_refused_naming_it():
+    with pytest.raises(ValueError, match=r"bn_momentum=0.9985 is not on the search space's step of 1/1000"):
+        space.to_optuna("bn_momentum", 0.9985)
+
+
+def test_momentum_importance_is_computed_over_the_batchnorm_trials_only():
+    study = optuna.create_study(direction="maximize")
+    bn = {space.MOMENTUM_PARAM: optuna.distributions.IntDistribution(1, 500, log=True),
+          space.DROPOUT_PARAM: optuna.distributions.IntDistribution(0, 60)}
+    no_bn = {space.DROPOUT_PARAM: bn[space.DROPOUT_PARAM]}
+    for index in range(10):
+        permille, percent = (1, 3, 10, 30, 100, 300, 2, 20, 200, 5)[index], (index * 7) % 60
+        # The gap follows momentum; dropout does nothing.
+        gap = 0.5 * (1 - permille / 500)
+        study.add_trial(optuna.trial.create_trial(
+            params={space.MOMENTUM_PARAM: permille, space.DROPOUT_PARAM: percent}, distributions=bn, value=0.5,
+            user_attrs={"gap": gap, "val_accuracy": 0.5, BATCHNORM_ATTR: True}))
+    for percent in (0, 50):  # the BN-less presets: the smallest gaps, at no momentum
+        study.add_trial(optuna.trial.create_trial(
+            params={space.DROPOUT_PARAM: percent}, distributions=no_bn, value=0.9,
+            user_attrs={"gap": -0.2, "val_accuracy": 0.9, BATCHNORM_ATTR: False}))
+    result = param_importances(study)
+    assert result["trials"] == 10 and result["without_batchnorm_left_out"] == 2
+    assert set(result["gap"]) == {"bn_momentum", "dropout"}
+    assert result["gap"]["bn_momentum"] > 0.6 > result["gap"]["dropout"]
+
+
+@pytest.mark.parametrize("prune_on, says", [("best_momentum", "not the objective"),
+                                            ("own_momentum", "the objective as it stood")])
+def test_the_dashboard_names_the_objective_and_says_what_intermediate_values_are(tmp_path, prune_on, says):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)
+        dashboard.describe_study(study, prune_on)
+    reloaded = optuna.load_study(study_name="s", storage=storage)
+    assert reloaded.metric_names == ["val_accuracy"]
+    note = reloaded.user_attrs[dashboard.INTERMEDIATE_VALUES_ATTR]
+    assert says in note and note.startswith(f"val accuracy at the {'best' if prune_on == 'best_momentum' else 'trial'}")
+
+
+def test_describe_study_refuses_an_unknown_prune_on():
+    with pytest.raises(ValueError, match="prune_on='stale' is unknown; use one of best_momentum, own_momentum"):
+        dashboard.describe_study(optuna.create_study(), "stale")
