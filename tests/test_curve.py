@@ -90,3 +90,26 @@ def test_missing_keys_are_named():
 
 def test_momentum_steps_are_a_thousand_per_decade_of_one_minus_momentum():
     assert [momentum_step(m) for m in (0.0, 0.5, 0.9, 0.99, 0.999)] == [0, 301, 1000, 2000, 3000]
+
+
+def test_the_curve_is_logged_as_metrics_at_its_momentum_steps_test_accuracy_where_measured():
+    from study.contract import (
+        TEST_ACCURACY_AT_MOMENTUM_METRIC,
+        TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
+        VAL_ACCURACY_AT_MOMENTUM_METRIC,
+    )
+    from study.tracking import momentum_curve_metrics
+
+    def points(curve: MomentumCurve) -> dict[str, dict[int, float]]:
+        found: dict[str, dict[int, float]] = {}
+        for metric in momentum_curve_metrics(curve):
+            found.setdefault(metric.key, {})[metric.step] = metric.value
+        return found
+
+    logged = points(MomentumCurve.read(_stored()))
+    assert logged[TEST_ACCURACY_AT_MOMENTUM_METRIC] == {0: 0.45, 1000: 0.75, 1301: 0.7, 2000: 0.65}
+    assert logged[VAL_ACCURACY_AT_MOMENTUM_METRIC] == {0: 0.5, 1000: 0.8, 1301: 0.8, 2000: 0.6}
+    assert logged[TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC][2000] == 0.7
+    old = _stored()
+    del old["test_accuracy"]
+    assert TEST_ACCURACY_AT_MOMENTUM_METRIC not in points(MomentumCurve.read(old))
