@@ -44,9 +44,9 @@ def architecture(config: TrainConfig, num_classes: int) -> tuple:
 
 def variable_values(model: keras.Model) -> list[np.ndarray]:
     """Copies of all the model's variables: weights, BN statistics (the grid's too) and runtime state."""
-    # np.array copies: on JAX the converted array may share the device buffer, which the next
-    # train step donates. (Variable.numpy() would warn on JAX: Keras's __array__ predates NumPy 2.)
-    return [np.array(keras.ops.convert_to_numpy(variable.value)) for variable in model.variables]
+    # np.array copies: on the CPU a variable's NumPy value may share its buffer, which the next
+    # train step overwrites.
+    return [np.array(variable.numpy()) for variable in model.variables]
 
 
 class CompiledModels:

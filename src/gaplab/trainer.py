@@ -25,10 +25,15 @@ One compiled model per architecture is reused across calls (`gaplab.compiled.Com
 pass your own as `compiled_models`), so a result keeps a copy of its trained model's variables
 (`TrainResult.trained_values`) and builds `result.model` from them on first read. Measured side by
 side (`benchmarks/result_model.py`, 32 px generated data, 420 training images, depth 3, 2 epochs,
-TensorFlow on the shared 2-core CPU, medians of 8 calls): a train() call took 22.2 s; copying the
-variables 25 ms (0.001 of the call), paid by every call; building a model and assigning them 456
-ms (0.021), plus 776 ms (0.035) for its first prediction, paid only where `result.model` is read.
-Building the model eagerly would charge its 0.021 to every call, the runs whose model nobody
+medians of 6 calls on the shared 2-core CPU), as shares of one train() call (8.9 s on TensorFlow,
+3.7 s on JAX):
+
+                                                         TensorFlow       JAX
+    copying the variables (0.05 MiB), every call         0.0008 (7 ms)    0.0004 (1.4 ms)
+    building a model holding them, where it is read      0.017 (151 ms)   0.011 (40 ms)
+    that model's first prediction (a new trace)          0.029 (261 ms)   0.033 (122 ms)
+
+Building the model eagerly would charge its 0.01-0.02 to every call, the runs whose model nobody
 reads (pruned trials) included; a view of the shared model costs nothing, but it holds a later
 run's weights once another training of its architecture starts.
 """
