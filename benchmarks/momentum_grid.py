@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 
+from gaplab.compiled import CompiledModels
 from gaplab.config import MOMENTUM_GRID, TrainConfig
 from gaplab.data import generate_shapes, load_image_folder
 from gaplab.momentum import accuracies_by_momentum
-from gaplab.trainer import _prepared_model
 
 
 def _block_seconds(model, batches) -> tuple[float, float]:
@@ -44,8 +44,9 @@ def main() -> None:
             else generate_shapes(args.image_size))
     base = TrainConfig(depth=args.depth, batch_size=args.batch_size, image_size=args.image_size,
                        bn_momentum=0.99, dropout=0.3)
-    models = {"off": _prepared_model(base.replace(momentum_grid=()), data.num_classes).model,
-              "on": _prepared_model(base.replace(momentum_grid=MOMENTUM_GRID), data.num_classes).model}
+    compiled = CompiledModels()
+    models = {"off": compiled.prepared(base.replace(momentum_grid=()), data.num_classes),
+              "on": compiled.prepared(base.replace(momentum_grid=MOMENTUM_GRID), data.num_classes)}
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data.train))
     batches = [(data.train.x[order[i:i + args.batch_size]], data.train.y[order[i:i + args.batch_size]])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from optuna.trial import TrialState
 
+from gaplab import curve
+
 # The searched parameters under their public names (Optuna calls bn_momentum's complement
 # `one_minus_bn_momentum`; see study.space).
 SEARCHED = ("bn_momentum", "batch_size", "dropout", "depth")
@@ -54,22 +56,27 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 WORKER_DIED = "worker died"
 
 # ---------------------------------------------------------------- momentum measured in pairs
-# Trial user attribute holding the same object as the trial run's `momentum_curve.json`:
+# Trial user attribute holding the same object as the trial run's `momentum_curve.json`
+# (written and read by gaplab.curve.MomentumCurve):
 #   {"own_momentum": m, "momentum": [...sorted grid incl. m...], "val_accuracy": [...],
-#    "train_eval_accuracy": [...], "gap": [...], "mode_gap": [...],
+#    "train_eval_accuracy": [...], "test_accuracy": [...], "gap": [...], "mode_gap": [...],
 #    "recalibrated": {"val_accuracy": v, "train_eval_accuracy": t, "gap": g, "mode_gap": d}}
 # Lists have equal length; gap = train_accuracy - val_accuracy at that momentum, mode_gap =
-# train_accuracy - train_eval_accuracy at that momentum. Absent for trials without batchnorm
-# or that diverged.
+# train_accuracy - train_eval_accuracy at that momentum. Val chooses the best momentum; test_accuracy
+# (the test split at each momentum) scores that choice on images no selection used. Curves stored
+# before test_accuracy was measured lack it: it is not in MOMENTUM_CURVE_KEYS, the lists every
+# stored curve has. Absent for trials without batchnorm or that diverged.
 MOMENTUM_CURVE_ATTR = "momentum_curve"
-MOMENTUM_CURVE_KEYS = ("momentum", "val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
+MOMENTUM_CURVE_KEYS = curve.LIST_KEYS
 MOMENTUM_CURVE_ARTIFACT = "momentum_curve.json"
 MOMENTUM_CURVE_FIGURE = "momentum_curve.png"
-# The curve as MLflow metrics, one point per momentum m at step gaplab.momentum.momentum_step(m)
+# The curve as MLflow metrics, one point per momentum m at step gaplab.curve.momentum_step(m)
 # = round(1000 · log10(1 / (1 − m))): 0 → 0, 0.9 → 1000, 0.99 → 2000, 0.999 → 3000. A curve
 # never holds two momenta with the same step, so the points cannot collide.
 VAL_ACCURACY_AT_MOMENTUM_METRIC = "val_accuracy_at_momentum"
 TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC = "train_eval_accuracy_at_momentum"
+# Where the curve has test_accuracy.
+TEST_ACCURACY_AT_MOMENTUM_METRIC = "test_accuracy_at_momentum"
 # Per-epoch (step = epoch) and final metrics, and trial user attributes like every final metric:
 # the val accuracy at the curve's best momentum, and that momentum.
 BEST_MOMENTUM_METRIC = "best_momentum"

@@ -22,16 +22,16 @@ import traceback
 from collections.abc import Iterator
 from importlib import metadata
 
-import keras
 import mlflow
 import numpy as np
 import optuna
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from gaplab.curve import MomentumCurve, momentum_step
 from gaplab.data import Dataset
+from gaplab.device import backend_package
 from gaplab.model import to_portable
-from gaplab.momentum import MomentumCurve, momentum_step
 from gaplab.trainer import EpochCallback, TrainResult
 from study import figures
 from study.contract import (
@@ -42,6 +42,7 @@ from study.contract import (
     RUN_ID_ATTR,
     RUN_STATUS,
     STUDY_TAG,
+    TEST_ACCURACY_AT_MOMENTUM_METRIC,
     TIMING_METRIC_PREFIX,
     TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
     TRIAL_NUMBER_TAG,
@@ -181,10 +182,12 @@ def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | No
 def momentum_curve_metrics(curve: MomentumCurve) -> list[Metric]:
     """The curve as metrics the MLflow UI charts: one point per momentum m at step `momentum_step(m)`."""
     timestamp = int(time.time() * 1000)
+    lists = {VAL_ACCURACY_AT_MOMENTUM_METRIC: curve.val_accuracy,
+             TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC: curve.train_eval_accuracy}
+    if curve.test_accuracy is not None:
+        lists[TEST_ACCURACY_AT_MOMENTUM_METRIC] = curve.test_accuracy
     return [Metric(key, value, timestamp, momentum_step(momentum))
-            for momentum, val, train_eval in zip(curve.momentum, curve.val_accuracy, curve.train_eval_accuracy)
-            for key, value in ((VAL_ACCURACY_AT_MOMENTUM_METRIC, val),
-                               (TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, train_eval))]
+            for key, values in lists.items() for momentum, value in zip(curve.momentum, values)]
 
 
 def log_momentum_curve(curve: MomentumCurve, grid: tuple[float, ...], trial_number: int) -> None:
@@ -205,8 +208,7 @@ def model_requirements() -> list[str]:
     Given explicitly because MLflow's inference of requirements reloads the model in a
     subprocess, which took 12 s per trial, several times the training itself.
     """
-    backend_package = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[keras.backend.backend()]
-    return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package, "numpy")]
+    return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package(), "numpy")]
 
 
 def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str:

@@ -52,27 +52,52 @@ def test_same_config_and_seed_give_the_same_metrics(tiny_data):
 
 
 def test_a_reused_compiled_model_trains_exactly_like_a_freshly_built_one(tiny_data):
-    import gaplab.trainer
+    from gaplab.compiled import CompiledModels
 
-    gaplab.trainer._compiled_models.clear()
-    fresh = train(SMALL, tiny_data)
-    fresh_weights = [w.copy() for w in fresh.model.get_weights()]
-    # Same architecture, other momentum, dropout and seed: the next run reuses this compiled model.
-    train(SMALL.replace(bn_momentum=0.5, dropout=0.4, seed=3), tiny_data)
-    reused = train(SMALL, tiny_data)
-    assert reused.trained is fresh.trained
+    models = CompiledModels()
+    fresh = train(SMALL, tiny_data, compiled_models=models)
+    # Same architecture, other momentum, dropout and seed: the next runs reuse this compiled model.
+    train(SMALL.replace(bn_momentum=0.5, dropout=0.4, seed=3), tiny_data, compiled_models=models)
+    reused = train(SMALL, tiny_data, compiled_models=models)
+    assert len(models) == 1
     assert reused.history == fresh.history
-    for got, want in zip(reused.model.get_weights(), fresh_weights):
+    for got, want in zip(reused.trained_values, fresh.trained_values, strict=True):
         np.testing.assert_array_equal(got, want)
 
 
-def test_the_model_of_an_earlier_run_cannot_be_read_once_a_later_run_retrained_it(tiny_data):
-    first = train(SMALL, tiny_data)
-    weights = [w.copy() for w in first.model.get_weights()]
-    second = train(SMALL.replace(seed=5), tiny_data)
-    with pytest.raises(RuntimeError, match="retrained by a later train"):
-        first.model  # noqa: B018 - the read itself must fail
-    assert any(not np.array_equal(got, want) for got, want in zip(second.model.get_weights(), weights))
+def test_a_prepared_model_is_reset_to_a_fresh_build_of_the_configs_seed(tiny_data):
+    from gaplab.compiled import CompiledModels, variable_values
+    from gaplab.model import build_model
+
+    models = CompiledModels(capacity=1)
+    model = models.prepared(SMALL, tiny_data.num_classes)
+    model.fit(tiny_data.train.x, tiny_data.train.y, epochs=1, verbose=0)
+    assert model.optimizer.iterations.numpy() > 0
+    keras.utils.set_random_seed(4)  # as train() does before preparing
+    again = models.prepared(SMALL.replace(seed=4, bn_momentum=0.6), tiny_data.num_classes)
+    assert again is model and again.optimizer.iterations.numpy() == 0
+    keras.utils.set_random_seed(4)
+    fresh = build_model(SMALL.replace(seed=4, bn_momentum=0.6), tiny_data.num_classes, runtime_hyperparameters=True)
+    for got, want in zip(variable_values(again), variable_values(fresh), strict=True):
+        np.testing.assert_array_equal(got, want)
+    # Beyond its capacity the least recently prepared architecture is dropped and built again.
+    models.prepared(SMALL.replace(depth=1), tiny_data.num_classes)
+    assert len(models) == 1 and models.prepared(SMALL, tiny_data.num_classes) is not model
+
+
+def test_the_model_of_an_earlier_run_keeps_its_weights_when_a_later_run_reuses_the_compiled_model(tiny_data):
+    from gaplab.compiled import CompiledModels, variable_values
+
+    models = CompiledModels()
+    first = train(SMALL, tiny_data, compiled_models=models)
+    second = train(SMALL.replace(seed=5), tiny_data, compiled_models=models)
+    assert len(models) == 1
+    for got, want in zip(variable_values(first.model), first.trained_values, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(not np.array_equal(a, b) for a, b in zip(first.trained_values, second.trained_values))
+    # The copy predicts as the trained model did: its val accuracy is the run's.
+    assert accuracy(predict_classes(first.model, tiny_data.val.x), tiny_data.val.y) == first.val_accuracy
+    assert first.model is first.model, "built once, on first read"
 
 
 class Recorder(EpochCallback):
@@ -232,6 +257,7 @@ def test_the_curve_of_one_training_equals_training_at_each_momentum():
     point = curve_099.momentum.index(0.8)
     assert curve_099.val_accuracy[point] == trained_08.val_accuracy
     assert curve_099.train_eval_accuracy[point] == trained_08.train_eval_accuracy
+    assert curve_099.test_accuracy[point] == trained_08.test_accuracy
     # The own entry is Keras's own statistics, and the tracked grid entry at 0.99 equals them.
     own = curve_099.momentum.index(0.99)
     assert curve_099.val_accuracy[own] == trained_099.val_accuracy
@@ -245,8 +271,10 @@ def test_the_curve_holds_the_grid_and_own_momentum_with_gaps_and_the_recalibrate
     result = train(SMALL.replace(bn_momentum=0.97, momentum_grid=(0.0, 0.9, 0.99)), tiny_data)
     curve = result.momentum_curve.as_dict()
     assert curve["own_momentum"] == 0.97 and curve["momentum"] == [0.0, 0.9, 0.97, 0.99]
-    assert {len(curve[key]) for key in ("val_accuracy", "train_eval_accuracy", "gap", "mode_gap")} == {4}
+    assert {len(curve[key]) for key in ("val_accuracy", "train_eval_accuracy", "test_accuracy", "gap",
+                                        "mode_gap")} == {4}
     assert curve["val_accuracy"][2] == result.val_accuracy
+    assert curve["test_accuracy"][2] == result.test_accuracy
     assert curve["train_eval_accuracy"][2] == result.train_eval_accuracy
     assert curve["gap"] == pytest.approx([result.train_accuracy - v for v in curve["val_accuracy"]])
     assert curve["mode_gap"] == pytest.approx([result.train_accuracy - t for t in curve["train_eval_accuracy"]])
@@ -259,25 +287,26 @@ def test_the_curve_holds_the_grid_and_own_momentum_with_gaps_and_the_recalibrate
 
 
 def test_momenta_closer_than_the_curves_resolution_are_one_point_the_own_one(tiny_data):
-    from gaplab.momentum import momentum_step
-
-    assert [momentum_step(m) for m in (0.0, 0.5, 0.9, 0.99, 0.999)] == [0, 301, 1000, 2000, 3000]
     result = train(SMALL.replace(bn_momentum=0.90005, momentum_grid=(0.5, 0.9)), tiny_data)
     assert result.momentum_curve.momentum == (0.5, 0.90005)
     assert result.momentum_curve.val_accuracy[1] == result.val_accuracy
 
 
 def test_without_a_grid_or_batchnorm_there_is_no_curve(tiny_data):
+    from gaplab.compiled import CompiledModels
 
     for config in (SMALL.replace(momentum_grid=()), SMALL.replace(batchnorm=False)):
         result = train(config, tiny_data)
         assert result.momentum_curve is None and result.timings["momentum_curve_seconds"] == 0.0
         assert math.isnan(result.final_metrics()["best_momentum"])
     # Grid values are runtime state like momentum: another grid of the same length reuses the model.
-    default = train(SMALL, tiny_data).model
-    halved = train(SMALL.replace(momentum_grid=tuple(m / 2 for m in SMALL.momentum_grid)), tiny_data)
-    assert halved.model is default and halved.momentum_curve.momentum[1] == 0.25
-    assert train(SMALL.replace(momentum_grid=()), tiny_data).model is not default
+    models = CompiledModels()
+    train(SMALL, tiny_data, compiled_models=models)
+    halved = train(SMALL.replace(momentum_grid=tuple(m / 2 for m in SMALL.momentum_grid)), tiny_data,
+                   compiled_models=models)
+    assert len(models) == 1 and halved.momentum_curve.momentum[1] == 0.25
+    train(SMALL.replace(momentum_grid=()), tiny_data, compiled_models=models)
+    assert len(models) == 2
 
 
 def test_each_epoch_can_carry_the_val_accuracy_at_the_best_momentum(tiny_data):

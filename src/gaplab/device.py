@@ -19,7 +19,8 @@ from importlib import metadata
 from pathlib import Path
 
 DEVICES = ("auto", "cpu", "gpu")
-_BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
+# The package each Keras backend is installed as (what pip installs, what sys.modules holds).
+BACKEND_PACKAGES = {"jax": "jax", "tensorflow": "tensorflow", "torch": "torch"}
 
 
 class DeviceError(RuntimeError):
@@ -43,7 +44,7 @@ def check_backend_installed() -> str:
             name = None
     if not name:
         name, source = "tensorflow", "Keras's default"
-    package = _BACKEND_PACKAGES.get(name, name)
+    package = backend_package(name)
     if importlib.util.find_spec(package) is None:
         raise DeviceError(f"the Keras backend is {name} ({source}) but {package} is not installed; install it "
                           "(e.g. pip install -e \".[jax]\" and set KERAS_BACKEND=jax) or choose an installed backend.")
@@ -62,7 +63,7 @@ def prepare_backend(device: str) -> None:
 
 def hide_gpus() -> None:
     """Make every backend see only the CPU. Call before Keras is imported; raises if it already was."""
-    loaded = [name for name in _BACKEND_PACKAGES.values() if name in sys.modules]
+    loaded = [name for name in BACKEND_PACKAGES.values() if name in sys.modules]
     if loaded:
         raise DeviceError(f"device 'cpu' must be chosen before Keras and its backend are imported "
                           f"(already imported: {', '.join(loaded)}); call gaplab.device.hide_gpus() first.")
@@ -76,9 +77,15 @@ def backend() -> str:
     return keras.backend.backend()
 
 
+def backend_package(name: str | None = None) -> str:
+    """The package behind Keras backend `name` (default: the active one), e.g. 'jax'."""
+    name = name or backend()
+    return BACKEND_PACKAGES.get(name, name)
+
+
 def backend_version() -> str:
     """The installed version of the package behind the active backend, e.g. '0.10.2' for jax."""
-    return metadata.version(_BACKEND_PACKAGES.get(backend(), backend()))
+    return metadata.version(backend_package())
 
 
 def visible_gpus() -> list[str]:

@@ -6,94 +6,29 @@ and a model whose BN layers track moving statistics for a grid of momenta beside
 (`RuntimeMomentumBatchNormalization` with `momentum_grid`) can be evaluated at each of them:
 same weights, same steps, only the momentum differs.
 
-* `MomentumCurve`: val and train-eval accuracy per momentum (the grid plus the run's own),
-  hence gap and mode gap, with the recalibrated (PreciseBN) point as the curve's limit.
-* `measure_curve(...)`: the curve of a trained model, after training.
+* `measure_curve(...)`: the curve of a trained model, after training: val, train-eval and test
+  accuracy per momentum (the grid plus the run's own), as a `gaplab.curve.MomentumCurve`.
 * `BestMomentumValidation`: a Keras callback that adds, each epoch, the val accuracy at the best
   momentum (`val_accuracy_at_best_momentum`) and that momentum (`best_momentum`) to the logs.
-* `momentum_step(m)`: round(1000 · log10(1 / (1 − m))), the curve's resolution: momenta with the
-  same step are one point (the run's own momentum is kept), so a curve never holds two momenta
-  with the same step. 0 → 0, 0.9 → 1000, 0.99 → 2000, 0.999 → 3000.
 
-Best momentum: the highest val accuracy; among ties, the largest momentum (its statistics
-average the most batches).
+The curve's resolution (`momentum_step`) and best momentum (`best_index`: val chooses) are
+defined in `gaplab.curve`, which the report reads curves with, without Keras.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 
+from gaplab.curve import MomentumCurve, best_index, momentum_step
 from gaplab.metrics import accuracy, predict_classes
 from gaplab.model import RuntimeMomentumBatchNormalization, batchnorm_layers, preserved_batchnorm_statistics
 
 PER_EPOCH_METRICS = ("val_accuracy_at_best_momentum", "best_momentum")
-
-
-def momentum_step(momentum: float) -> int:
-    """The momentum's point on the curve: round(1000 · log10(1 / (1 − m))); log axis on 1 − m."""
-    return round(-1000.0 * math.log10(1.0 - momentum))
-
-
-def best_index(momenta: list[float] | tuple[float, ...], val_accuracy: list[float] | tuple[float, ...]) -> int:
-    """Index of the highest val accuracy; ties go to the largest momentum."""
-    return max(range(len(momenta)), key=lambda i: (val_accuracy[i], momenta[i]))
-
-
-@dataclass(frozen=True)
-class MomentumCurve:
-    """Accuracies of one trained model at each momentum, sorted by momentum.
-
-    `train_accuracy` is fit's running figure (it does not depend on momentum), so gap and mode
-    gap at each momentum are train_accuracy minus val and train-eval accuracy there.
-    """
-
-    own_momentum: float
-    momentum: tuple[float, ...]
-    val_accuracy: tuple[float, ...]
-    train_eval_accuracy: tuple[float, ...]
-    train_accuracy: float
-    recalibrated_val_accuracy: float
-    recalibrated_train_eval_accuracy: float
-
-    @property
-    def gap(self) -> tuple[float, ...]:
-        return tuple(self.train_accuracy - v for v in self.val_accuracy)
-
-    @property
-    def mode_gap(self) -> tuple[float, ...]:
-        return tuple(self.train_accuracy - t for t in self.train_eval_accuracy)
-
-    @property
-    def best_momentum(self) -> float:
-        return self.momentum[best_index(self.momentum, self.val_accuracy)]
-
-    @property
-    def val_accuracy_at_best_momentum(self) -> float:
-        return self.val_accuracy[best_index(self.momentum, self.val_accuracy)]
-
-    def as_dict(self) -> dict[str, object]:
-        """The curve under the names of `study.contract.MOMENTUM_CURVE_ATTR` (momentum_curve.json)."""
-        return {
-            "own_momentum": self.own_momentum,
-            "momentum": list(self.momentum),
-            "val_accuracy": list(self.val_accuracy),
-            "train_eval_accuracy": list(self.train_eval_accuracy),
-            "gap": list(self.gap),
-            "mode_gap": list(self.mode_gap),
-            "recalibrated": {
-                "val_accuracy": self.recalibrated_val_accuracy,
-                "train_eval_accuracy": self.recalibrated_train_eval_accuracy,
-                "gap": self.train_accuracy - self.recalibrated_val_accuracy,
-                "mode_gap": self.train_accuracy - self.recalibrated_train_eval_accuracy,
-            },
-        }
 
 
 def grid_layers(model: keras.Model) -> list[RuntimeMomentumBatchNormalization]:
@@ -152,15 +87,18 @@ def accuracies_by_momentum(
 
 def measure_curve(
     model: keras.Model, own_momentum: float, grid: tuple[float, ...],
-    train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray],
-    train_accuracy: float, own: tuple[float, float], recalibrated: tuple[float, float],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], own: dict[str, float],
+    train_accuracy: float, recalibrated: tuple[float, float],
 ) -> MomentumCurve:
     """The momentum curve of a trained model.
 
-    `own` and `recalibrated` are the (train-eval, val) accuracies already measured at the model's
-    own statistics and after PreciseBN recalibration.
+    `splits` are the "train", "val" and "test" images and labels; `own` their accuracies already
+    measured at the model's own statistics (reused, not predicted again). `recalibrated` is the
+    (train-eval, val) accuracy after PreciseBN recalibration.
     """
-    momenta, (train_eval, val_acc) = accuracies_by_momentum(model, own_momentum, grid, [train, val], own=list(own))
+    names = ("train", "val", "test")
+    momenta, (train_eval, val_acc, test_acc) = accuracies_by_momentum(
+        model, own_momentum, grid, [splits[name] for name in names], own=[own[name] for name in names])
     return MomentumCurve(
         own_momentum=float(own_momentum),
         momentum=tuple(float(m) for m in momenta),
@@ -169,6 +107,7 @@ def measure_curve(
         train_accuracy=float(train_accuracy),
         recalibrated_val_accuracy=float(recalibrated[1]),
         recalibrated_train_eval_accuracy=float(recalibrated[0]),
+        test_accuracy=tuple(test_acc),
     )
 
 

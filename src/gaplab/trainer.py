@@ -9,8 +9,9 @@
   Stale BatchNormalization moving statistics show up here.
 * `generalization_gap` = train_eval_accuracy − val_accuracy: overfitting proper.
 * `val_accuracy_recalibrated`: val accuracy once BN statistics are re-estimated exactly.
-* `momentum_curve`: with `config.momentum_grid`, the same model at every grid momentum (see
-  `gaplab.momentum`); `best_momentum` and `val_accuracy_at_best_momentum` come from it. With
+* `momentum_curve`: with `config.momentum_grid`, the same model at every grid momentum on the
+  train, val and test splits (see `gaplab.momentum`); `best_momentum` and
+  `val_accuracy_at_best_momentum` come from it (val chooses; test only scores). With
   `best_momentum_each_epoch=True` each epoch's logs carry them too, at the cost of one val pass
   per grid momentum per epoch (measured: 0.4 of a training epoch at batch 32 on 64 px photos),
   which is why it is the caller's choice.
@@ -19,26 +20,42 @@ The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, 
 `EpochCallback` gives them per-epoch metrics under the names used everywhere
 (`train_loss`, `train_accuracy`, `val_loss`, `val_accuracy`). A callback that sets
 `model.stop_training` ends training early; the result is still measured at that epoch.
+
+One compiled model per architecture is reused across calls (`gaplab.compiled.CompiledModels`;
+pass your own as `compiled_models`), so a result keeps a copy of its trained model's variables
+(`TrainResult.trained_values`) and builds `result.model` from them on first read. Measured side by
+side (`benchmarks/result_model.py`, 32 px generated data, 420 training images, depth 3, 2 epochs,
+medians of 6 calls on the shared 2-core CPU), as shares of one train() call (8.9 s on TensorFlow,
+3.7 s on JAX):
+
+                                                         TensorFlow       JAX
+    copying the variables (0.05 MiB), every call         0.0008 (7 ms)    0.0004 (1.4 ms)
+    building a model holding them, where it is read      0.017 (151 ms)   0.011 (40 ms)
+    that model's first prediction (a new trace)          0.029 (261 ms)   0.033 (122 ms)
+
+Building the model eagerly would charge its 0.01-0.02 to every call, the runs whose model nobody
+reads (pruned trials) included; a view of the shared model costs nothing, but it holds a later
+run's weights once another training of its architecture starts.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 import statistics
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import keras
 import numpy as np
 
+from gaplab.compiled import CompiledModels, default_models, enable_compilation_cache, variable_values
 from gaplab.config import ConfigError, TrainConfig
+from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
 from gaplab.metrics import accuracy, confusion_matrix, predict_classes, predict_probabilities, recalibrated_batchnorm
-from gaplab.model import batchnorm_layers, build_model, set_runtime_hyperparameters
-from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, MomentumCurve, grid_layers, measure_curve
+from gaplab.model import batchnorm_layers, build_model
+from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, grid_layers, measure_curve
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 _KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss",
@@ -152,27 +169,24 @@ class TrainResult:
     timings: dict[str, float]
     # None without batchnorm, with an empty momentum_grid, or when training diverged.
     momentum_curve: MomentumCurve | None = None
-    # The compiled model this run trained, and which of its trainings this run was (see `model`).
-    trained: _Compiled | None = field(default=None, repr=False, compare=False)
-    training_number: int = field(default=0, repr=False, compare=False)
+    # Every variable of the trained model as it ended (see `model`); None only for results built by hand.
+    trained_values: list[np.ndarray] | None = field(default=None, repr=False, compare=False)
 
-    @property
+    @functools.cached_property
     def model(self) -> keras.Model | None:
-        """The trained model, valid until the next `train()` of the same architecture in this process.
+        """The trained model, built on first read from `trained_values` (uncompiled; compile it to fit or evaluate).
 
-        `train()` reuses one compiled model per architecture, so a later call retrains this very
-        object. Reading `model` after that raises instead of silently handing out another run's
-        weights; `gaplab.model.to_portable(result.model, ...)` makes a stock-Keras copy that
-        stays valid.
+        A copy: `train()` retrains one compiled model per architecture, so the run's own model
+        holds a later run's weights once another training of that architecture starts. It has the
+        trainer's layers (a momentum grid's statistics included); `gaplab.model.to_portable` makes
+        a stock-Keras copy.
         """
-        if self.trained is None:
+        if self.trained_values is None:
             return None
-        if self.trained.trainings != self.training_number:
-            raise RuntimeError(
-                f"the model of this run ({self.config}) has since been retrained by a later train() of the "
-                "same architecture; copy it with gaplab.model.to_portable(result.model, ...) before training again."
-            )
-        return self.trained.model
+        model = build_model(self.config, len(self.class_names), runtime_hyperparameters=True)
+        for variable, value in zip(model.variables, self.trained_values, strict=True):
+            variable.assign(value)
+        return model
 
     @property
     def gap(self) -> float:
@@ -205,103 +219,18 @@ class TrainResult:
         }
 
 
-_compilation_cache_dir: str | None = None
-
-
-def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str | None:
-    """Turn on the backend's persistent compilation cache, where it has one (JAX); once per process.
-
-    The directory is `directory`, else $GAPLAB_COMPILE_CACHE_DIR, else ~/.cache/gaplab/xla.
-    TensorFlow has no persistent cache for Keras train steps; returns None there.
-    """
-    global _compilation_cache_dir
-    if keras.backend.backend() != "jax":
-        return None
-    if _compilation_cache_dir is None:
-        import jax
-
-        chosen = directory or os.environ.get("GAPLAB_COMPILE_CACHE_DIR") or Path.home() / ".cache" / "gaplab" / "xla"
-        Path(chosen).mkdir(parents=True, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", str(chosen))
-        # Cache even quick compiles: on a GPU every train step compile is worth keeping.
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        # Keep the GPU autotuning results beside the programs: without them a cache hit still
-        # autotunes every convolution again. (This is JAX's default today; set so it stays on.)
-        jax.config.update("jax_persistent_cache_enable_xla_caches", "xla_gpu_per_fusion_autotune_cache_dir")
-        _compilation_cache_dir = str(chosen)
-    return _compilation_cache_dir
-
-
-# Compiled models by architecture. On TensorFlow every traced train step keeps ~10 MiB of runtime
-# memory that clear_session() does not release, and on JAX every new model means a new XLA
-# compile; reusing one compiled model per architecture bounds both by the number of architectures.
-_MAX_COMPILED_MODELS = 16
-
-
-@dataclass
-class _Compiled:
-    model: keras.Model
-    # The variables of a freshly built model, per seed; momentum and dropout rate aside, they
-    # depend only on the architecture and the seed.
-    initial_values: dict[int, list[np.ndarray]] = field(default_factory=dict)
-    # How many train() calls have used this model; a TrainResult holds the number of its own.
-    trainings: int = 0
-
-
-_compiled_models: OrderedDict[tuple, _Compiled] = OrderedDict()
-
-
-def _architecture(config: TrainConfig, num_classes: int) -> tuple:
-    # The grid's length shapes the BN layers' state; its values are runtime state.
-    grid_length = len(config.momentum_grid) if config.batchnorm else 0
-    return (config.depth, config.batchnorm, config.dropout > 0, config.image_size, num_classes, grid_length)
-
-
-def _prepared_model(config: TrainConfig, num_classes: int) -> _Compiled:
-    """A compiled model for `config`, in exactly the state a freshly built and compiled one has.
-
-    Weights and states are those of a fresh build with the config's seed (built once per seed
-    and architecture); optimizer state, step counter, learning rate, BN momentum and dropout
-    rate are reset in place.
-    """
-    key = _architecture(config, num_classes)
-    compiled = _compiled_models.pop(key, None)
-    if compiled is None:
-        model = build_model(config, num_classes, runtime_hyperparameters=True)
-        model.compile(
-            optimizer=keras.optimizers.Adam(config.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-        model.optimizer.build(model.trainable_variables)
-        compiled = _Compiled(model, {config.seed: [np.array(v.numpy()) for v in model.variables]})
-    else:
-        model = compiled.model
-        if config.seed not in compiled.initial_values:
-            fresh = build_model(config, num_classes, runtime_hyperparameters=True)
-            compiled.initial_values[config.seed] = [np.array(v.numpy()) for v in fresh.variables]
-        for variable, value in zip(model.variables, compiled.initial_values[config.seed]):
-            variable.assign(value)
-        for variable in model.optimizer.variables:
-            variable.assign(keras.ops.zeros(variable.shape, dtype=variable.dtype))
-        model.optimizer.learning_rate.assign(config.learning_rate)
-        set_runtime_hyperparameters(model, config)
-    compiled.trainings += 1
-    _compiled_models[key] = compiled
-    while len(_compiled_models) > _MAX_COMPILED_MODELS:
-        _compiled_models.popitem(last=False)
-    return compiled
-
-
 def train(
     config: TrainConfig,
     data: Dataset,
     callbacks: list[keras.callbacks.Callback] | tuple = (),
     verbose: int = 0,
     best_momentum_each_epoch: bool = False,
+    compiled_models: CompiledModels | None = None,
 ) -> TrainResult:
-    """Train `config` on `data` and measure the gap; see the module docstring for the metrics."""
+    """Train `config` on `data` and measure the gap; see the module docstring for the metrics.
+
+    The model is prepared by `compiled_models` (default: `gaplab.compiled.default_models`).
+    """
     if config.image_size != data.image_size:
         raise ConfigError(
             f"image_size={config.image_size} does not match the data's {data.image_size} px images; "
@@ -317,8 +246,7 @@ def train(
     data_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    compiled = _prepared_model(config, data.num_classes)
-    model = compiled.model
+    model = (default_models if compiled_models is None else compiled_models).prepared(config, data.num_classes)
     build_seconds = time.perf_counter() - started
 
     timer = _EpochTimer()
@@ -380,11 +308,18 @@ def train(
         curve, curve_seconds = None, 0.0
         if tracks_grid:
             curve_started = time.perf_counter()
-            curve = measure_curve(model, config.bn_momentum, config.momentum_grid, (x_train, y_train),
-                                  (data.val.x, data.val.y), train_acc, own=(train_eval, val_acc),
-                                  recalibrated=(train_eval_recal, val_recal))
+            # Val chooses the best momentum; test accuracy at each momentum is for scoring that choice.
+            curve = measure_curve(
+                model, config.bn_momentum, config.momentum_grid,
+                splits={"train": (x_train, y_train), "val": (data.val.x, data.val.y),
+                        "test": (data.test.x, data.test.y)},
+                own={"train": train_eval, "val": val_acc, "test": test_acc},
+                train_accuracy=train_acc, recalibrated=(train_eval_recal, val_recal))
             curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    trained_values = variable_values(model)
+    copy_seconds = time.perf_counter() - started
 
     epoch_seconds = timer.seconds
     timings = {
@@ -403,6 +338,8 @@ def train(
         "grid_validation_seconds": sum(grid_validation[0].seconds) if grid_validation else 0.0,
         # Part of eval_seconds: the curve's passes after training.
         "momentum_curve_seconds": curve_seconds,
+        # Copying the trained model's variables into the result (see `TrainResult.model`).
+        "copy_seconds": copy_seconds,
     }
     return TrainResult(
         config=config,
@@ -421,6 +358,5 @@ def train(
         confusion_test=confusion_test,
         timings=timings,
         momentum_curve=curve,
-        trained=compiled,
-        training_number=compiled.trainings,
+        trained_values=trained_values,
     )

@@ -1,5 +1,5 @@
 """Reading a stored study into views: one `TrialView` per trial, its numbers under public names,
-and its momentum curve (`MomentumCurve`, the format of `contract.MOMENTUM_CURVE_ATTR`).
+and its momentum curve (`gaplab.curve.MomentumCurve`, the format of `contract.MOMENTUM_CURVE_ATTR`).
 
 Also how those numbers are written in sentences and tables (`fmt`, `fmt_param`, `describe`).
 """
@@ -14,57 +14,9 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from gaplab.curve import MomentumCurve
 from study import contract
 from study.contract import SEARCHED
-
-
-@dataclass(frozen=True)
-class MomentumCurve:
-    """One trained model measured at each momentum of a grid: same weights, only the statistics differ.
-
-    Lists are sorted by momentum; gap and mode gap are train_accuracy (fit's, which momentum does not
-    change) minus val and train-eval accuracy at each momentum.
-    """
-
-    own_momentum: float
-    momentum: tuple[float, ...]
-    val_accuracy: tuple[float, ...]
-    train_eval_accuracy: tuple[float, ...]
-    gap: tuple[float, ...]
-    mode_gap: tuple[float, ...]
-    # Held-out accuracy per momentum; empty for curves recorded before it was measured.
-    test_accuracy: tuple[float, ...] = ()
-
-    @classmethod
-    def read(cls, raw: Any) -> MomentumCurve:
-        """The curve stored as `contract.MOMENTUM_CURVE_ATTR`; ValueError saying what is wrong with it."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"not an object but {type(raw).__name__}")
-        missing = [key for key in ("own_momentum", *contract.MOMENTUM_CURVE_KEYS) if key not in raw]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        lists = {}
-        optional = ("test_accuracy",) if "test_accuracy" in raw else ()
-        for key in (*contract.MOMENTUM_CURVE_KEYS, *optional):
-            values = raw[key]
-            if not isinstance(values, list) or not all(_is_number(x) for x in values):
-                raise ValueError(f"{key} is not a list of finite numbers")
-            lists[key] = tuple(float(x) for x in values)
-        if len({len(values) for values in lists.values()}) != 1 or not lists["momentum"]:
-            raise ValueError("its lists are empty or of different lengths")
-        if list(lists["momentum"]) != sorted(lists["momentum"]) or not _is_number(raw["own_momentum"]):
-            raise ValueError("momentum is not sorted, or own_momentum is not a number")
-        return cls(float(raw["own_momentum"]), **lists)
-
-    @property
-    def own(self) -> int:
-        """Index of the trial's own momentum (the nearest grid point, should it have been rounded)."""
-        return min(range(len(self.momentum)), key=lambda i: abs(self.momentum[i] - self.own_momentum))
-
-    @property
-    def best(self) -> int:
-        """Index of the highest val accuracy; ties go to the largest momentum, as in training."""
-        return max(range(len(self.momentum)), key=lambda i: (self.val_accuracy[i], self.momentum[i]))
 
 
 def _is_number(value: Any) -> bool:

@@ -1,0 +1,148 @@
+"""The momentum curve as data: one trained model's accuracies at each momentum of a grid, read and written.
+
+Keras-free, so the report reads curves with the same class the trainer writes them with
+(`gaplab.momentum` measures them; it is where Keras is).
+
+* `MomentumCurve`: val, train-eval and (from this version on) test accuracy per momentum, sorted
+  by momentum, with fit's train accuracy and the recalibrated (PreciseBN) point; `read` and
+  `as_dict` are the momentum_curve.json format (`study.contract.MOMENTUM_CURVE_ATTR`); `own` and
+  `best` are indices into the lists.
+* `momentum_step(m)`: round(1000 · log10(1 / (1 − m))), the curve's resolution: momenta with the
+  same step are one point (the run's own momentum is kept), so a curve never holds two momenta
+  with the same step. 0 → 0, 0.9 → 1000, 0.99 → 2000, 0.999 → 3000.
+* `best_index`: the highest val accuracy; among ties, the largest momentum (its statistics
+  average the most batches). Val chooses; test accuracy is never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# The lists every stored curve has, one entry per momentum.
+LIST_KEYS = ("momentum", "val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
+# Lists that curves stored before they were measured lack.
+OPTIONAL_LIST_KEYS = ("test_accuracy",)
+RECALIBRATED_KEYS = ("val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
+# Stored gaps are train accuracy minus another accuracy, each a float64 written to JSON exactly;
+# this is far above float rounding and far below one image of any split.
+_GAP_TOLERANCE = 1e-9
+
+
+def momentum_step(momentum: float) -> int:
+    """The momentum's point on the curve: round(1000 · log10(1 / (1 − m))); log axis on 1 − m."""
+    return round(-1000.0 * math.log10(1.0 - momentum))
+
+
+def best_index(momenta: Sequence[float], val_accuracy: Sequence[float]) -> int:
+    """Index of the highest val accuracy; ties go to the largest momentum."""
+    return max(range(len(momenta)), key=lambda i: (val_accuracy[i], momenta[i]))
+
+
+@dataclass(frozen=True)
+class MomentumCurve:
+    """Accuracies of one trained model at each momentum, sorted by momentum: same weights, only the
+    BN statistics differ.
+
+    `train_accuracy` is fit's running figure (it does not depend on momentum), so gap and mode gap
+    at each momentum are train_accuracy minus val and train-eval accuracy there. `test_accuracy`
+    is None for curves stored before it was measured.
+    """
+
+    own_momentum: float
+    momentum: tuple[float, ...]
+    val_accuracy: tuple[float, ...]
+    train_eval_accuracy: tuple[float, ...]
+    train_accuracy: float
+    recalibrated_val_accuracy: float
+    recalibrated_train_eval_accuracy: float
+    test_accuracy: tuple[float, ...] | None = None
+
+    @classmethod
+    def read(cls, raw: Any) -> MomentumCurve:
+        """The curve stored as momentum_curve.json; ValueError saying what is wrong with it."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"not an object but {type(raw).__name__}")
+        missing = [key for key in ("own_momentum", *LIST_KEYS, "recalibrated") if key not in raw]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        lists = {key: _numbers(raw[key], key) for key in (*LIST_KEYS, *OPTIONAL_LIST_KEYS) if key in raw}
+        if len({len(values) for values in lists.values()}) != 1 or not lists["momentum"]:
+            raise ValueError("its lists are empty or of different lengths")
+        if list(lists["momentum"]) != sorted(lists["momentum"]) or not _is_number(raw["own_momentum"]):
+            raise ValueError("momentum is not sorted, or own_momentum is not a number")
+        recalibrated = raw["recalibrated"]
+        if not isinstance(recalibrated, dict) or not all(_is_number(recalibrated.get(k)) for k in RECALIBRATED_KEYS):
+            raise ValueError(f"recalibrated is not an object of finite numbers {', '.join(RECALIBRATED_KEYS)}")
+        train_accuracy = lists["val_accuracy"][0] + lists["gap"][0]
+        for gap, accuracy, name in (("gap", "val_accuracy", "val"), ("mode_gap", "train_eval_accuracy", "train-eval")):
+            if any(abs(train_accuracy - a - g) > _GAP_TOLERANCE for a, g in zip(lists[accuracy], lists[gap])):
+                raise ValueError(f"{gap} is not one train accuracy minus the {name} accuracy at each momentum")
+        return cls(
+            own_momentum=float(raw["own_momentum"]),
+            momentum=lists["momentum"],
+            val_accuracy=lists["val_accuracy"],
+            train_eval_accuracy=lists["train_eval_accuracy"],
+            train_accuracy=train_accuracy,
+            recalibrated_val_accuracy=float(recalibrated["val_accuracy"]),
+            recalibrated_train_eval_accuracy=float(recalibrated["train_eval_accuracy"]),
+            test_accuracy=lists.get("test_accuracy"),
+        )
+
+    def as_dict(self) -> dict[str, object]:
+        """The curve as momentum_curve.json holds it (`test_accuracy` only where it was measured)."""
+        stored: dict[str, object] = {
+            "own_momentum": self.own_momentum,
+            "momentum": list(self.momentum),
+            "val_accuracy": list(self.val_accuracy),
+            "train_eval_accuracy": list(self.train_eval_accuracy),
+            "gap": list(self.gap),
+            "mode_gap": list(self.mode_gap),
+            "recalibrated": {
+                "val_accuracy": self.recalibrated_val_accuracy,
+                "train_eval_accuracy": self.recalibrated_train_eval_accuracy,
+                "gap": self.train_accuracy - self.recalibrated_val_accuracy,
+                "mode_gap": self.train_accuracy - self.recalibrated_train_eval_accuracy,
+            },
+        }
+        if self.test_accuracy is not None:
+            stored["test_accuracy"] = list(self.test_accuracy)
+        return stored
+
+    @property
+    def gap(self) -> tuple[float, ...]:
+        return tuple(self.train_accuracy - v for v in self.val_accuracy)
+
+    @property
+    def mode_gap(self) -> tuple[float, ...]:
+        return tuple(self.train_accuracy - t for t in self.train_eval_accuracy)
+
+    @property
+    def own(self) -> int:
+        """Index of the run's own momentum (the nearest point, should a stored one have been rounded)."""
+        return min(range(len(self.momentum)), key=lambda i: abs(self.momentum[i] - self.own_momentum))
+
+    @property
+    def best(self) -> int:
+        """Index of the best momentum: the highest val accuracy, ties to the largest momentum."""
+        return best_index(self.momentum, self.val_accuracy)
+
+    @property
+    def best_momentum(self) -> float:
+        return self.momentum[self.best]
+
+    @property
+    def val_accuracy_at_best_momentum(self) -> float:
+        return self.val_accuracy[self.best]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _numbers(values: Any, key: str) -> tuple[float, ...]:
+    if not isinstance(values, list) or not all(_is_number(x) for x in values):
+        raise ValueError(f"{key} is not a list of finite numbers")
+    return tuple(float(x) for x in values)
