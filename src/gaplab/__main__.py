@@ -3,7 +3,7 @@
     python -m gaplab                                  # built-in dataset, its defaults
     python -m gaplab --data_dir ../shared/data/trashnet150 --image_size 64 --epochs 8
 
-This is the reproducible check behind the README's table: on the built-in dataset, seed-bn's
+This is the reproducible check behind the table in docs/phenomenon.md: on the built-in dataset, seed-bn's
 inference-mode accuracy falls far below its fit() accuracy (mode gap), and seed-final's does not.
 """
 

@@ -13,7 +13,7 @@ from gaplab.splits import dataset_from_arrays
 BUILTIN_NAME = "shapes"
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross", "ring", "stripes")
 # Defaults chosen so that a seed-bn model trained at these settings on 2 CPU cores shows the stale
-# BatchNormalization statistics (see README, "The phenomenon on the built-in dataset").
+# BatchNormalization statistics (see docs/phenomenon.md).
 DEFAULT_IMAGE_SIZE = 32
 DEFAULT_IMAGES = 1200
 
