@@ -216,3 +216,20 @@ def wait_for_running_trial(storage: str, study_name: str, pids: list[int], first
             pass  # the study is not created yet
         time.sleep(0.3)
     raise AssertionError(f"no process among {pids} started a trial of {study_name!r} within {timeout} s")
+
+
+def child_runs(study_name: str) -> list:
+    """The trial runs (children of the parent run) in the study's MLflow experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(study_name)
+    return [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
+            if "mlflow.parentRunId" in r.data.tags]
+
+
+def load_study(tmp_path: Path, name: str = "shapes-16px"):
+    """The study a mocked run wrote to tmp_path/optuna.db."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")

@@ -19,7 +19,16 @@ from mlflow.tracking import MlflowClient
 from gaplab.config import TrainConfig
 from study import run as run_module
 from study import stopping
-from tests.conftest import ROOT, configured_backend, fake_train, run_mocked, subprocess_env, wait_for_running_trial
+from tests.conftest import (
+    ROOT,
+    child_runs,
+    configured_backend,
+    fake_train,
+    load_study,
+    run_mocked,
+    subprocess_env,
+    wait_for_running_trial,
+)
 
 MLPROJECT_TYPES = {"int": int, "float": float, "string": str}
 
@@ -114,27 +123,16 @@ def test_a_keras_backend_that_is_not_installed_is_one_line_and_exit_2(mock_study
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
 
 
-def _children(study_name: str) -> list:
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(study_name)
-    return [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
-            if "mlflow.parentRunId" in r.data.tags]
-
-
-def _load(tmp_path, name="shapes-16px"):
-    return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-
-
 def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
     args = ["--epochs", "2", "--image_size", "16", "--pruner", "none"]
     assert run_mocked(["--trials", "3", *args]) == 0
     assert run_mocked(["--trials", "5", *args]) == 0
     assert run_mocked(["--trials", "5", *args]) == 0  # already there: runs nothing
-    study = _load(mock_study)
+    study = load_study(mock_study)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
     presets = [t.user_attrs.get("preset") for t in study.trials]
     assert presets == ["seed-initial", "seed-deeper", "seed-bn", "seed-final", None], "presets once, first"
-    children = _children("shapes-16px")
+    children = child_runs("shapes-16px")
     assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3, 4]
     parents = {r.data.tags["mlflow.parentRunId"] for r in children}
     assert parents == {study.user_attrs["mlflow_parent_run_id"]}, "every invocation attaches to the study's run"
@@ -155,10 +153,10 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypat
 
     monkeypatch.setattr(space, "suggest", crash_trial_5)
     assert run_mocked(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
-    study = _load(mock_study)
+    study = load_study(mock_study)
     states = {t.number: t.state.name for t in study.trials}
     assert states[5] == "FAIL" and list(states.values()).count("COMPLETE") == 6
-    failed = next(r for r in _children("shapes-16px") if r.data.tags["optuna_trial_number"] == "5")
+    failed = next(r for r in child_runs("shapes-16px") if r.data.tags["optuna_trial_number"] == "5")
     assert failed.info.status == "FAILED" and failed.data.tags["trial_state"] == "FAIL"
     assert "simulated crash" in failed.data.tags["error"]
 
@@ -166,11 +164,11 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypat
 def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study):
     # Pruning on epoch 1 against the median: high-momentum trials look bad early.
     assert run_mocked(["--trials", "14", "--epochs", "3", "--image_size", "16", "--pruner", "median"]) == 0
-    study = _load(mock_study)
+    study = load_study(mock_study)
     assert all(t.state.name == "COMPLETE" for t in study.trials[:4])
     pruned = [t for t in study.trials if t.state.name == "PRUNED"]
     assert pruned, "some searched trials should be pruned"
-    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
+    runs = {r.data.tags["optuna_trial_number"]: r for r in child_runs("shapes-16px")}
     for trial in pruned:
         run = runs[str(trial.number)]
         assert run.info.status == "KILLED" and run.data.tags["trial_state"] == "PRUNED"
@@ -182,13 +180,13 @@ def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study
 def test_the_pruner_judges_the_chosen_val_accuracy_and_the_objective_stays_the_own(mock_study, prune_on, judged):
     assert run_mocked(["--trials", "7", "--epochs", "2", "--image_size", "16", "--pruner", "none",
                             "--prune_on", prune_on]) == 0
-    searched = [t for t in _load(mock_study).trials if t.user_attrs["batchnorm"]]
+    searched = [t for t in load_study(mock_study).trials if t.user_attrs["batchnorm"]]
     for trial in searched:
         assert trial.intermediate_values == {1: pytest.approx(trial.user_attrs[judged]),
                                              2: pytest.approx(trial.user_attrs[judged])}
         assert trial.value == trial.user_attrs["val_accuracy"]
     assert any(t.user_attrs["val_accuracy"] < t.user_attrs["val_accuracy_at_best_momentum"] for t in searched)
-    parent = MlflowClient().get_run(_children("shapes-16px")[0].data.tags["mlflow.parentRunId"])
+    parent = MlflowClient().get_run(child_runs("shapes-16px")[0].data.tags["mlflow.parentRunId"])
     assert parent.data.params["prune_on"] == prune_on
 
 
@@ -198,8 +196,8 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
 
     assert run_mocked(["--trials", "6", "--epochs", "2", "--image_size", "16", "--pruner", "none"]) == 0
     client = MlflowClient()
-    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
-    trials = _load(mock_study).trials
+    runs = {r.data.tags["optuna_trial_number"]: r for r in child_runs("shapes-16px")}
+    trials = load_study(mock_study).trials
     assert [MOMENTUM_CURVE_ATTR in t.user_attrs for t in trials] == [False, False, True, True, True, True]
     for trial in trials:
         run_id = runs[str(trial.number)].info.run_id
@@ -226,7 +224,7 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
     # trials.csv keeps the curve's summary, not the nested curve.
     from study.summary import trials_table
 
-    columns = set(trials_table(_load(mock_study)).columns)
+    columns = set(trials_table(load_study(mock_study)).columns)
     assert "user_attrs_best_momentum" in columns and "user_attrs_" + MOMENTUM_CURVE_ATTR not in columns
 
 
@@ -239,7 +237,7 @@ def test_diverged_trial_is_failed_never_best(mock_study):
         return result
 
     assert run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"], diverging) == 0
-    study = _load(mock_study)
+    study = load_study(mock_study)
     assert study.trials[3].state.name == "FAIL"
     assert study.best_trial.number != 3
 
@@ -256,8 +254,8 @@ def test_an_error_raised_while_stopping_still_ends_the_trial_as_interrupted(mock
     code = run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"],
                       interrupted_in_cleanup)
     assert code == stopping.EXIT_CODE
-    assert [t.state.name for t in _load(mock_study).trials[:3]] == ["COMPLETE", "COMPLETE", "FAIL"]
-    runs = {r.data.tags["optuna_trial_number"]: r for r in _children("shapes-16px")}
+    assert [t.state.name for t in load_study(mock_study).trials[:3]] == ["COMPLETE", "COMPLETE", "FAIL"]
+    runs = {r.data.tags["optuna_trial_number"]: r for r in child_runs("shapes-16px")}
     assert runs["2"].info.status == "KILLED", runs["2"].data.tags.get("error")
     assert "ValueError: I/O operation on closed file" in runs["2"].data.tags["error"]
     parent = MlflowClient().get_run(runs["2"].data.tags["mlflow.parentRunId"])
@@ -368,7 +366,7 @@ def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
     study = optuna.load_study(study_name="shapes-16px", storage=storage)
     assert [t.state.name for t in study.trials[:2]] == ["COMPLETE", "FAIL"]
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    killed = [r for r in _children("shapes-16px") if r.data.tags["optuna_trial_number"] == "1"]
+    killed = [r for r in child_runs("shapes-16px") if r.data.tags["optuna_trial_number"] == "1"]
     assert [r.info.status for r in killed] == ["KILLED"], [r.data.tags.get("error") for r in killed]
 
     resumed = subprocess.run([*command, "--trials", "4"], cwd=tmp_path, env=env, capture_output=True, text=True,

@@ -7,11 +7,11 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from gaplab.compiled import variable_values
 from gaplab.model import build_model
-from gaplab.trainer import _Compiled
 from study import figures, space
 from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
-from tests.test_study import _children, _load, fake_train, run_mocked
+from tests.conftest import child_runs, fake_train, load_study, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 
@@ -19,7 +19,7 @@ ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 def _with_model(config, data, callbacks=(), verbose=0, best_momentum_each_epoch=False):
     """The mock trainer, holding a real (untrained) model so that the study logs one."""
     result = fake_train(config, data, callbacks, verbose, best_momentum_each_epoch)
-    result.trained = _Compiled(build_model(config, data.num_classes, runtime_hyperparameters=True))
+    result.trained_values = variable_values(build_model(config, data.num_classes, runtime_hyperparameters=True))
     return result
 
 
@@ -43,8 +43,8 @@ def _record_titles(monkeypatch) -> list[str]:
 
 def test_mlflow_params_match_optuna_and_models_without_batchnorm_have_no_momentum(mock_study):
     assert run_mocked(["--trials", "7", *ARGS]) == 0
-    study = _load(mock_study)
-    runs = {int(r.data.tags["optuna_trial_number"]): r for r in _children("shapes-16px")}
+    study = load_study(mock_study)
+    runs = {int(r.data.tags["optuna_trial_number"]): r for r in child_runs("shapes-16px")}
     for trial in study.trials:
         params = runs[trial.number].data.params
         public = space.public_params(trial.params)
@@ -73,9 +73,9 @@ def test_mlflow_params_match_optuna_and_models_without_batchnorm_have_no_momentu
 def test_models_and_figures_name_their_trial_and_the_registered_version_says_what_it_is(mock_study, monkeypatch):
     titles = _record_titles(monkeypatch)
     assert run_mocked(["--trials", "4", *ARGS], _with_model) == 0
-    study = _load(mock_study)
+    study = load_study(mock_study)
     client = MlflowClient()
-    runs = {int(r.data.tags["optuna_trial_number"]): r for r in _children("shapes-16px")}
+    runs = {int(r.data.tags["optuna_trial_number"]): r for r in child_runs("shapes-16px")}
     for trial in study.trials:
         model = mlflow.get_logged_model(trial.user_attrs[MODEL_URI_ATTR].removeprefix("models:/"))
         assert model.name == f"trial-{trial.number:03d}" and model.source_run_id == runs[trial.number].info.run_id
