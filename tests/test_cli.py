@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 
 from gaplab.__main__ import main as gaplab_main
-from study import bench
+from study import bench, workers
 from study import run as run_module
-from study import workers
 
 
 @pytest.mark.parametrize("flag", ["--data_dir", "--data-dir"])
