@@ -73,7 +73,7 @@ def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
 # TensorFlow's C++ log threshold (0 info, 1 warning, 2 error, 3 fatal), unless the user set one.
 DEFAULT_NATIVE_LOG_LEVEL = "3"
 # absl's C++ log line, e.g. "I0000 00:00:1795995405.379396   22575 cudart_stub.cc:31] Could not find cuda drivers".
-_ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d\d\.\d+ +\d+ [^\]]+\] ")
+_ABSL_LINE = re.compile(r"^([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^\]]+\] ")
 _ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR"
 
 
@@ -86,16 +86,25 @@ def quiet_logging() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     from mlflow.utils import logging_utils
 
-    # MLflow prints some messages ("Successfully registered model ...", "Created version '1' of model ...") to
-    # its own stream, whatever the level; silencing that stream silences its loggers' handler too, so their
-    # records go to Python's default stderr handler instead (errors and above, with the level below).
-    logging_utils.disable_logging()
+    # MLflow prints some notes ("Successfully registered model ...", "Created version '1' of model ...") with
+    # `eprint` to this stream, whatever the level, and its own context managers switch the stream back on;
+    # `eprint` looks the stream up when it prints, while MLflow's log handlers keep the original one.
+    logging_utils.MLFLOW_LOGGING_STREAM = _DISCARDED
     for name in ("tensorflow", "absl", "mlflow", "alembic"):
-        logger = logging.getLogger(name)
-        logger.setLevel(logging.ERROR)
-        if name in ("mlflow", "alembic"):
-            logger.handlers.clear()
-            logger.propagate = True
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class _Discarded:
+    """A text stream that drops what is written to it."""
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+_DISCARDED = _Discarded()
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ a data folder's name becomes a valid study name, and the one-line messages of a 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -140,3 +141,24 @@ def test_a_short_real_study_prints_no_library_chatter(tmp_path):
     lines = done.stdout.splitlines()
     assert len(lines) == 3 and lines[0].startswith("device auto:") and lines[1].startswith("study 'shapes-16px'")
     assert lines[2].startswith("[1/1] trial 0 [seed-initial] COMPLETE"), lines
+
+
+def test_the_backends_start_up_lines_are_dropped_below_the_threshold_and_the_rest_kept(monkeypatch, capfd):
+    from study.cli import native_logs_filtered
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    written = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+        "I0000 00:00:1795995405.379396   22575 cudart_stub.cc:31] Could not find cuda drivers on your machine.\n",
+        "E0000 00:00:1795995414.027196   22575 cuda_platform.cc:52] failed call to cuInit: UNKNOWN ERROR (303)\n",
+        "F0000 00:00:1795995414.027196   22575 main.cc:1] a fatal one\n",
+        "Fatal Python error: something that is not absl's\n",
+    ]
+    with native_logs_filtered():
+        for line in written:
+            os.write(2, line.encode())
+    assert capfd.readouterr().err == "".join(written[3:])
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    with native_logs_filtered():
+        os.write(2, written[1].encode())
+    assert capfd.readouterr().err == written[1]
