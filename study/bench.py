@@ -10,7 +10,8 @@ the images are random pixels of shape (image_size, image_size, 3) in 6 classes, 
 per class as an image folder is (gaplab.data.dataset_from_arrays).
 The study is real (Optuna sampling, training, the measurements after each fit, MLflow tracking of
 every trial with its figures and model, the end-of-study summary), in throw-away stores under a
-temporary folder, with no pruning and without the seed presets, so every trial runs every epoch.
+temporary folder that also holds every artifact and is removed at the end, with no pruning and
+without the seed presets, so every trial runs every epoch.
 `--batch_size 0` samples the batch size from the search space like a study does; any other value
 fixes it (the other parameters are still searched). The shared values (trials, image size, epochs,
 seed, device, workers) are checked as `study.run` checks them, and the device is chosen as there.
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -43,7 +45,7 @@ from pathlib import Path
 
 from gaplab.config import TrainConfig
 from gaplab.device import DEVICES, DeviceError, prepare_backend
-from study.cli import ArgumentParser, UsageError, fail, quiet_logging
+from study.cli import ArgumentParser, UsageError, fail, native_logs_filtered, quiet_logging
 from study.settings import check_training_values
 
 
@@ -64,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--trials", type=int, default=4, help="trials in the study (default %(default)s)")
     add("--batch_size", "--batch-size", type=int, default=0,
         help="fixed batch size, or 0 to sample it from the search space (default %(default)s)")
-    add("--workers", type=int, default=1, help="also run N copies at once and compare (default %(default)s)")
+    add("--workers", type=int, default=1,
+        help="also run N copies at once and compare; at most one per CPU core when training on CPUs, 4 per GPU "
+             "otherwise (default %(default)s)")
     add("--device", type=str, default="auto", help=f"one of {', '.join(DEVICES)} (default %(default)s)")
     add("--seed", type=int, default=0, help="seed for data, sampler and training")
     add("--json", type=str, default="", help="also write the results to this file")
@@ -80,9 +84,25 @@ def validate(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"--images={args.images} is too few; use at least {10 * NUM_CLASSES}.")
     if args.batch_size < 0:
         raise UsageError(f"--batch_size={args.batch_size} is invalid; use 0 (search space) or a positive size.")
-    if args.json and not Path(args.json).expanduser().resolve().parent.is_dir():
-        raise UsageError(f"--json={args.json!r}: its folder does not exist; create it or pick another path.")
+    if args.json:
+        check_json_path(args.json)
+    from study import workers  # imports NumPy: after the checks that need none
+
+    workers.check_worker_count(args.workers, args.device, workers.parse_gpus("", workers.list_gpus()))
     return base
+
+
+def check_json_path(value: str) -> None:
+    """UsageError unless `--json value` is a file this process can write: checked before the run, not after."""
+    path = Path(value).expanduser()
+    folder = path.resolve().parent
+    if path.is_dir():
+        raise UsageError(f"--json={value!r} is a folder; pass a file path, e.g. {path / 'bench.json'}.")
+    if not folder.is_dir():
+        raise UsageError(f"--json={value!r}: its folder does not exist; create it or pick another path.")
+    if not os.access(folder, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"--json={value!r} cannot be written (no write permission in {folder}); pick another "
+                         "path.")
 
 
 def synthetic_data(image_size: int, images: int, seed: int):
@@ -125,24 +145,28 @@ def run_bench(args: argparse.Namespace, base: TrainConfig, started: float) -> di
 
     `started` is when the command started (time.perf_counter): the wall time counts from there.
     """
-    # After the arguments are checked; the imports count as once per run.
-    import mlflow
-    import optuna
+    # After the arguments are checked; the imports count as once per run. The backend's C++ start-up lines
+    # are dropped as study.run drops them.
+    with native_logs_filtered():
+        import mlflow
+        import optuna
 
-    from gaplab import device
-    from gaplab.trainer import train
-    from study import space, summary
-    from study.objective import Objective
-    from study.session import training_device_for
+        from gaplab import device
+        from gaplab.trainer import train
+        from study import space, summary
+        from study.objective import Objective
+        from study.session import training_device_for
 
-    training_device = training_device_for(args.device)
+        training_device = training_device_for(args.device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = synthetic_data(args.image_size, args.images, args.seed)
     study_name = f"bench-{args.image_size}px"
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="gaplab-bench-") as folder:
         mlflow.set_tracking_uri(f"sqlite:///{Path(folder) / 'mlflow.db'}")
-        mlflow.set_experiment(study_name)
+        # A sqlite store keeps artifacts in ./mlruns of the working folder unless its experiment says otherwise.
+        mlflow.set_experiment(experiment_id=mlflow.create_experiment(
+            study_name, artifact_location=(Path(folder) / "artifacts").as_uri()))
         sampler = optuna.samplers.TPESampler(seed=args.seed)
         if args.batch_size:
             sampler = optuna.samplers.PartialFixedSampler({"batch_size": args.batch_size}, sampler)
@@ -294,10 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(error))
     except BenchFailed as error:
         return fail(str(error), exit_code=1)
-    print(format_report(report), flush=True)
+    # The file first: the results are kept even if printing them fails.
+    unwritten = None
     if args.json:
-        Path(args.json).expanduser().write_text(json.dumps(report, indent=2))
-    return 0
+        try:
+            Path(args.json).expanduser().write_text(json.dumps(report, indent=2))
+        except OSError as error:
+            unwritten = f"--json={args.json!r} could not be written ({error}); the results are printed above."
+    print(format_report(report), flush=True)
+    return fail(unwritten, exit_code=1) if unwritten else 0
 
 
 def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:

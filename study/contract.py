@@ -23,11 +23,12 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_RUN_ID_ATTR = "mlflow_parent_run_id"
 TRACKING_URI_ATTR = "mlflow_tracking_uri"
 CLASS_NAMES_ATTR = "class_names"
-# The study's fixed settings (image size, epochs, seed, data, dataset digest): a resume with
-# other settings is refused, and the report reads the seed from here.
+# The study's fixed settings (image size, epochs, seed, data, dataset digest, pruner, prune_on) and
+# its data_dir: a resume with other settings is refused, and the report reads the seed and prune_on
+# from here. Studies begun before pruner and prune_on were fixed lack those two keys.
 SETTINGS_ATTR = "settings"
 # The keys of SETTINGS_ATTR that must match for a process to resume or join the study.
-FIXED_SETTINGS = ("dataset", "dataset_digest", "image_size", "epochs", "seed")
+FIXED_SETTINGS = ("dataset", "dataset_digest", "image_size", "epochs", "seed", "pruner", "prune_on")
 
 # ---------------------------------------------------------------- trial user attributes
 PRESET_ATTR = "preset"

@@ -16,19 +16,27 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
 from gaplab.config import TrainConfig
+from gaplab.dataset import DataError
 from gaplab.device import DeviceError, prepare_backend
+from gaplab.folders import list_image_folder
 from study import stopping
-from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, fail, quiet_logging
-from study.settings import Settings, check_training_values
+from study.cli import (
+    ArgumentParser,
+    UsageError,
+    check_storage_url,
+    default_storage,
+    fail,
+    native_logs_filtered,
+    quiet_logging,
+)
+from study.settings import STUDY_NAME_PATTERN, Settings, check_training_values
 
 DEFAULT_TRIALS = 50
 PRUNERS = ("median", "hyperband", "none")
-STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,32 +67,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (the first GPU the backend sees, else the CPU), cpu, or gpu (an error without one) "
              "(default %(default)s)")
     add("--workers", type=int, default=1,
-        help="worker processes training trials of the study at the same time (default %(default)s)")
+        help="worker processes training trials of the study at the same time; at most one per CPU core when "
+             "training on CPUs, 4 per GPU otherwise (default %(default)s)")
     add("--gpus", type=str, default="",
         help="GPU indices for the workers, e.g. 0,1; worker i trains on GPU i mod G (default: every GPU there is)")
     return parser
 
 
 def validate(args: argparse.Namespace) -> Settings:
-    """Check every value before anything is created; raise UsageError naming the value."""
+    """Check every value before anything is created; raise UsageError naming the value.
+
+    The cheap checks come first and need no heavy import: a bad data folder is answered before
+    Optuna, MLflow or Keras loads, and no check here creates a file.
+    """
     base = check_training_values(args)
     if args.pruner not in PRUNERS:
         raise UsageError(f"--pruner={args.pruner!r} is unknown; use one of {', '.join(PRUNERS)}.")
-    if args.data_dir and not Path(args.data_dir).expanduser().is_dir():
-        raise UsageError(f"--data_dir={args.data_dir!r} is not a folder; pass a folder of class subfolders, "
-                         "or leave it empty for the built-in dataset.")
+    if args.skip_bad_images not in ("true", "false"):
+        raise UsageError(f"--skip_bad_images={args.skip_bad_images!r} is invalid; use true or false.")
     if args.study_name and not STUDY_NAME_PATTERN.match(args.study_name):
         raise UsageError(f"--study_name={args.study_name!r} is invalid; use up to 100 letters, digits, "
                          "spaces, '.', '_' or '-', starting with a letter or digit.")
+    if args.data_dir and not Path(args.data_dir).expanduser().is_dir():
+        raise UsageError(f"--data_dir={args.data_dir!r} is not a folder; pass a folder of class subfolders, "
+                         "or leave it empty for the built-in dataset.")
+    if args.data_dir:
+        try:
+            list_image_folder(args.data_dir)  # its layout and classes, without decoding an image
+        except DataError as error:
+            raise UsageError(f"--data_dir={args.data_dir!r}: {error}") from None
+    from study import workers  # imports NumPy: after the checks that need none
+
+    gpus = workers.parse_gpus(args.gpus, workers.list_gpus())
+    workers.check_worker_count(args.workers, args.device, gpus)
     from study.contract import PRUNE_ON_METRIC  # imports Optuna: after the checks that need none
 
     if args.prune_on not in PRUNE_ON_METRIC:
         raise UsageError(f"--prune_on={args.prune_on!r} is unknown; use one of {', '.join(PRUNE_ON_METRIC)}.")
-    if args.skip_bad_images not in ("true", "false"):
-        raise UsageError(f"--skip_bad_images={args.skip_bad_images!r} is invalid; use true or false.")
-    from study import workers  # imports NumPy: after the checks that need none
-
-    gpus = workers.parse_gpus(args.gpus, workers.list_gpus())
     storage = args.storage or default_storage()
     check_storage_url(storage)
     import mlflow
@@ -127,11 +146,14 @@ def _command(argv: list[str], train_fn) -> int:
     if worker_index is None and settings.workers == 1:
         # Before TensorFlow or JAX is imported: they read these once.
         os.environ.update(workers.gpu_environment(0, settings.gpus))
-    # Heavy imports after validation, so bad input is answered at once.
-    from gaplab.data import DataError
-    from study import session
-
     try:
+        # Heavy imports after validation, so bad input is answered at once. A signal while the backend's
+        # native modules load is acted on once they have (study.stopping), and their C++ start-up lines are
+        # dropped (study.cli).
+        with stopping.interrupts_deferred(), native_logs_filtered():
+            from study import session
+
+            session.training_device_for(settings.device)
         if worker_index is not None:
             return session.run_worker_process(settings, int(worker_index))
         return session.run_study(settings, argv, train_fn).exit_code

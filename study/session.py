@@ -2,9 +2,10 @@
 
 `python -m study.run` checks its flags (study.run), then `run_study` here:
 
-* checks MLflow's tracking store, opens Optuna's storage, loads the data once and creates or
-  resumes the study (`open_study`); refuses a resume whose fixed settings differ, fails the
-  trials of processes that died and queues the seed presets;
+* loads the data once (a bad image is found before either store is touched), checks MLflow's
+  tracking store, opens Optuna's storage and creates or resumes the study (`open_study`); refuses
+  a resume whose fixed settings differ, fails the trials of processes that died and queues the
+  seed presets;
 * attaches the study's one parent run in MLflow (`start_parent_run`);
 * trains in this process (`run_worker`) or in `--workers` processes (study.workers), each of
   which opens the same study and runs the same loop (`run_worker_process`);
@@ -17,6 +18,8 @@ runs KILLED.
 from __future__ import annotations
 
 import collections
+import functools
+import logging
 import math
 import os
 import socket
@@ -35,7 +38,7 @@ from gaplab.trainer import TrainResult
 from study import contract, dashboard, space, stopping, summary, tracking, workers
 from study.cli import UsageError, fail
 from study.objective import Objective
-from study.settings import Settings
+from study.settings import Settings, default_study_name
 from study.storage import check_tracking_uri, fail_stale_trials, heartbeat_grace, masked, open_optuna_storage
 
 TrainFn = Callable[..., TrainResult]
@@ -89,10 +92,12 @@ class OpenStudy:
                             pruned=pruned, failed=states[optuna.trial.TrialState.FAIL], exit_code=exit_code)
 
 
+@functools.cache
 def training_device_for(requested: str) -> str:
     """The device this process trains on for `--device requested` (DeviceError if gpu sees none).
 
-    Says so in one line when `auto` fell back to the CPU.
+    Says so in one line when `auto` fell back to the CPU. Asked once per process: the command asks
+    first, while the backend loads (study.run), and the answer cannot change after that.
     """
     chosen = device.choose_device(requested)
     if chosen == "CPU" and requested == "auto":
@@ -122,15 +127,25 @@ def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def open_study(settings: Settings, training_device: str,
-               sampler: optuna.samplers.BaseSampler | None = None) -> OpenStudy:
-    """Open Optuna's storage, load the data and create the study, or load it where it exists.
+def quiet_optuna() -> None:
+    """Optuna's warnings only, less its report of a trial that Ctrl-C ended: that one carries the
+    KeyboardInterrupt's whole traceback, and the command says "interrupted" in its own line. Other failed
+    trials are still reported (and their errors kept in their MLflow runs)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for handler in logging.getLogger("optuna").handlers:
+        if not any(isinstance(existing, stopping.InterruptedTrialFilter) for existing in handler.filters):
+            handler.addFilter(stopping.InterruptedTrialFilter())
 
-    The study's name (`--study_name`, else `<dataset>-<image_size>px`) is worked out here only.
+
+def open_study(settings: Settings, data: Dataset, training_device: str,
+               sampler: optuna.samplers.BaseSampler | None = None) -> OpenStudy:
+    """Open Optuna's storage and create the study on `data`, or load it where it exists.
+
+    The study's name (`--study_name`, else `<dataset>-<image_size>px` made a valid name,
+    study.settings.default_study_name) is worked out here only.
     """
     storage = open_optuna_storage(settings.storage, tracking.end_stale_trial_run)
-    data = load_data(settings)
-    name = settings.study_name or f"{data.name}-{settings.base.image_size}px"
+    name = settings.study_name or default_study_name(data.name, settings.base.image_size)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=sampler, pruner=make_pruner(settings.pruner, settings.base.epochs))
     dashboard.describe_study(study, settings.prune_on)
@@ -141,16 +156,22 @@ def fixed_settings(settings: Settings, data: Dataset) -> dict[str, object]:
     """The settings every process of one study must share (contract.FIXED_SETTINGS), and the data folder."""
     base = settings.base
     return {"dataset": data.name, "dataset_digest": data.digest, "image_size": base.image_size,
-            "epochs": base.epochs, "seed": base.seed, "data_dir": settings.data_dir}
+            "epochs": base.epochs, "seed": base.seed, "pruner": settings.pruner, "prune_on": settings.prune_on,
+            "data_dir": settings.data_dir}
 
 
 def check_fixed_settings(study: optuna.Study, study_name: str, current: dict[str, object]) -> None:
-    """Store the study's fixed settings when new; UsageError if this run's differ from the stored ones."""
+    """Store the study's fixed settings when new; UsageError if this run's differ from the stored ones.
+
+    Only the settings the study stored are compared: a study begun before `pruner` and `prune_on`
+    were fixed resumes with any, and they are not added afterwards, since its earlier trials may
+    have run with others (the report then says that what it pruned on is unknown).
+    """
     stored = study.user_attrs.get(contract.SETTINGS_ATTR)
     if stored is None:
         study.set_user_attr(contract.SETTINGS_ATTR, current)
         return
-    differing = [name for name in contract.FIXED_SETTINGS if stored.get(name) != current[name]]
+    differing = [name for name in contract.FIXED_SETTINGS if name in stored and stored[name] != current[name]]
     if differing:
         theirs = ", ".join(f"{name}={stored.get(name)!r}" for name in differing)
         ours = ", ".join(f"{name}={current[name]!r}" for name in differing)
@@ -234,12 +255,14 @@ def run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None = No
 
 
 def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) -> StudyOutcome:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     started = time.perf_counter()
     training_device = training_device_for(settings.device)
     launcher_run = workers.take_launcher_run(os.environ)
+    # The data before the stores: a command that stops at a bad image leaves no store behind.
+    data = load_data(settings)
     tracking_uri = check_tracking_uri()
-    opened = open_study(settings, training_device)
+    opened = open_study(settings, data, training_device)
     study = opened.study
     check_fixed_settings(study, opened.name, fixed_settings(settings, opened.data))
     # Before presets are queued and the target is checked: a trial of a process that died must
@@ -251,7 +274,6 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     joining = count_running(study) > 0
     parent_id = start_parent_run(opened, launcher_run, tracking_uri)
 
-    data = opened.data
     print(f"study {opened.name!r}: {already}/{settings.trials} trials finished; dataset {data.name} "
           f"({len(data.train)}/{len(data.val)}/{len(data.test)} at {data.image_size}px); storage "
           f"{masked(settings.storage)}; MLflow {masked(tracking_uri)} run {parent_id}"
@@ -372,9 +394,9 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
 
 def run_worker_process(settings: Settings, index: int) -> int:
     """One of `--workers` processes: the command created the stores; train trials of the study until done."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    quiet_optuna()
     training_device = training_device_for(settings.device)
     sampler = optuna.samplers.TPESampler(seed=int(os.environ[workers.SAMPLER_SEED_ENV]))
-    opened = open_study(settings, training_device, sampler)
+    opened = open_study(settings, load_data(settings), training_device, sampler)
     objective = opened.objective(opened.study.user_attrs[contract.PARENT_RUN_ID_ATTR])
     return run_worker(opened.study, objective, settings.trials, label=f"w{index} ")

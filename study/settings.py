@@ -2,18 +2,24 @@
 
 `check_training_values` answers the values both `study.run` and `study.bench` take (trials, image
 size, epochs, seed, device, workers) in the same words and gives the base TrainConfig they make;
-each command adds the checks of its own flags. Nothing here imports Keras, Optuna or MLflow, so
-bad input is answered before they load.
+each command adds the checks of its own flags. `STUDY_NAME_PATTERN` is what a study name may be,
+and `default_study_name` makes one of that kind from a data folder's name. Nothing here imports
+Keras, Optuna or MLflow, so bad input is answered before they load.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
 
 from gaplab.config import ConfigError, TrainConfig
 from gaplab.device import DEVICES
 from study.cli import UsageError
+
+# A study's name is also its MLflow experiment and registered model, and goes into file names and URLs.
+STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
+_NOT_IN_A_STUDY_NAME = re.compile(r"[^A-Za-z0-9_.\- ]+")
 
 
 @dataclass(frozen=True)
@@ -50,3 +56,12 @@ def check_training_values(args: argparse.Namespace) -> TrainConfig:
     if args.workers < 1:
         raise UsageError(f"--workers={args.workers} is invalid; use at least 1.")
     return base
+
+
+def default_study_name(dataset_name: str, image_size: int) -> str:
+    """`<dataset>-<image_size>px`, made to match STUDY_NAME_PATTERN: each run of other characters becomes '-',
+    leading and trailing punctuation goes, and the dataset part is cut to fit 100 characters ('data' if
+    nothing is left), so a folder named `<img src=x>` gives `img src-x-<size>px`."""
+    suffix = f"-{image_size}px"
+    cleaned = _NOT_IN_A_STUDY_NAME.sub("-", dataset_name).strip("_.- ")
+    return (cleaned[:100 - len(suffix)].rstrip("_.- ") or "data") + suffix

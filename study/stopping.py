@@ -5,6 +5,10 @@ set `requested` and raise KeyboardInterrupt. The trial that was running ends FAI
 MLflow run KILLED (study.tracking.trial_run), nothing else is started, and the command exits 130;
 on leaving the block the previous signal handlers are back.
 
+While the Keras backend is imported, `interrupts_deferred()` only records the signal and raises
+KeyboardInterrupt once the block is done: an exception raised while jaxlib's extension modules are
+being created crashed the process (segfault, exit -11) instead of stopping it.
+
 Two ways an interrupt can get lost are covered here too:
 
 * Python swallows a KeyboardInterrupt raised inside a garbage-collection callback (seen with
@@ -19,6 +23,7 @@ Nothing here imports Keras, so the command can hold the handlers before its heav
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from collections.abc import Iterator
@@ -49,6 +54,25 @@ def graceful_stop() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def _record_stop(signum, frame):
+    requested.set()
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM only request a stop; leaving the block raises KeyboardInterrupt if
+    one was requested. For imports of native extension modules, which must not be interrupted halfway."""
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
+    for signum in SIGNALS:
+        signal.signal(signum, _record_stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    raise_if_requested()
+
+
 def raise_if_requested() -> None:
     """KeyboardInterrupt if a stop was requested: for loops the signal's own exception may miss."""
     if requested.is_set():
@@ -58,3 +82,12 @@ def raise_if_requested() -> None:
 def is_interruption(error: BaseException) -> bool:
     """Whether `error` ends the study as an interrupt: a KeyboardInterrupt, or any error once a stop was requested."""
     return isinstance(error, KeyboardInterrupt) or requested.is_set()
+
+
+class InterruptedTrialFilter(logging.Filter):
+    """Drops a library's log record of a trial that an interrupt ended (Optuna logs it at WARNING with the
+    KeyboardInterrupt's whole traceback); the command's own "interrupted" line says it. Other failures pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        interrupted = record.exc_info is not None and isinstance(record.exc_info[1], KeyboardInterrupt)
+        return not (interrupted or requested.is_set())

@@ -17,6 +17,7 @@ import functools
 import json
 import os
 import socket
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -238,13 +239,15 @@ def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
 
     Runs in whichever process finds the stale trial: a worker of the same command or a later one.
     """
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
-    if not run_id:
-        return  # died before its run started
-    client = MlflowClient()
-    if client.get_run(run_id).info.status != "RUNNING":
-        return
     worker = trial.user_attrs.get(WORKER_ATTR, "its worker")
+    run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    client = MlflowClient()
+    running = bool(run_id) and client.get_run(run_id).info.status == "RUNNING"
+    print(f"trial {trial.number} of worker {worker} stopped sending heartbeats: marked FAIL"
+          + (f", its MLflow run {run_id} KILLED" if running else "") + "; it does not count towards --trials.",
+          file=sys.stderr, flush=True)
+    if not running:
+        return
     client.set_tag(run_id, TRIAL_STATE_TAG, "FAIL")
     client.set_tag(run_id, ERROR_TAG, f"{WORKER_DIED}: {worker} stopped sending heartbeats during trial "
                    f"{trial.number} (killed, e.g. kill -9, or its machine went down); the trial was failed by "

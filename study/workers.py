@@ -29,6 +29,8 @@ WORKER_INDEX_ENV = "GAPLAB_WORKER_INDEX"
 SAMPLER_SEED_ENV = "GAPLAB_SAMPLER_SEED"
 # Set by `mlflow run`: the id of the run it created for the command.
 LAUNCHER_RUN_ENV = "MLFLOW_RUN_ID"
+# Workers a GPU holds at once: each trains a small CNN and leaves the GPU idle while it logs and measures.
+WORKERS_PER_GPU = 4
 
 
 def take_launcher_run(environ: MutableMapping[str, str]) -> str | None:
@@ -53,17 +55,37 @@ def list_gpus() -> list[str]:
 
 
 def parse_gpus(value: str, available: Sequence[str]) -> tuple[str, ...]:
-    """The GPU indices `--gpus` names (default: every GPU there is); UsageError for one that does not exist."""
+    """The GPU indices `--gpus` names (default: every GPU there is); UsageError for an empty entry or a GPU
+    that does not exist."""
     indices = [entry.split(" ", 1)[0] for entry in available]
     if not value:
         return tuple(indices)
+    there = "; ".join(available) if available else "none (nvidia-smi lists no GPU)"
     wanted = [part.strip() for part in value.split(",")]
+    if not all(wanted):
+        raise UsageError(f"--gpus={value!r} has an empty entry; give GPU indices separated by commas, e.g. "
+                         f"--gpus 0,1. The GPUs here are: {there}.")
     missing = [part for part in wanted if part not in indices]
-    if missing or not all(wanted):
-        there = "; ".join(available) if available else "none (nvidia-smi lists no GPU)"
-        raise UsageError(f"--gpus={value!r} names GPU {', '.join(missing) or 'with an empty index'} that does "
-                         f"not exist; the GPUs here are: {there}.")
+    if missing:
+        raise UsageError(f"--gpus={value!r} names GPU {', '.join(missing)} that does not exist; the GPUs here "
+                         f"are: {there}.")
     return tuple(dict.fromkeys(wanted))
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def check_worker_count(workers: int, device: str, gpus: Sequence[str]) -> None:
+    """UsageError unless `--workers` fits the machine: one worker per CPU core when training on CPUs
+    (`--device cpu`, or no GPU listed), else WORKERS_PER_GPU per GPU used."""
+    if device != "cpu" and gpus:
+        limit, why = WORKERS_PER_GPU * len(gpus), f"{WORKERS_PER_GPU} per GPU, {len(gpus)} GPU(s) used"
+    else:
+        limit, why = cpu_cores(), f"one per CPU core when training on CPUs, {cpu_cores()} core(s) here"
+    if workers > limit:
+        raise UsageError(f"--workers={workers} is too many; use at most {limit} ({why}).")
 
 
 def gpu_environment(index: int, gpus: Sequence[str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from study import bench
 from tests.conftest import configured_backend, subprocess_env
 
 
@@ -18,14 +19,30 @@ def test_bad_bench_input_is_one_line_and_exit_2(tmp_path):
     assert done.stderr.strip() == "error: --epochs=1 is too few; use at least 2 (the first epoch compiles)."
 
 
+@pytest.mark.parametrize("json_path, message", [
+    ("{tmp}", "--json='{tmp}' is a folder; pass a file path, e.g. {tmp}/bench.json."),
+    ("{tmp}/missing/bench.json", "--json='{tmp}/missing/bench.json': its folder does not exist; create it or pick "
+                                 "another path."),
+])
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_run(tmp_path, monkeypatch, capsys, json_path,
+                                                                      message):
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--json", json_path.format(tmp=tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {message.format(tmp=tmp_path)}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_bench_reports_throughput_compile_time_and_parts_that_add_up_to_the_wall_time(tmp_path):
-    out = tmp_path / "bench.json"
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "bench.json"
     done = subprocess.run(
         [sys.executable, "-m", "study.bench", "--image_size", "16", "--images", "240", "--epochs", "2",
          "--trials", "2", "--batch_size", "16", "--device", "auto", "--json", str(out)],
-        cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
+        cwd=work, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert [path.name for path in work.iterdir()] == ["bench.json"], "its stores and artifacts were temporary"
     report = json.loads(out.read_text())
     assert report["backend"] == configured_backend()
     assert report["device"] == "CPU" and report["requested_device"] == "auto"

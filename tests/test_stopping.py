@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import pytest
 
 from study import run as run_module
 from study import stopping
-from tests.conftest import configured_backend, subprocess_env
+from tests.conftest import configured_backend, subprocess_env, wait_for_running_trial
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -34,6 +35,33 @@ def test_a_signal_requests_a_stop_raises_keyboard_interrupt_and_the_handlers_com
         assert not stopping.is_interruption(ValueError("a real failure"))
 
 
+def test_while_deferred_a_signal_only_requests_a_stop_raised_when_the_block_ends():
+    with stopping.graceful_stop():
+        with pytest.raises(KeyboardInterrupt, match="stop requested"):
+            with stopping.interrupts_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached = True  # the signal did not interrupt the block
+        assert reached and stopping.requested.is_set()
+        assert signal.getsignal(signal.SIGINT) is stopping._request_stop, "the stop handler is back"
+    with stopping.graceful_stop(), stopping.interrupts_deferred():
+        pass  # no signal: nothing is raised
+
+
+def _record(error: BaseException | None) -> logging.LogRecord:
+    exc_info = (type(error), error, None) if error else None
+    return logging.LogRecord("optuna.study._optimize", logging.WARNING, __file__, 1, "Trial 3 failed", (), exc_info)
+
+
+def test_the_log_of_a_trial_ended_by_an_interrupt_is_dropped_and_other_failures_pass():
+    interrupted_trials = stopping.InterruptedTrialFilter()
+    with stopping.graceful_stop():
+        assert not interrupted_trials.filter(_record(KeyboardInterrupt("SIGINT")))
+        assert interrupted_trials.filter(_record(RuntimeError("simulated crash")))
+        assert interrupted_trials.filter(_record(None))
+        stopping.requested.set()  # after Ctrl-C, whatever Optuna says of the trial it ended
+        assert not interrupted_trials.filter(_record(None))
+
+
 def test_the_command_restores_the_signal_handlers_it_installed(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     before = {s: signal.getsignal(s) for s in stopping.SIGNALS}
@@ -47,10 +75,9 @@ def _backend_library_is_loading(pid: int) -> bool:
     return f"/{package}/" in Path(f"/proc/{pid}/maps").read_text()
 
 
-@pytest.mark.xfail(configured_backend() == "jax", strict=True, reason=(
-    "on JAX a KeyboardInterrupt raised while jaxlib's extension modules are created segfaults the process "
-    "(exit -11, in jaxlib/xla_client.py's import); the interrupt must wait until the backend is imported"))
 def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
+    # On JAX a KeyboardInterrupt raised while jaxlib's extension modules were created crashed the process
+    # (exit -11): the signal is now acted on once the backend is imported.
     process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "1", "--image_size", "16"],
                                cwd=tmp_path, env=subprocess_env(tmp_path), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -64,3 +91,18 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == stopping.EXIT_CODE, stderr[-3000:]
     assert "Traceback" not in stderr and "interrupted; rerun the same command to resume." in stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_trial_prints_one_line_without_a_traceback(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "2", "--epochs", "3", "--image_size",
+                                "16", "--pruner", "none"], cwd=tmp_path, env=subprocess_env(tmp_path), text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_for_running_trial(storage, "shapes-16px", [process.pid])
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == stopping.EXIT_CODE, stderr[-3000:]
+    assert "Traceback" not in stderr and "failed with" not in stderr, stderr[-3000:]
+    assert stderr.strip().endswith("interrupted: the running trials are marked FAIL and their MLflow runs KILLED; "
+                                   "rerun the same command to resume."), stderr[-3000:]

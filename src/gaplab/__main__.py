@@ -14,7 +14,6 @@ import sys
 from gaplab.cli import ArgumentParser, fail
 from gaplab.config import PRESETS, ConfigError, TrainConfig
 from gaplab.data import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, DataError, generate_shapes, load_image_folder
-from gaplab.trainer import train
 
 COLUMNS = ("train_accuracy", "train_eval_accuracy", "val_accuracy", "val_accuracy_recalibrated", "test_accuracy",
            "gap", "mode_gap", "generalization_gap")
@@ -22,6 +21,8 @@ COLUMNS = ("train_accuracy", "train_eval_accuracy", "val_accuracy", "val_accurac
 
 def compare_presets(data, presets, epochs: int, batch_size: int, seed: int) -> list[dict[str, float | str]]:
     """One row per preset: its final metrics and optimizer steps."""
+    from gaplab.trainer import train  # imports Keras: after the flags are checked
+
     rows = []
     for name in presets:
         config = PRESETS[name].replace(image_size=data.image_size, epochs=epochs, batch_size=batch_size, seed=seed)
@@ -50,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     args = parser.parse_args(argv)
+    try:
+        # Every value before any image is read or drawn, named by its flag.
+        TrainConfig(image_size=args.image_size, epochs=args.epochs, batch_size=args.batch_size,
+                    seed=args.seed).validate()
+    except ConfigError as error:
+        return fail(f"--{error}")
     try:
         if args.data_dir:
             data = load_image_folder(args.data_dir, args.image_size, seed=args.seed)
