@@ -67,6 +67,12 @@ WORKER_DIED = "worker died"
 # (the test split at each momentum) scores that choice on images no selection used. Curves stored
 # before test_accuracy was measured lack it: it is not in MOMENTUM_CURVE_KEYS, the lists every
 # stored curve has. Absent for trials without batchnorm or that diverged.
+# "train_eval_images": n (from this version on; older curves lack it and measured train-eval on the
+# whole training split): train-eval at every point (the own and recalibrated ones included, so the
+# curve's points compare on the same images) is measured on a fixed stratified subset of n training
+# images, about val's size, drawn from the seed (gaplab.momentum.train_eval_subset). The trial's final
+# train_eval_accuracy and mode_gap stay on the whole training split, so they can differ from the
+# curve's own point by that subset's sampling error.
 MOMENTUM_CURVE_ATTR = "momentum_curve"
 MOMENTUM_CURVE_KEYS = curve.LIST_KEYS
 MOMENTUM_CURVE_ARTIFACT = "momentum_curve.json"

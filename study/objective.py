@@ -27,6 +27,7 @@ from study.contract import (
     PRESET_ATTR,
     PRUNE_ON_METRIC,
 )
+from study.pruning import read_epochs
 
 
 class TrainingDiverged(RuntimeError):
@@ -51,18 +52,22 @@ class PruningCallback(EpochCallback):
     """Reports a val accuracy to Optuna each epoch and stops training when the pruner says so.
 
     `prune_on` picks which (see `contract.PRUNE_ON_METRIC`). A model without batchnorm has no
-    momentum, so its val accuracy stands for the best momentum's.
+    momentum, so its val accuracy stands for the best momentum's. At the epochs the pruner never
+    reads (`read(epoch)` False, see `study.pruning`) the trainer skips the best momentum's val
+    pass, and nothing is reported there in its place.
     """
 
-    def __init__(self, trial: optuna.Trial, prunable: bool, prune_on: str = DEFAULT_PRUNE_ON):
+    def __init__(self, trial: optuna.Trial, prunable: bool, prune_on: str = DEFAULT_PRUNE_ON,
+                 read: Callable[[int], bool] = lambda epoch: True):
         super().__init__()
         self.trial = trial
         self.prunable = prunable
         self.metric = PRUNE_ON_METRIC[prune_on]
+        self.read = read
         self.pruned_at: int | None = None
 
     def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        if "val_accuracy" not in metrics:
+        if "val_accuracy" not in metrics or (self.metric not in metrics and not self.read(epoch)):
             return
         self.trial.report(metrics.get(self.metric, metrics["val_accuracy"]), epoch)
         if self.prunable and self.trial.should_prune():
@@ -104,11 +109,12 @@ class Objective:
                 raise
 
     def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None, run_id: str) -> float:
-        pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on)
+        read = read_epochs(trial.study.pruner, prunable=preset is None)
+        pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on, read=read)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
-        # The grid's val passes each epoch are only paid for where the pruner reads them.
+        # The grid's val passes are only paid for where the pruner reads them.
         result = self.train_fn(config, self.data, callbacks=callbacks,
-                               best_momentum_each_epoch=self.prune_on == "best_momentum")
+                               best_momentum_at_epoch=read if self.prune_on == "best_momentum" else None)
         for name, value in result.final_metrics().items():
             trial.set_user_attr(name, value)
         if config.batchnorm:  # without batchnorm there is no momentum (see study.space)

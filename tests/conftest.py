@@ -145,7 +145,7 @@ def _fake_val(config, momentum: float) -> float:
     return 0.9 - 0.5 * momentum * config.batchnorm - 0.1 * config.dropout
 
 
-def fake_train(config, data, callbacks=(), verbose=0, best_momentum_each_epoch=False):
+def fake_train(config, data, callbacks=(), verbose=0, best_momentum_at_epoch=None):
     """Stands in for gaplab.trainer.train: the gap grows with momentum, as in the phenomenon; dropout 0.6 raises."""
     from gaplab import MomentumCurve
     from gaplab.trainer import EpochCallback
@@ -163,7 +163,7 @@ def fake_train(config, data, callbacks=(), verbose=0, best_momentum_each_epoch=F
     model_holder = type("Holder", (), {"stop_training": False})()
     for epoch in range(1, config.epochs + 1):
         metrics = {"train_loss": 1.0 / epoch, "train_accuracy": 0.9, "val_loss": 1.0, "val_accuracy": val}
-        if curve and best_momentum_each_epoch:
+        if curve and best_momentum_at_epoch is not None and best_momentum_at_epoch(epoch):
             metrics.update(val_accuracy_at_best_momentum=curve.val_accuracy_at_best_momentum,
                            best_momentum=curve.best_momentum)
         for key, value in metrics.items():

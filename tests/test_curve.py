@@ -62,7 +62,17 @@ def test_a_curve_stored_before_test_accuracy_was_measured_reads_without_it():
     assert "test_accuracy" not in curve.as_dict()
 
 
+def test_the_number_of_train_eval_images_reads_back_where_recorded():
+    curve = MomentumCurve.read(_stored(train_eval_images=256))
+    assert curve.train_eval_images == 256
+    assert json.loads(json.dumps(curve.as_dict()))["train_eval_images"] == 256
+    older = MomentumCurve.read(_stored())
+    assert older.train_eval_images is None and "train_eval_images" not in older.as_dict()
+
+
 @pytest.mark.parametrize(("changes", "message"), [
+    ({"train_eval_images": 0}, "train_eval_images is 0, not a positive whole number"),
+    ({"train_eval_images": 2.5}, "train_eval_images is 2.5, not a positive whole number"),
     ({"momentum": None}, "momentum is not a list of finite numbers"),
     ({"test_accuracy": [0.1, 0.2, float("nan"), 0.3]}, "test_accuracy is not a list of finite numbers"),
     ({"test_accuracy": [0.1, 0.2, 0.3]}, "its lists are empty or of different lengths"),

@@ -311,7 +311,7 @@ def test_without_a_grid_or_batchnorm_there_is_no_curve(tiny_data):
 
 def test_each_epoch_can_carry_the_val_accuracy_at_the_best_momentum(tiny_data):
     recorder = Recorder()
-    result = train(SMALL, tiny_data, callbacks=[recorder], best_momentum_each_epoch=True)
+    result = train(SMALL, tiny_data, callbacks=[recorder], best_momentum_at_epoch=lambda epoch: True)
     for _, metrics in recorder.seen:
         assert set(metrics) == set(EPOCH_METRICS) | {"val_accuracy_at_best_momentum", "best_momentum"}
         assert metrics["val_accuracy_at_best_momentum"] >= metrics["val_accuracy"] - 1e-6
@@ -322,6 +322,58 @@ def test_each_epoch_can_carry_the_val_accuracy_at_the_best_momentum(tiny_data):
     assert last["best_momentum"] == final["best_momentum"]
     assert result.history["val_accuracy_at_best_momentum"][-1] == last["val_accuracy_at_best_momentum"]
     assert result.timings["grid_validation_seconds"] > 0
+
+
+def _counting_predictions(monkeypatch) -> list[np.ndarray]:
+    """The image arrays each inference pass of gaplab.metrics is asked to predict, in order."""
+    from gaplab import metrics
+
+    passes: list[np.ndarray] = []
+    real = metrics._predict
+
+    def counting(model, x):
+        passes.append(x)
+        return real(model, x)
+
+    monkeypatch.setattr(metrics, "_predict", counting)
+    return passes
+
+
+def test_the_grid_val_pass_runs_only_at_the_epochs_asked_and_the_last_ones_is_the_curves(tiny_data, monkeypatch):
+    config = SMALL.replace(epochs=3)
+    whole = train(config, tiny_data, best_momentum_at_epoch=lambda epoch: True)
+    passes = _counting_predictions(monkeypatch)
+    recorder = Recorder()
+    asked: list[int] = []
+    result = train(config, tiny_data, callbacks=[recorder],
+                   best_momentum_at_epoch=lambda epoch: asked.append(epoch) or epoch in (2, 3))
+    assert asked == [1, 2, 3]
+    assert [("best_momentum" in metrics) for _, metrics in recorder.seen] == [False, True, True]
+    # The skipped epochs change nothing: same curve as with a pass at every epoch.
+    assert result.momentum_curve == whole.momentum_curve
+    val_passes = sum(x is tiny_data.val.x for x in passes)
+    # Fit's validation at each of 3 epochs, the grid's momenta but the own one at epochs 2 and 3 only, the
+    # recalibrated val after fit, and no val pass at any momentum for the curve.
+    assert val_passes == 3 + 2 * (len(result.momentum_curve.momentum) - 1) + 1
+
+
+def test_a_curve_without_a_pass_at_the_last_epoch_measures_val_itself(tiny_data, monkeypatch):
+    reused = train(SMALL, tiny_data, best_momentum_at_epoch=lambda epoch: epoch == SMALL.epochs)
+    measured = train(SMALL, tiny_data, best_momentum_at_epoch=lambda epoch: epoch < SMALL.epochs)
+    assert measured.momentum_curve == reused.momentum_curve
+
+
+def test_the_curves_train_eval_subset_is_stratified_seeded_and_about_vals_size():
+    from gaplab.metrics import EVAL_BATCH_SIZE
+    from gaplab.momentum import train_eval_subset
+
+    labels = np.repeat(np.arange(3), [600, 300, 100])
+    picked = train_eval_subset(labels, val_size=300, seed=5)
+    assert len(picked) == 2 * EVAL_BATCH_SIZE == 512  # val's 300, rounded up to whole evaluation batches
+    assert np.bincount(labels[picked]).tolist() == [307, 154, 51]  # 60/30/10 %, by largest remainder
+    assert np.array_equal(picked, train_eval_subset(labels, val_size=300, seed=5))
+    assert not np.array_equal(picked, train_eval_subset(labels, val_size=300, seed=6))
+    assert np.array_equal(train_eval_subset(labels[:200], val_size=100, seed=5), np.arange(200))
 
 
 COMPILE_COUNT_SCRIPT = textwrap.dedent(
@@ -372,3 +424,33 @@ def test_jax_compiles_each_train_eval_and_recalibration_program_once(tmp_path):
     assert not any("test_step" in name for name in counts["first"])
     assert counts["other_momentum_and_dropout"] == []
     assert counts["new_batch_size"] == ["jit(train_step)"]
+
+
+@pytest.mark.slow
+def test_the_curve_on_the_train_eval_subset_is_close_to_the_whole_split_and_chooses_the_same_momentum():
+    """The built-in data (840 training images): the curve's train-eval on 256 of them against all of them."""
+    from gaplab.data import generate_shapes
+    from gaplab.momentum import measure_curve
+
+    data = generate_shapes(image_size=32, n_images=1200, seed=0)
+    result = train(TrainConfig(depth=2, bn_momentum=0.99, batch_size=32, epochs=2, image_size=32), data)
+    subset = result.momentum_curve
+    model = result.model
+    model.compile()
+    whole = measure_curve(
+        model, 0.99, result.config.momentum_grid,
+        splits={"train": (data.train.x, data.train.y), "val": (data.val.x, data.val.y),
+                "test": (data.test.x, data.test.y)},
+        own={"train": result.train_eval_accuracy, "val": result.val_accuracy, "test": result.test_accuracy},
+        train_accuracy=result.train_accuracy, recalibrated=(math.nan, result.val_accuracy_recalibrated))
+    assert (subset.train_eval_images, whole.train_eval_images) == (256, len(data.train)) == (256, 840)
+    assert subset.val_accuracy == whole.val_accuracy and subset.test_accuracy == whole.test_accuracy
+    assert subset.best_momentum == whole.best_momentum
+    apart = [abs(a - b) for a, b in zip(subset.train_eval_accuracy, whole.train_eval_accuracy)]
+    # 256 of 840 images: a standard error of at most 0.5 / sqrt(256) * sqrt(1 - 256 / 840) = 0.026.
+    assert max(apart) <= 3 * 0.026, apart
+    own_to_best = [curve.mode_gap[curve.own] - curve.mode_gap[curve.best] for curve in (subset, whole)]
+    assert abs(own_to_best[0] - own_to_best[1]) <= 3 * 0.026, own_to_best
+    print(f"\ntrain-eval by momentum {subset.momentum}\n subset {subset.train_eval_accuracy}\n whole  "
+          f"{whole.train_eval_accuracy}\n |apart| max {max(apart):.4f} own {apart[subset.own]:.4f}; best "
+          f"{subset.best_momentum}; mode gap own - best: subset {own_to_best[0]:.4f}, whole {own_to_best[1]:.4f}")

@@ -16,9 +16,9 @@ from tests.conftest import child_runs, fake_train, load_study, run_mocked
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 
 
-def _with_model(config, data, callbacks=(), verbose=0, best_momentum_each_epoch=False):
+def _with_model(config, data, callbacks=(), verbose=0, best_momentum_at_epoch=None):
     """The mock trainer, holding a real (untrained) model so that the study logs one."""
-    result = fake_train(config, data, callbacks, verbose, best_momentum_each_epoch)
+    result = fake_train(config, data, callbacks, verbose, best_momentum_at_epoch)
     result.trained_values = variable_values(build_model(config, data.num_classes, runtime_hyperparameters=True))
     return result
 

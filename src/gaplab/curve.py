@@ -4,7 +4,8 @@ Keras-free, so the report reads curves with the same class the trainer writes th
 (`gaplab.momentum` measures them; it is where Keras is).
 
 * `MomentumCurve`: val, train-eval and (from this version on) test accuracy per momentum, sorted
-  by momentum, with fit's train accuracy and the recalibrated (PreciseBN) point; `read` and
+  by momentum, with fit's train accuracy and the recalibrated (PreciseBN) point, and how many
+  training images train-eval was measured on (`train_eval_images`, where recorded); `read` and
   `as_dict` are the momentum_curve.json format (`study.contract.MOMENTUM_CURVE_ATTR`); `own` and
   `best` are indices into the lists.
 * `momentum_step(m)`: round(1000 · log10(1 / (1 − m))), the curve's resolution: momenta with the
@@ -48,7 +49,10 @@ class MomentumCurve:
 
     `train_accuracy` is fit's running figure (it does not depend on momentum), so gap and mode gap
     at each momentum are train_accuracy minus val and train-eval accuracy there. `test_accuracy`
-    is None for curves stored before it was measured.
+    is None for curves stored before it was measured. `train_eval_images`: the size of the fixed
+    subset of the training split that train-eval (every point, the own and recalibrated ones
+    included) was measured on; None for curves stored before it was recorded, which measured it on
+    the whole training split.
     """
 
     own_momentum: float
@@ -59,6 +63,7 @@ class MomentumCurve:
     recalibrated_val_accuracy: float
     recalibrated_train_eval_accuracy: float
     test_accuracy: tuple[float, ...] | None = None
+    train_eval_images: int | None = None
 
     @classmethod
     def read(cls, raw: Any) -> MomentumCurve:
@@ -76,6 +81,9 @@ class MomentumCurve:
         recalibrated = raw["recalibrated"]
         if not isinstance(recalibrated, dict) or not all(_is_number(recalibrated.get(k)) for k in RECALIBRATED_KEYS):
             raise ValueError(f"recalibrated is not an object of finite numbers {', '.join(RECALIBRATED_KEYS)}")
+        images = raw.get("train_eval_images")
+        if images is not None and (not isinstance(images, int) or isinstance(images, bool) or images < 1):
+            raise ValueError(f"train_eval_images is {images!r}, not a positive whole number")
         train_accuracy = lists["val_accuracy"][0] + lists["gap"][0]
         for gap, accuracy, name in (("gap", "val_accuracy", "val"), ("mode_gap", "train_eval_accuracy", "train-eval")):
             if any(abs(train_accuracy - a - g) > _GAP_TOLERANCE for a, g in zip(lists[accuracy], lists[gap])):
@@ -89,10 +97,11 @@ class MomentumCurve:
             recalibrated_val_accuracy=float(recalibrated["val_accuracy"]),
             recalibrated_train_eval_accuracy=float(recalibrated["train_eval_accuracy"]),
             test_accuracy=lists.get("test_accuracy"),
+            train_eval_images=images,
         )
 
     def as_dict(self) -> dict[str, object]:
-        """The curve as momentum_curve.json holds it (`test_accuracy` only where it was measured)."""
+        """The curve as momentum_curve.json holds it (`test_accuracy` and `train_eval_images` only where known)."""
         stored: dict[str, object] = {
             "own_momentum": self.own_momentum,
             "momentum": list(self.momentum),
@@ -109,6 +118,8 @@ class MomentumCurve:
         }
         if self.test_accuracy is not None:
             stored["test_accuracy"] = list(self.test_accuracy)
+        if self.train_eval_images is not None:
+            stored["train_eval_images"] = self.train_eval_images
         return stored
 
     @property

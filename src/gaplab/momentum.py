@@ -8,8 +8,11 @@ same weights, same steps, only the momentum differs.
 
 * `measure_curve(...)`: the curve of a trained model, after training: val, train-eval and test
   accuracy per momentum (the grid plus the run's own), as a `gaplab.curve.MomentumCurve`.
-* `BestMomentumValidation`: a Keras callback that adds, each epoch, the val accuracy at the best
-  momentum (`val_accuracy_at_best_momentum`) and that momentum (`best_momentum`) to the logs.
+  Train-eval is measured on `train_eval_subset` of the training split, at every point (the own one
+  included, so the curve's points compare with each other on the same images).
+* `BestMomentumValidation`: a Keras callback that adds, at the epochs asked, the val accuracy at
+  the best momentum (`val_accuracy_at_best_momentum`) and that momentum (`best_momentum`) to the
+  logs; the last such pass is what `measure_curve` reuses for val when it ran at the final weights.
 
 The curve's resolution (`momentum_step`) and best momentum (`best_index`: val chooses) are
 defined in `gaplab.curve`, which the report reads curves with, without Keras.
@@ -19,13 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import keras
 import numpy as np
 
 from gaplab.curve import MomentumCurve, best_index, momentum_step
-from gaplab.metrics import accuracy, predict_classes
+from gaplab.metrics import EVAL_BATCH_SIZE, accuracy, predict_classes
 from gaplab.model import RuntimeMomentumBatchNormalization, batchnorm_layers, preserved_batchnorm_statistics
 
 PER_EPOCH_METRICS = ("val_accuracy_at_best_momentum", "best_momentum")
@@ -61,72 +64,110 @@ def _grid_statistics(layers: list[RuntimeMomentumBatchNormalization], index: int
 
 def accuracies_by_momentum(
     model: keras.Model, own_momentum: float, grid: tuple[float, ...], splits: list[tuple[np.ndarray, np.ndarray]],
-    own: list[float] | None = None,
+    own: list[float | None] | None = None,
 ) -> tuple[list[float], list[list[float]]]:
     """Sorted momenta and, per split, the inference-mode accuracy at each.
 
     `grid` is the momentum grid the model was trained with (exact values; the layers hold them
-    as float32). `own`: the splits' accuracies at the model's own statistics, where measured.
+    as float32). `own`: per split, its accuracy at the model's own statistics where already
+    measured (reused), None where not.
     """
     layers = grid_layers(model)
     if len(grid) != (len(layers[0].momentum_grid) if layers else 0):
         raise ValueError(f"the model tracks no momentum grid of length {len(grid)}; train it with "
                          f"TrainConfig.momentum_grid={tuple(grid)}.")
+    own = own if own is not None else [None] * len(splits)
     momenta, per_split = [], [[] for _ in splits]
     for momentum, index in _curve_points(own_momentum, tuple(grid)):
         momenta.append(momentum)
-        if index is None and own is not None:
-            for values, value in zip(per_split, own):
-                values.append(value)
-            continue
         with _grid_statistics(layers, index):
-            for values, (x, y) in zip(per_split, splits):
-                values.append(accuracy(predict_classes(model, x), y))
+            for values, (x, y), measured in zip(per_split, splits, own):
+                reused = index is None and measured is not None
+                values.append(measured if reused else accuracy(predict_classes(model, x), y))
     return momenta, per_split
+
+
+def train_eval_subset(labels: np.ndarray, val_size: int, seed: int) -> np.ndarray:
+    """Sorted indices of the training images the curve measures train-eval accuracy on.
+
+    A stratified, seeded draw of about max(val_size, EVAL_BATCH_SIZE) images, rounded up to whole
+    evaluation batches (a part-filled batch costs as much as a full one), so train-eval at each
+    momentum costs about what val does; every image where the split is no larger. Each class gets
+    its share of the size by largest remainder. A pure function of the labels and the seed.
+    """
+    size = -(-max(val_size, 1) // EVAL_BATCH_SIZE) * EVAL_BATCH_SIZE
+    if size >= len(labels):
+        return np.arange(len(labels))
+    classes, counts = np.unique(labels, return_counts=True)
+    shares = counts * size / len(labels)
+    taken = np.floor(shares).astype(int)
+    # Largest remainders first; ties to the smaller class label, so the draw does not depend on sort stability.
+    for position in sorted(range(len(classes)), key=lambda i: (taken[i] - shares[i], classes[i]))[: size - taken.sum()]:
+        taken[position] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.choice(np.flatnonzero(labels == label), size=count, replace=False)
+              for label, count in zip(classes, taken)]
+    return np.sort(np.concatenate(picked))
 
 
 def measure_curve(
     model: keras.Model, own_momentum: float, grid: tuple[float, ...],
-    splits: dict[str, tuple[np.ndarray, np.ndarray]], own: dict[str, float],
+    splits: dict[str, tuple[np.ndarray, np.ndarray]], own: dict[str, float | None],
     train_accuracy: float, recalibrated: tuple[float, float],
+    val_by_momentum: tuple[list[float], list[float]] | None = None,
 ) -> MomentumCurve:
     """The momentum curve of a trained model.
 
-    `splits` are the "train", "val" and "test" images and labels; `own` their accuracies already
-    measured at the model's own statistics (reused, not predicted again). `recalibrated` is the
-    (train-eval, val) accuracy after PreciseBN recalibration.
+    `splits` are the "train" (the train-eval subset, see `train_eval_subset`), "val" and "test"
+    images and labels; `own` their accuracies already measured at the model's own statistics
+    (reused, not predicted again; None: not measured). `val_by_momentum`: (momenta, val accuracies)
+    of a pass at these very weights and statistics (`BestMomentumValidation.last`), reused instead
+    of another val pass at every momentum. `recalibrated` is the (train-eval on the same subset,
+    val) accuracy after PreciseBN recalibration.
     """
-    names = ("train", "val", "test")
-    momenta, (train_eval, val_acc, test_acc) = accuracies_by_momentum(
+    names = ("train", "val", "test") if val_by_momentum is None else ("train", "test")
+    momenta, measured = accuracies_by_momentum(
         model, own_momentum, grid, [splits[name] for name in names], own=[own[name] for name in names])
+    by_name = dict(zip(names, measured))
+    if val_by_momentum is not None:
+        if list(val_by_momentum[0]) != momenta:
+            raise ValueError(f"the reused val pass has momenta {val_by_momentum[0]}, not the curve's {momenta}")
+        by_name["val"] = list(val_by_momentum[1])
     return MomentumCurve(
         own_momentum=float(own_momentum),
         momentum=tuple(float(m) for m in momenta),
-        val_accuracy=tuple(val_acc),
-        train_eval_accuracy=tuple(train_eval),
+        val_accuracy=tuple(by_name["val"]),
+        train_eval_accuracy=tuple(by_name["train"]),
         train_accuracy=float(train_accuracy),
         recalibrated_val_accuracy=float(recalibrated[1]),
         recalibrated_train_eval_accuracy=float(recalibrated[0]),
-        test_accuracy=tuple(test_acc),
+        test_accuracy=tuple(by_name["test"]),
+        train_eval_images=len(splits["train"][1]),
     )
 
 
 class BestMomentumValidation(keras.callbacks.Callback):
-    """Adds `val_accuracy_at_best_momentum` and `best_momentum` to each epoch's logs.
+    """Adds `val_accuracy_at_best_momentum` and `best_momentum` to the logs of the epochs asked.
 
-    It must come before the callbacks that read them: Keras hands every callback the same logs.
-    The own momentum's val accuracy is fit's `val_accuracy` of that epoch (the same inference).
+    `at_epoch(epoch)` (epochs count from 1) says whether an epoch needs them; the others' logs go
+    without (a pass at every grid momentum costs about half a training epoch). It must come before
+    the callbacks that read them: Keras hands every callback the same logs. The own momentum's val
+    accuracy is fit's `val_accuracy` of that epoch (the same inference). `last` is the latest pass:
+    (epoch, momenta, val accuracy at each).
     """
 
-    def __init__(self, own_momentum: float, grid: tuple[float, ...], x_val: np.ndarray, y_val: np.ndarray):
+    def __init__(self, own_momentum: float, grid: tuple[float, ...], x_val: np.ndarray, y_val: np.ndarray,
+                 at_epoch: Callable[[int], bool]):
         super().__init__()
         self.own_momentum = own_momentum
         self.grid = grid
         self.val = (x_val, y_val)
+        self.at_epoch = at_epoch
         self.seconds: list[float] = []
+        self.last: tuple[int, list[float], list[float]] | None = None
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is None or "val_accuracy" not in logs:
+        if logs is None or "val_accuracy" not in logs or not self.at_epoch(epoch + 1):
             return
         started = time.perf_counter()
         momenta, (val_acc,) = accuracies_by_momentum(
@@ -134,4 +175,5 @@ class BestMomentumValidation(keras.callbacks.Callback):
         best = best_index(momenta, val_acc)
         logs["val_accuracy_at_best_momentum"] = val_acc[best]
         logs["best_momentum"] = momenta[best]
+        self.last = (epoch + 1, momenta, val_acc)
         self.seconds.append(time.perf_counter() - started)

@@ -9,12 +9,15 @@
   Stale BatchNormalization moving statistics show up here.
 * `generalization_gap` = train_eval_accuracy − val_accuracy: overfitting proper.
 * `val_accuracy_recalibrated`: val accuracy once BN statistics are re-estimated exactly.
-* `momentum_curve`: with `config.momentum_grid`, the same model at every grid momentum on the
-  train, val and test splits (see `gaplab.momentum`); `best_momentum` and
-  `val_accuracy_at_best_momentum` come from it (val chooses; test only scores). With
-  `best_momentum_each_epoch=True` each epoch's logs carry them too, at the cost of one val pass
-  per grid momentum per epoch (measured: 0.4 of a training epoch at batch 32 on 64 px photos),
-  which is why it is the caller's choice.
+* `momentum_curve`: with `config.momentum_grid`, the same model at every grid momentum on val,
+  test and a fixed stratified subset of the training split about val's size
+  (`gaplab.momentum.train_eval_subset`, drawn once per dataset and seed); `best_momentum` and
+  `val_accuracy_at_best_momentum` come from it (val chooses; test only scores). The final
+  `train_eval_accuracy` (and so `mode_gap`) is on the whole training split. With
+  `best_momentum_at_epoch`, the logs of the epochs it answers True for carry them too, at the
+  cost of one val pass per grid momentum (measured: 0.4 of a training epoch at batch 32 on 64 px
+  photos), which is why the caller says where it needs them; a pass at the last epoch run is the
+  curve's val, not measured again.
 
 The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, and
 `EpochCallback` gives them per-epoch metrics under the names used everywhere
@@ -44,6 +47,7 @@ import functools
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import keras
@@ -55,7 +59,7 @@ from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
 from gaplab.metrics import accuracy, confusion_matrix, predict_classes, predict_probabilities, recalibrated_batchnorm
 from gaplab.model import batchnorm_layers, build_model
-from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, grid_layers, measure_curve
+from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, grid_layers, measure_curve, train_eval_subset
 
 EPOCH_METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
 _KERAS_NAMES = {"loss": "train_loss", "accuracy": "train_accuracy", "val_loss": "val_loss",
@@ -148,6 +152,24 @@ class _Validation(keras.callbacks.Callback):
         self.seconds += time.perf_counter() - started
 
 
+# (dataset digest, seed) -> the training split's train-eval subset as (images, labels): drawn once
+# per dataset in a process, not per trial. A few entries: a process studies one dataset or a few.
+_train_eval_subsets: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+_SUBSETS_KEPT = 4
+
+
+def _train_eval_subset(data: Dataset, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    key = (data.digest, seed)
+    if key not in _train_eval_subsets:
+        if len(_train_eval_subsets) >= _SUBSETS_KEPT:
+            _train_eval_subsets.pop(next(iter(_train_eval_subsets)))
+        picked = train_eval_subset(data.train.y, len(data.val.y), seed)
+        whole = len(picked) == len(data.train.y)
+        _train_eval_subsets[key] = ((data.train.x, data.train.y) if whole
+                                    else (data.train.x[picked], data.train.y[picked]))
+    return _train_eval_subsets[key]
+
+
 @dataclass
 class TrainResult:
     """Everything one training run measured. Accuracies are NaN when training diverged."""
@@ -224,12 +246,14 @@ def train(
     data: Dataset,
     callbacks: list[keras.callbacks.Callback] | tuple = (),
     verbose: int = 0,
-    best_momentum_each_epoch: bool = False,
+    best_momentum_at_epoch: Callable[[int], bool] | None = None,
     compiled_models: CompiledModels | None = None,
 ) -> TrainResult:
     """Train `config` on `data` and measure the gap; see the module docstring for the metrics.
 
-    The model is prepared by `compiled_models` (default: `gaplab.compiled.default_models`).
+    `best_momentum_at_epoch(epoch)` (epochs from 1): whether that epoch's logs need the best
+    grid momentum's val accuracy; None: no epoch does. The model is prepared by `compiled_models`
+    (default: `gaplab.compiled.default_models`).
     """
     if config.image_size != data.image_size:
         raise ConfigError(
@@ -258,8 +282,9 @@ def train(
     # After validation (it reads val_accuracy) and before the caller's callbacks (they read what
     # it adds to each epoch's logs).
     tracks_grid = bool(grid_layers(model))
-    grid_validation = ([BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y)]
-                       if tracks_grid and best_momentum_each_epoch else [])
+    grid_validation = ([BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y,
+                                               at_epoch=best_momentum_at_epoch)]
+                       if tracks_grid and best_momentum_at_epoch is not None else [])
     started = time.perf_counter()
     fitted = model.fit(
         batches,
@@ -299,22 +324,26 @@ def train(
         test_acc = accuracy(test_predicted, data.test.y)
         confusion_val = confusion_matrix(val_predicted, data.val.y, num_classes)
         confusion_test = confusion_matrix(test_predicted, data.test.y, num_classes)
+        # The curve's train-eval points, the recalibrated one included, share one subset.
+        subset = _train_eval_subset(data, config.seed) if tracks_grid else None
         if batchnorm_layers(model):
             with recalibrated_batchnorm(model, x_train):
                 val_recal = accuracy(predict_classes(model, data.val.x), data.val.y)
-                train_eval_recal = accuracy(predict_classes(model, x_train), y_train) if tracks_grid else None
+                train_eval_recal = accuracy(predict_classes(model, subset[0]), subset[1]) if tracks_grid else None
         else:
             val_recal = val_acc
         curve, curve_seconds = None, 0.0
         if tracks_grid:
             curve_started = time.perf_counter()
+            last_pass = grid_validation[0].last if grid_validation else None
             # Val chooses the best momentum; test accuracy at each momentum is for scoring that choice.
             curve = measure_curve(
                 model, config.bn_momentum, config.momentum_grid,
-                splits={"train": (x_train, y_train), "val": (data.val.x, data.val.y),
-                        "test": (data.test.x, data.test.y)},
-                own={"train": train_eval, "val": val_acc, "test": test_acc},
-                train_accuracy=train_acc, recalibrated=(train_eval_recal, val_recal))
+                splits={"train": subset, "val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)},
+                own={"train": train_eval if len(subset[1]) == len(y_train) else None, "val": val_acc,
+                     "test": test_acc},
+                train_accuracy=train_acc, recalibrated=(train_eval_recal, val_recal),
+                val_by_momentum=last_pass[1:] if last_pass and last_pass[0] == epochs_run else None)
             curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
     started = time.perf_counter()
