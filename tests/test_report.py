@@ -36,10 +36,12 @@ def _distributions():
     from study import space
 
     return {
-        space.MOMENTUM_PARAM: optuna.distributions.FloatDistribution(
-            1 - space.MOMENTUM_RANGE[1], 1 - space.MOMENTUM_RANGE[0], log=True),
+        space.MOMENTUM_PARAM: optuna.distributions.IntDistribution(
+            space.to_optuna("bn_momentum", space.MOMENTUM_RANGE[1]),
+            space.to_optuna("bn_momentum", space.MOMENTUM_RANGE[0]), log=True),
         "batch_size": optuna.distributions.CategoricalDistribution(space.BATCH_SIZES),
-        "dropout": optuna.distributions.FloatDistribution(*space.DROPOUT_RANGE),
+        space.DROPOUT_PARAM: optuna.distributions.IntDistribution(
+            *(space.to_optuna("dropout", bound) for bound in space.DROPOUT_RANGE)),
         "depth": optuna.distributions.IntDistribution(1, 5),
     }
 
