@@ -52,6 +52,12 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # A trial whose worker died (no heartbeat): its run ends KILLED, trial_state FAIL, and the error
 # tag starts with this.
 WORKER_DIED = "worker died"
+# The study's experiment is tagged as model training: MLflow 3.4 up to the UI's workflow-based
+# navigation (mlflow/mlflow#20161) opens it in its runs view, not the GenAI one, and does not ask.
+# MLflow 3.17's UI ignores the tag: its "GenAI / Model training" switch (remembered by the browser,
+# or `?workflowType=machine_learning` in the URL) decides.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # ---------------------------------------------------------------- momentum measured in pairs
 # Trial user attribute holding the same object as the trial run's `momentum_curve.json`:
