@@ -67,7 +67,7 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
         path = Path(folder) / "trials.csv"
         trials_table(study).to_csv(path, index=False)
         mlflow.log_artifact(str(path))
-    describe_parent_run(study, study_name)
+    describe_parent_run(study, study_name, run_id=mlflow.active_run().info.run_id)
 
 
 # How the command that last wrote the description ended, in the description's last line.
@@ -79,17 +79,19 @@ COMMAND_ENDINGS = {
 }
 
 
-def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "finished") -> str:
+def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "finished",
+                        run_id: str | None = None) -> str:
     """Write the study's summary into its parent run's description (MLflow's `mlflow.note.content` tag); the text.
 
     The summary: trials finished, pruned and failed; the best trial with its val and test accuracy, gap and
     params, linked to its run; the `python -m study.report` command for this study and where it writes the
-    report. `ending` (a key of COMMAND_ENDINGS) says how the command that wrote it ended.
+    report. `ending` (a key of COMMAND_ENDINGS) says how the command that wrote it ended. The run is `run_id`,
+    else the parent run the study recorded.
     """
     if ending not in COMMAND_ENDINGS:
         raise ValueError(f"ending={ending!r} is unknown; use one of {', '.join(COMMAND_ENDINGS)}.")
     client = MlflowClient()
-    parent = client.get_run(study.user_attrs[PARENT_RUN_ID_ATTR])
+    parent = client.get_run(run_id or study.user_attrs[PARENT_RUN_ID_ATTR])
     states = [trial.state for trial in study.get_trials(deepcopy=False)]
     complete, pruned, failed, running = (states.count(state) for state in (
         TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import mlflow
 import optuna
 import pytest
 from mlflow.tracking import MlflowClient
@@ -114,3 +115,21 @@ def test_a_study_without_complete_trials_names_none(mock_study):
     assert text.startswith(f"**Study {NAME}**: 0 trials finished (0 complete, 0 pruned), 1 failed.")
     assert "**Best" not in text
     assert "stopped short of --trials with no worker left" in text
+
+
+def test_a_study_without_a_recorded_parent_run_describes_the_active_run(tmp_path):
+    # As study.bench uses the summary: its own run, and a study that never recorded a parent run.
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    study = optuna.create_study(study_name="bench", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                direction="maximize")
+    study.add_trial(optuna.trial.create_trial(
+        params={"depth": 2}, distributions={"depth": optuna.distributions.IntDistribution(1, 5)}, value=0.75,
+        user_attrs={"test_accuracy": 0.7, "gap": 0.05}))
+    with mlflow.start_run() as run:
+        mlflow.log_param("storage", "sqlite:///bench.db")
+        summary.log_study_summary(study, "bench")
+    text = MlflowClient().get_run(run.info.run_id).data.tags["mlflow.note.content"]
+    assert text.startswith("**Study bench**: 1 trials finished (1 complete, 0 pruned), 0 failed.")
+    assert ("**Best: trial 0** (trial-000): val_accuracy 0.7500 (the objective), test_accuracy 0.7000, "
+            "gap +0.0500 (train − val accuracy); depth 2, no batchnorm.") in text
+    assert "`python -m study.report --study_name bench --storage sqlite:///bench.db`" in text
