@@ -120,6 +120,7 @@ def test_a_study_without_complete_trials_names_none(mock_study):
 def test_a_study_without_a_recorded_parent_run_describes_the_active_run(tmp_path):
     # As study.bench uses the summary: its own run, and a study that never recorded a parent run.
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("bench")
     study = optuna.create_study(study_name="bench", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
                                 direction="maximize")
     study.add_trial(optuna.trial.create_trial(
