@@ -55,6 +55,13 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # A trial whose worker died (no heartbeat): its run ends KILLED, trial_state FAIL, and the error
 # tag starts with this.
 WORKER_DIED = "worker died"
+# The study's experiment is tagged as model training. A UI that reads the tag (experiment types,
+# MLflow 3.4 until workflow-based navigation replaced them, mlflow/mlflow#20161) opens the experiment
+# in its runs view, not the GenAI one, and does not ask for its type. MLflow 3.17's UI ignores the
+# tag: its "GenAI / Model training" switch (remembered by the browser, or
+# `?workflowType=machine_learning` in the URL) decides; see docs/ui.md.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 # ---------------------------------------------------------------- momentum measured in pairs
 # Trial user attribute holding the same object as the trial run's `momentum_curve.json`

@@ -223,6 +223,7 @@ def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: 
     settings, study, data, base = opened.settings, opened.study, opened.data, opened.settings.base
     parent, new_parent = attach_parent_run(study, opened.name, launcher_run)
     parent_id = parent.info.run_id
+    tracking.mark_model_training(parent.info.experiment_id)
     study.set_user_attr(contract.TRACKING_URI_ATTR, tracking_uri)
     study.set_user_attr(contract.CLASS_NAMES_ATTR, list(data.class_names))
     mlflow.set_tag(contract.STUDY_TAG, opened.name)

@@ -1,16 +1,29 @@
-"""End-of-study results on the parent run: best trial, importances, trials table, registered model."""
+"""End-of-study results on the parent run: best trial, importances, trials table, registered model, and the
+run's description (the study in a few lines, and how to get its report), which the MLflow UI shows first.
+"""
 
 from __future__ import annotations
 
+import shlex
 import tempfile
+import time
 from pathlib import Path
 
 import mlflow
 import optuna
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import TrialState
 
 from study import space, tracking
-from study.contract import MODEL_URI_ATTR, MOMENTUM_CURVE_ATTR, SEARCHED
+from study.contract import (
+    MODEL_URI_ATTR,
+    MOMENTUM_CURVE_ATTR,
+    PARENT_RUN_ID_ATTR,
+    PRESET_ATTR,
+    RUN_ID_ATTR,
+    SEARCHED,
+)
 from study.importance import IMPORTANCE_TARGETS, param_importances
 
 
@@ -54,3 +67,62 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
         path = Path(folder) / "trials.csv"
         trials_table(study).to_csv(path, index=False)
         mlflow.log_artifact(str(path))
+    describe_parent_run(study, study_name, run_id=mlflow.active_run().info.run_id)
+
+
+# How the command that last wrote the description ended, in the description's last line.
+COMMAND_ENDINGS = {
+    "finished": "finished",
+    "interrupted": "was interrupted (Ctrl-C or SIGTERM); rerun the same command to resume",
+    "incomplete": ("stopped short of --trials with no worker left; see the FAILED trial runs' error tag, "
+                   "then rerun the same command"),
+}
+
+
+def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "finished",
+                        run_id: str | None = None) -> str:
+    """Write the study's summary into its parent run's description (MLflow's `mlflow.note.content` tag); the text.
+
+    The summary: trials finished, pruned and failed; the best trial with its val and test accuracy, gap and
+    params, linked to its run; the `python -m study.report` command for this study and where it writes the
+    report. `ending` (a key of COMMAND_ENDINGS) says how the command that wrote it ended. The run is `run_id`,
+    else the parent run the study recorded.
+    """
+    if ending not in COMMAND_ENDINGS:
+        raise ValueError(f"ending={ending!r} is unknown; use one of {', '.join(COMMAND_ENDINGS)}.")
+    client = MlflowClient()
+    parent = client.get_run(run_id or study.user_attrs[PARENT_RUN_ID_ATTR])
+    states = [trial.state for trial in study.get_trials(deepcopy=False)]
+    complete, pruned, failed, running = (states.count(state) for state in (
+        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))
+    lines = [f"**Study {study_name}**: {complete + pruned} trials finished ({complete} complete, {pruned} pruned), "
+             f"{failed} failed" + (f", {running} running" if running else "") + "."]
+    if complete:
+        lines.append(_best_trial_line(study.best_trial, parent.info.experiment_id))
+    # The storage as the parent run logged it (password masked; empty where `mlflow run` logged its default,
+    # which the report's default matches); the report reads the tracking URI from the study.
+    storage = parent.data.params.get("storage", "")
+    command = shlex.join(["python", "-m", "study.report", "--study_name", study_name,
+                          *(["--storage", storage] if storage else [])])
+    lines.append(f"**Report**: `{command}` writes reports/{study_name}/report.html (and report.md) in the folder "
+                 "it runs in, and logs both to this run under `report/`.")
+    lines.append(f"Updated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, when `python -m study.run` "
+                 f"{COMMAND_ENDINGS[ending]}.")
+    text = "\n\n".join(lines)
+    client.set_tag(parent.info.run_id, MLFLOW_RUN_NOTE, text)
+    return text
+
+
+def _best_trial_line(best: optuna.trial.FrozenTrial, experiment_id: str) -> str:
+    attrs = best.user_attrs
+    run_name = f"trial-{best.number:03d}"
+    run = (f"[{run_name}](#/experiments/{experiment_id}/runs/{attrs[RUN_ID_ATTR]})" if RUN_ID_ATTR in attrs
+           else run_name)
+    preset = f", preset {attrs[PRESET_ATTR]}" if attrs.get(PRESET_ATTR) else ""
+    values = best_values(best)
+    params = ", ".join(f"{name} {values[name]:g}" for name in SEARCHED if name in values)
+    if "bn_momentum" not in values:
+        params += ", no batchnorm"
+    return (f"**Best: trial {best.number}** ({run}{preset}): val_accuracy {best.value:.4f} (the objective), "
+            f"test_accuracy {attrs.get('test_accuracy', float('nan')):.4f}, gap {attrs.get('gap', float('nan')):+.4f} "
+            f"(train − val accuracy); {params}.")

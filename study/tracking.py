@@ -37,6 +37,8 @@ from gaplab.trainer import EpochCallback, TrainResult
 from study import figures
 from study.contract import (
     ERROR_TAG,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     MODEL_URI_ATTR,
     MOMENTUM_CURVE_ARTIFACT,
     MOMENTUM_CURVE_FIGURE,
@@ -75,6 +77,14 @@ def log_params_once(run_id: str, params: dict[str, object]) -> None:
     for key, value in params.items():
         if key not in existing:
             client.log_param(run_id, key, str(value))
+
+
+def mark_model_training(experiment_id: str) -> None:
+    """Tag the experiment as model training (contract.EXPERIMENT_KIND_TAG), unless it has a kind already,
+    which a user may have chosen in the UI."""
+    client = MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def log_dataset(data: Dataset) -> None:
