@@ -295,12 +295,14 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     if code == stopping.EXIT_CODE:
         print("\ninterrupted: the running trials are marked FAIL and their MLflow runs KILLED; "
               "rerun the same command to resume.", file=sys.stderr)
+        summary.describe_parent_run(study, opened.name, ending="interrupted", run_id=parent_id)
         tracking.end_active_runs("KILLED")  # with a trial's run if the interrupt beat its own handler
         return opened.outcome(parent_id, code)
     done = count_finished(study)
     if done < settings.trials:
         fail(f"the study has {done}/{settings.trials} finished trials and no worker is left; see the errors above "
              "and the FAILED runs' 'error' tag in MLflow, then rerun to resume.")
+        summary.describe_parent_run(study, opened.name, ending="incomplete", run_id=parent_id)
         mlflow.end_run("FAILED")
         return opened.outcome(parent_id, 1)
     summary.log_study_summary(study, opened.name)

@@ -146,11 +146,11 @@ def _fake_val(config, momentum: float) -> float:
 
 
 def fake_train(config, data, callbacks=(), verbose=0, best_momentum_at_epoch=None):
-    """Stands in for gaplab.trainer.train: the gap grows with momentum, as in the phenomenon; dropout 0.6 raises."""
+    """Stands in for gaplab.trainer.train: the gap grows with momentum, as in the phenomenon; dropout 0.99 (never sampled) raises."""
     from gaplab import MomentumCurve
     from gaplab.trainer import EpochCallback
 
-    if config.dropout == 0.6:
+    if config.dropout == 0.99:
         raise RuntimeError("simulated crash")
     val = _fake_val(config, config.bn_momentum)
     momenta = sorted({*config.momentum_grid, config.bn_momentum}) if config.batchnorm else []

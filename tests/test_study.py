@@ -149,7 +149,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypat
 
     def crash_trial_5(trial, base):
         config = real_suggest(trial, base)
-        return config.replace(dropout=0.6) if trial.number == 5 else config
+        return config.replace(dropout=0.99) if trial.number == 5 else config
 
     monkeypatch.setattr(space, "suggest", crash_trial_5)
     assert run_mocked(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
