@@ -43,15 +43,29 @@ def _request_stop(signum, frame):
 def graceful_stop() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM request a stop (also where a launcher or a background
     shell job had set SIGINT to be ignored); the previous handlers are restored on exit."""
-    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     requested.clear()
+    with _handled_by(_request_stop):
+        yield
+
+
+@contextlib.contextmanager
+def _handled_by(handler) -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM go to `handler`; the previous handlers are back after it.
+
+    Only the main thread can set handlers; elsewhere the block changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
     for signum in SIGNALS:
-        signal.signal(signum, _request_stop)
+        signal.signal(signum, handler)
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum, handler_before in previous.items():
+            if handler_before is not None:  # None: set outside Python; it cannot be put back
+                signal.signal(signum, handler_before)
 
 
 def _record_stop(signum, frame):
@@ -62,15 +76,23 @@ def _record_stop(signum, frame):
 def interrupts_deferred() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM only request a stop; leaving the block raises KeyboardInterrupt if
     one was requested. For imports of native extension modules, which must not be interrupted halfway."""
-    previous = {signum: signal.getsignal(signum) for signum in SIGNALS}
-    for signum in SIGNALS:
-        signal.signal(signum, _record_stop)
-    try:
+    with _handled_by(_record_stop):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     raise_if_requested()
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM received in the block reach the handlers there were before when it ends.
+
+    For steps that must not stop halfway, such as moving a new store into place, also where no
+    `graceful_stop()` is held (the report).
+    """
+    received: list[int] = []
+    with _handled_by(lambda signum, frame: received.append(signum)):
+        yield
+    for signum in dict.fromkeys(received):
+        signal.raise_signal(signum)
 
 
 def raise_if_requested() -> None:

@@ -21,15 +21,14 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
 import sqlite3
 import sys
-import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from study.cli import UsageError
+from study.stopping import signals_deferred
 
 # Seconds without a heartbeat after which a RUNNING trial counts as dead. Tests shorten it.
 HEARTBEAT_GRACE_ENV = "GAPLAB_HEARTBEAT_GRACE"
@@ -39,7 +38,6 @@ SQLITE_BUSY_TIMEOUT_S = 60
 # An MLflow tracking server that does not answer one request within this time is reported as down.
 TRACKING_SERVER_TIMEOUT_S = 10
 SQLITE_HEADER = b"SQLite format 3\x00"
-DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Enough of a driver's first line to hold its advice (MLflow's file-store refusal ends with the fix).
 MESSAGE_LIMIT = 1000
 
@@ -179,29 +177,6 @@ def _unfinished(path: Path, label: str) -> bool:
     except sqlite3.DatabaseError as error:
         raise UsageError(f"{label}: {path} cannot be read as an MLflow store ({error}).") from None
     return bool(tables) and not any(counts)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """SIGINT and SIGTERM received in the block reach the handlers there were before when it ends.
-
-    Only the main thread can set handlers; elsewhere the block defers nothing.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[int] = []
-    previous = {signum: signal.getsignal(signum) for signum in DEFERRED_SIGNALS}
-    previous = {signum: handler for signum, handler in previous.items() if handler is not None}
-    for signum in previous:
-        signal.signal(signum, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(received):
-            signal.raise_signal(signum)
 
 
 def _is_new(path: Path) -> bool:

@@ -146,7 +146,8 @@ def _fake_val(config, momentum: float) -> float:
 
 
 def fake_train(config, data, callbacks=(), verbose=0, best_momentum_at_epoch=None):
-    """Stands in for gaplab.trainer.train: the gap grows with momentum, as in the phenomenon; dropout 0.99 (never sampled) raises."""
+    """Stands in for gaplab.trainer.train: the gap grows with momentum, as in the phenomenon; dropout 0.99
+    (never sampled) raises."""
     from gaplab import MomentumCurve
     from gaplab.trainer import EpochCallback
 

@@ -172,7 +172,7 @@ def test_a_relative_sqlite_tracking_uri_comes_back_absolute(tmp_path, monkeypatc
 
 
 def test_signals_in_a_deferred_block_arrive_when_it_ends():
-    from study.storage import signals_deferred
+    from study.stopping import signals_deferred
 
     received = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
