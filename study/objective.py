@@ -2,6 +2,8 @@
 
 Pruning never throws inside training: `PruningCallback` only stops it, so a pruned trial is
 still measured at the epoch where it stopped and logs the same final metrics as a complete one.
+A trained trial's run is written by the process's tracking writer (study.writer) while the next
+trial trains.
 The seed presets report to the pruner but are never pruned. The pruner is fed, per `prune_on`,
 the val accuracy at the trial's own momentum or at the best grid momentum (the same weights with
 better-settled statistics); the objective is always the val accuracy at the own momentum.
@@ -17,7 +19,7 @@ import optuna
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
 from gaplab.trainer import EpochCallback, TrainResult, train
-from study import space, stopping, tracking
+from study import space, stopping, tracking, writer
 from study.contract import (
     BATCHNORM_ATTR,
     BN_MOMENTUM_ATTR,
@@ -79,14 +81,17 @@ class Objective:
     """Callable for `study.optimize`; the data is loaded once by the caller and shared.
 
     `train_fn` is the trainer (gaplab.trainer.train) and `suggest_fn` samples a trial's config
-    (study.space.suggest); tests pass stand-ins, and study.bench passes them timed.
+    (study.space.suggest); tests pass stand-ins, and study.bench passes them timed. `tracking_writer`
+    writes the trained trials' runs (default: study.writer.process_writer()).
     """
 
     def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
                  prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None,
                  train_fn: Callable[..., TrainResult] | None = None,
-                 suggest_fn: Callable[[optuna.Trial, TrainConfig], TrainConfig] | None = None):
+                 suggest_fn: Callable[[optuna.Trial, TrainConfig], TrainConfig] | None = None,
+                 tracking_writer: writer.TrackingWriter | None = None):
         self.train_fn = train_fn or train
+        self.writer = tracking_writer or writer.process_writer()
         self.suggest_fn = suggest_fn or space.suggest
         self.study_name = study_name
         self.parent_run_id = parent_run_id
@@ -102,13 +107,15 @@ class Objective:
         params = {**self.fixed_params, **space.logged_params(config), **({PRESET_ATTR: preset} if preset else {})}
         with tracking.trial_run(self.study_name, trial, params, self.parent_run_id) as run:
             try:
-                return self._train_and_log(trial, config, preset, run.info.run_id)
+                return self._train_and_log(trial, config, preset, run)
             except Exception as error:
                 if stopping.is_interruption(error) and not isinstance(error, optuna.TrialPruned):
                     raise KeyboardInterrupt(f"stop requested; {type(error).__name__}: {error}") from error
                 raise
 
-    def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None, run_id: str) -> float:
+    def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None,
+                       run: tracking.TrialRun) -> float:
+        run_id = run.run_id
         read = read_epochs(trial.study.pruner, prunable=preset is None)
         pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on, read=read)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
@@ -123,11 +130,18 @@ class Objective:
         if result.momentum_curve is not None:
             trial.set_user_attr(MOMENTUM_CURVE_ATTR, result.momentum_curve.as_dict())
         pruned = pruning.pruned_at is not None
-        model_uri = tracking.log_result(result, self.data, with_model=not pruned and not result.diverged)
-        if model_uri:
-            trial.set_user_attr(MODEL_URI_ATTR, model_uri)
-        if result.diverged:
-            raise TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
+        diverged = (TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
+                    if result.diverged else None)
+        state = "FAIL" if diverged else "PRUNED" if pruned else "COMPLETE"
+        write = writer.prepare_write(run, result, self.data, state,
+                                     f"TrainingDiverged: {diverged}" if diverged else None,
+                                     with_model=state == "COMPLETE")
+        if write.model_uri:
+            trial.set_user_attr(MODEL_URI_ATTR, write.model_uri)
+        # Last, so that the run is handed over only with the outcome the trial ends in.
+        self.writer.submit(write)
+        if diverged:
+            raise diverged
         if pruned:
             raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
         return result.val_accuracy

@@ -35,7 +35,7 @@ from mlflow.exceptions import MlflowException
 from gaplab import device
 from gaplab.data import DEFAULT_IMAGES, Dataset, generate_shapes, load_image_folder
 from gaplab.trainer import TrainResult
-from study import contract, dashboard, space, stopping, summary, tracking, workers
+from study import contract, dashboard, space, stopping, summary, tracking, workers, writer
 from study.cli import UsageError, fail
 from study.objective import Objective
 from study.settings import Settings, default_study_name
@@ -269,6 +269,7 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     # Before presets are queued and the target is checked: a trial of a process that died must
     # neither count as present nor stay RUNNING (its MLflow run is ended by the storage's callback).
     fail_stale_trials(study)
+    tracking.end_unwritten_trial_runs(study)  # runs a killed process's writer held
     queued = space.enqueue_presets(study, settings.base)
     already = count_finished(study)
     trials_at_start = len(study.trials)
@@ -390,6 +391,7 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
                 return fail(f"{label}the last {failures} trial(s) all failed; see the FAILED runs' 'error' tag in "
                             "MLflow. Stopping.", exit_code=1)
     except KeyboardInterrupt:
+        writer.drain_process_writer(writer.STOP_DRAIN_SECONDS)
         # A trial's run if the interrupt beat its own handler; the parent run stays the command's to end.
         tracking.end_active_runs("KILLED", keep=study.user_attrs.get(contract.PARENT_RUN_ID_ATTR))
         return stopping.EXIT_CODE

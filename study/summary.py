@@ -1,5 +1,9 @@
 """End-of-study results on the parent run: best trial, importances, trials table, registered model, and the
 run's description (the study in a few lines, and how to get its report), which the MLflow UI shows first.
+
+The summary first waits for this process's tracking writer (study.writer) and ends the runs whose
+process stopped before writing them, so that the registered model exists and every trial run it
+reads is written.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import TrialState
 
-from study import space, tracking
+from study import space, tracking, writer
 from study.contract import (
     MODEL_URI_ATTR,
     MOMENTUM_CURVE_ATTR,
@@ -48,6 +52,8 @@ def best_values(best: optuna.trial.FrozenTrial) -> dict[str, float]:
 
 def log_study_summary(study: optuna.Study, study_name: str) -> None:
     """Log best trial, importances, trials.csv and register the best model, on the active run."""
+    writer.drain_process_writer()
+    tracking.end_unwritten_trial_runs(study)
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = study.best_trial
         mlflow.log_metrics({
@@ -55,8 +61,7 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
             "best_trial_number": float(best.number),
             **{f"best_{name}": value for name, value in best_values(best).items()},
         })
-        if best.user_attrs.get(MODEL_URI_ATTR):
-            version = tracking.register_best(study_name, best)
+        if best.user_attrs.get(MODEL_URI_ATTR) and (version := tracking.register_best(study_name, best)):
             mlflow.set_tag("registered_model", f"models:/{study_name}@best (version {version})")
     importances = param_importances(study)
     tracking.log_json(importances, "param_importances.json")

@@ -8,6 +8,11 @@ the report and users rely on (see README, "What is logged"):
 * child: params, tags `optuna_trial_number` / `trial_state`, per-epoch metrics (step = epoch),
   final metrics, confusion matrices, learning curves, the momentum curve (json, png and metrics
   whose step encodes the momentum) and, for complete trials, the model.
+
+A trial's run is created here (`trial_run`) and, once the trial has trained, handed to the process's
+writer (study.writer), which logs the rest on its own thread and then ends the run: a run is RUNNING
+until all it logs is written. Runs whose process stopped before writing them are ended KILLED by
+`end_unwritten_trial_runs`.
 """
 
 from __future__ import annotations
@@ -21,32 +26,30 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from importlib import metadata
+from dataclasses import dataclass
 
 import mlflow
 import numpy as np
 import optuna
-from mlflow.entities import Metric
+from mlflow.entities import LoggedModelStatus, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking.context import registry as run_context
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from optuna.trial import TrialState
 
 from gaplab.curve import MomentumCurve, momentum_step
 from gaplab.data import Dataset
-from gaplab.device import backend_package
-from gaplab.model import to_portable
-from gaplab.trainer import EpochCallback, TrainResult
-from study import figures
+from gaplab.trainer import EpochCallback
 from study.contract import (
     ERROR_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     MODEL_URI_ATTR,
-    MOMENTUM_CURVE_ARTIFACT,
-    MOMENTUM_CURVE_FIGURE,
+    PARENT_RUN_ID_ATTR,
     RUN_ID_ATTR,
     RUN_STATUS,
     STUDY_TAG,
     TEST_ACCURACY_AT_MOMENTUM_METRIC,
-    TIMING_METRIC_PREFIX,
     TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
     TRIAL_NUMBER_TAG,
     TRIAL_STATE_TAG,
@@ -54,6 +57,9 @@ from study.contract import (
     WORKER_ATTR,
     WORKER_DIED,
 )
+
+# The error tag of a finished trial's run that was never written (its process stopped first) starts with this.
+NOT_WRITTEN = "not written"
 
 
 class EpochLogger(EpochCallback):
@@ -99,95 +105,75 @@ def _experiment_of(run_id: str) -> str:
     return MlflowClient().get_run(run_id).info.experiment_id
 
 
+@dataclass
+class TrialRun:
+    """A trial's MLflow run while the trial runs; `handed_off` once the writer owns it (and ends it)."""
+
+    run_id: str
+    experiment_id: str
+    trial_number: int
+    params: dict[str, str]
+    handed_off: bool = False
+
+
+# This process's trial runs that are open and not handed to the writer: `end_active_runs` ends them
+# where an interrupt beat `trial_run`'s own handler.
+_open_runs: dict[str, TrialRun] = {}
+
+
 @contextlib.contextmanager
 def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
-              parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """A child run of the study's parent run (`parent_run_id`, else the active run) for one trial;
-    its status and tags follow the outcome.
+              parent_run_id: str | None = None) -> Iterator[TrialRun]:
+    """A child run of the study's parent run (`parent_run_id`, else the active run) for one trial.
 
-    Returning normally means COMPLETE; optuna.TrialPruned means PRUNED; KeyboardInterrupt ends
-    the run KILLED (trial FAIL); any other exception FAILED with the error logged.
+    The run is not this thread's active run: the writer ends it on its own thread. Once handed off
+    (`TrialRun.handed_off`) it is the writer's to end; until then it ends here by the outcome:
+    returning means COMPLETE, optuna.TrialPruned PRUNED, KeyboardInterrupt KILLED (trial FAIL) and any
+    other exception FAILED with the error logged.
     """
-    experiment_id = _experiment_of(parent_run_id) if parent_run_id else None
-    run = mlflow.start_run(
-        run_name=f"trial-{trial.number:03d}",
-        nested=True,
-        parent_run_id=parent_run_id,
-        experiment_id=experiment_id,
-        tags={TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name, TRIAL_STATE_TAG: "RUNNING"},
-    )
+    parent = parent_run_id or (active.info.run_id if (active := mlflow.active_run()) else None)
+    if parent is None:
+        raise ValueError("a trial run is nested in the study's parent run: start one (mlflow.start_run) or pass "
+                         "parent_run_id.")
+    client = MlflowClient()
+    name = f"trial-{trial.number:03d}"
+    tags = run_context.resolve_tags({TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name,
+                                     TRIAL_STATE_TAG: "RUNNING", MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: name})
+    created = client.create_run(_experiment_of(parent), tags=tags, run_name=name)
+    run = TrialRun(created.info.run_id, created.info.experiment_id, trial.number,
+                   {key: str(value) for key, value in params.items()})
+    _open_runs[run.run_id] = run
+    outcome, error_text, details, status = "COMPLETE", None, None, None
     try:
-        trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
-        mlflow.log_params({key: str(value) for key, value in params.items()})
+        trial.set_user_attr(RUN_ID_ATTR, run.run_id)
+        client.log_batch(run.run_id, params=[Param(key, value) for key, value in run.params.items()])
         yield run
     except optuna.TrialPruned:
-        mlflow.set_tag(TRIAL_STATE_TAG, "PRUNED")
-        mlflow.end_run(RUN_STATUS["PRUNED"])
+        outcome = "PRUNED"
         raise
     except KeyboardInterrupt as interrupt:
-        mlflow.set_tag(TRIAL_STATE_TAG, "FAIL")
-        mlflow.set_tag(ERROR_TAG, f"interrupted (KeyboardInterrupt: {interrupt})"[:5000])
-        mlflow.end_run("KILLED")
+        outcome, error_text, status = "FAIL", f"interrupted (KeyboardInterrupt: {interrupt})", "KILLED"
         raise
     except Exception as error:
-        mlflow.set_tag(TRIAL_STATE_TAG, "FAIL")
-        mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])
-        mlflow.log_text("".join(traceback.format_exception(error)), "error.txt")
-        mlflow.end_run(RUN_STATUS["FAIL"])
+        outcome, error_text = "FAIL", f"{type(error).__name__}: {error}"
+        details = "".join(traceback.format_exception(error))
         raise
-    else:
-        mlflow.set_tag(TRIAL_STATE_TAG, "COMPLETE")
-        mlflow.end_run(RUN_STATUS["COMPLETE"])
+    finally:
+        if not run.handed_off:
+            end_run(client, run.run_id, outcome, error_text, details, status)
+        # Left registered where ending it was interrupted: end_active_runs ends it then.
+        _open_runs.pop(run.run_id, None)
 
 
-def _active_trial_number() -> int:
-    """The trial number of the active run (a `trial_run`)."""
-    return int(mlflow.active_run().data.tags[TRIAL_NUMBER_TAG])
-
-
-def log_result(result: TrainResult, data: Dataset, with_model: bool) -> str | None:
-    """Final metrics, confusion matrices, learning curves and (optionally) the model, named
-    `trial-NNN`, on the active `trial_run`; the model URI.
-
-    Every figure's title names its trial, so a downloaded PNG keeps its context.
-    """
-    number = _active_trial_number()
-    # Final values share names with per-epoch metrics; log them at the last epoch's step, and not at
-    # all where the last epoch already holds that value, so each history stays one point per epoch.
-    last_epoch = {key: values[-1] for key, values in result.history.items() if values}
-    metrics = {key: value for key, value in result.final_metrics().items()
-               if not (key in last_epoch and np.isclose(last_epoch[key], value, rtol=0, atol=1e-6))}
-    mlflow.log_metrics(metrics, step=result.epochs)
-    # Under one prefix, so the MLflow UI groups them in a section of their own instead of sorting
-    # them ahead of the accuracies.
-    mlflow.log_metrics({f"{TIMING_METRIC_PREFIX}{key}": value for key, value in result.timings.items()})
-    mlflow.set_tag("diverged", str(result.diverged).lower())
-    names = list(result.class_names)
-    confusion = figures.trial_confusion_renderer(tuple(names))
-    for split, matrix in (("val", result.confusion_val), ("test", result.confusion_test)):
-        suffix = "" if split == "val" else "_test"
-        mlflow.log_dict({"split": split, "class_names": names, "matrix": matrix.tolist()},
-                        f"confusion_matrix{suffix}.json")
-        mlflow.log_image(confusion(matrix, f"Trial {number}: confusion matrix ({split})"),
-                         artifact_file=f"confusion_matrix{suffix}.png")
-    curves = figures.trial_curves_renderer(result.config.epochs)
-    mlflow.log_image(curves(result.history, f"Trial {number}: learning curves"), artifact_file="learning_curves.png")
-    if result.momentum_curve is not None:
-        log_momentum_curve(result.momentum_curve, result.config.momentum_grid, number)
-    if not with_model or result.model is None:
-        return None
-    portable = to_portable(result.model, result.config, data.num_classes)
-    # No signature: MLflow enforces a signature's input dtype exactly, and users hold images as
-    # uint8 as often as float32 in 0-255; the model takes both, so its input and output are
-    # described in the model's metadata instead. (mlflow 3.17 with Keras 3: input_example= fails,
-    # input_example.json is written before its folder exists.)
-    size = data.image_size
-    metadata = {"input": f"images, shape (n, {size}, {size}, 3), RGB values 0-255, dtype uint8 or float32",
-                "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
-    # step: the final metrics, logged at the last epoch, are linked to the model.
-    info = mlflow.keras.log_model(portable, name=f"trial-{number:03d}", metadata=metadata,
-                                  step=result.epochs, pip_requirements=model_requirements())
-    return info.model_uri
+def end_run(client: MlflowClient, run_id: str, trial_state: str, error: str | None = None,
+            details: str | None = None, status: str | None = None) -> None:
+    """End a trial's run: its trial_state tag, the error tag and error.txt where given, then its status
+    (by default the trial state's, contract.RUN_STATUS)."""
+    tags = [RunTag(TRIAL_STATE_TAG, trial_state)] + ([RunTag(ERROR_TAG, error[:5000])] if error else [])
+    client.log_batch(run_id, tags=tags)
+    if details:
+        client.log_text(run_id, details, "error.txt")
+    client.set_terminated(run_id, status or RUN_STATUS[trial_state])
 
 
 def momentum_curve_metrics(curve: MomentumCurve) -> list[Metric]:
@@ -201,34 +187,22 @@ def momentum_curve_metrics(curve: MomentumCurve) -> list[Metric]:
             for key, values in lists.items() for momentum, value in zip(curve.momentum, values)]
 
 
-def log_momentum_curve(curve: MomentumCurve, grid: tuple[float, ...], trial_number: int) -> None:
-    """momentum_curve.json (the trial's `MOMENTUM_CURVE_ATTR`), momentum_curve.png (every momentum of `grid`
-    labelled) and the curve's metrics."""
-    data = curve.as_dict()
-    mlflow.log_dict(data, MOMENTUM_CURVE_ARTIFACT)
-    render = figures.trial_momentum_renderer(tuple(grid), figures.momentum_decades(curve.momentum))
-    title = f"Trial {trial_number}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
-    mlflow.log_image(render(data, title), artifact_file=MOMENTUM_CURVE_FIGURE)
-    MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=momentum_curve_metrics(curve))
-
-
-@functools.cache
-def model_requirements() -> list[str]:
-    """What serving a logged model needs: Keras and its backend, pinned to the versions trained with.
-
-    Given explicitly because MLflow's inference of requirements reloads the model in a
-    subprocess, which took 12 s per trial, several times the training itself.
-    """
-    return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package(), "numpy")]
-
-
-def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str:
+def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str | None:
     """Register the best trial's model under the study's name with alias `best`; the version.
 
     The version's description and tags name the study, the trial, its val and test accuracy and its run.
+    A model that was never written (its run's write failed or its process stopped first) is not
+    registered: None, said in one line, and the alias stays where it was.
     """
     client = MlflowClient()
     run_id = best.user_attrs[RUN_ID_ATTR]
+    model_uri = best.user_attrs[MODEL_URI_ATTR]
+    status = client.get_logged_model(model_uri.removeprefix("models:/")).status
+    if status != LoggedModelStatus.READY:
+        print(f"the best trial ({best.number})'s model {model_uri} was not written (status {status}; see the 'error' "
+              f"tag of MLflow run {run_id}): the registry's 'best' alias of {study_name!r} is left as it was.",
+              file=sys.stderr)
+        return None
     with contextlib.suppress(mlflow.exceptions.MlflowException):
         current = client.get_model_version_by_alias(study_name, "best")
         if current.run_id == run_id:
@@ -236,7 +210,7 @@ def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str:
     val_accuracy, test_accuracy = float(best.value), float(best.user_attrs.get("test_accuracy", float("nan")))
     tags = {STUDY_TAG: study_name, TRIAL_NUMBER_TAG: str(best.number), "val_accuracy": f"{val_accuracy:.4f}",
             "test_accuracy": f"{test_accuracy:.4f}", RUN_ID_ATTR: run_id}
-    version = mlflow.register_model(best.user_attrs[MODEL_URI_ATTR], study_name, tags=tags)
+    version = mlflow.register_model(model_uri, study_name, tags=tags)
     client.update_model_version(study_name, version.version, description=(
         f"The best trial of study {study_name!r} when registered: trial {best.number}, val_accuracy "
         f"{val_accuracy:.4f} (the objective), test_accuracy {test_accuracy:.4f}; MLflow run {run_id}."))
@@ -245,28 +219,93 @@ def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str:
 
 
 def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's callback for a trial it failed because its process stopped beating: end its run KILLED.
+    """Optuna's callback for a trial it failed because its process stopped beating: end its run KILLED, and
+    the runs of that process's finished trials it had not written yet (`end_unwritten_trial_runs`).
 
     Runs in whichever process finds the stale trial: a worker of the same command or a later one.
     """
-    worker = trial.user_attrs.get(WORKER_ATTR, "its worker")
     run_id = trial.user_attrs.get(RUN_ID_ATTR)
+    worker = trial.user_attrs.get(WORKER_ATTR)
     client = MlflowClient()
+    # Without a run id it died before its run started.
     running = bool(run_id) and client.get_run(run_id).info.status == "RUNNING"
-    print(f"trial {trial.number} of worker {worker} stopped sending heartbeats: marked FAIL"
+    print(f"trial {trial.number} of worker {worker or '?'} stopped sending heartbeats: marked FAIL"
           + (f", its MLflow run {run_id} KILLED" if running else "") + "; it does not count towards --trials.",
           file=sys.stderr, flush=True)
-    if not running:
-        return
-    client.set_tag(run_id, TRIAL_STATE_TAG, "FAIL")
-    client.set_tag(run_id, ERROR_TAG, f"{WORKER_DIED}: {worker} stopped sending heartbeats during trial "
-                   f"{trial.number} (killed, e.g. kill -9, or its machine went down); the trial was failed by "
-                   f"{socket.gethostname()}:{os.getpid()}")
-    client.set_terminated(run_id, "KILLED")
+    if running:
+        end_run(client, run_id, "FAIL", f"{WORKER_DIED}: {worker or 'its worker'} stopped sending heartbeats during "
+                f"trial {trial.number} (killed, e.g. kill -9, or its machine went down); the trial was failed by "
+                f"{_this_process()}", status="KILLED")
+    if worker:
+        end_unwritten_trial_runs(study, worker)
+
+
+def end_unwritten_trial_runs(study: optuna.Study, dead_worker: str | None = None) -> list[int]:
+    """End KILLED the runs of finished trials left RUNNING because their process stopped before writing them
+    (e.g. kill -9 while the writer held them); their trial numbers.
+
+    Only where the process (contract.WORKER_ATTR, host:pid) is known to be gone: `dead_worker`, which
+    Optuna's heartbeat found dead, or else one of this host that no longer exists. One on another
+    host that died between trials is not known to be gone: its runs stay RUNNING until a process on
+    its host calls this, or its heartbeat path does.
+    """
+    finished = {trial.user_attrs[RUN_ID_ATTR]: trial for trial in study.get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+                if RUN_ID_ATTR in trial.user_attrs
+                and (trial.user_attrs.get(WORKER_ATTR) == dead_worker if dead_worker
+                     else _process_gone(trial.user_attrs.get(WORKER_ATTR, "")))}
+    parent = study.user_attrs.get(PARENT_RUN_ID_ATTR)
+    if not finished or not parent:
+        return []
+    client = MlflowClient()
+    running = client.search_runs([_experiment_of(parent)], "attributes.status = 'RUNNING'", max_results=5000)
+    ended = []
+    for run in running:
+        trial = finished.get(run.info.run_id)
+        if trial is None:
+            continue
+        fail_pending_model(client, trial.user_attrs.get(MODEL_URI_ATTR, "").removeprefix("models:/"))
+        end_run(client, run.info.run_id, trial.state.name,
+                f"{NOT_WRITTEN}: its process {trial.user_attrs[WORKER_ATTR]} stopped (e.g. kill -9) before the run of "
+                f"trial {trial.number} ({trial.state.name} in Optuna) was written; ended by {_this_process()}",
+                status="KILLED")
+        ended.append(trial.number)
+    return ended
+
+
+def fail_pending_model(client: MlflowClient, model_id: str | None) -> None:
+    """Mark a logged model that was never written FAILED, so that nothing registers it."""
+    if model_id and client.get_logged_model(model_id).status == LoggedModelStatus.PENDING:
+        client.finalize_logged_model(model_id, LoggedModelStatus.FAILED)
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _process_gone(worker: str) -> bool:
+    """Whether the process `host:pid` is known to have ended: it was on this host and no longer exists."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    return False
 
 
 def end_active_runs(status: str, keep: str | None = None) -> None:
-    """End this process's active runs with `status` (e.g. KILLED), innermost first; stop at run `keep`, left open."""
+    """End this process's open trial runs that the writer does not hold (trial FAIL) and its active runs with
+    `status` (e.g. KILLED), innermost first; stop at run `keep`, left open.
+
+    The writer's runs are the writer's to end (study.writer.drain_process_writer)."""
+    client = MlflowClient()
+    for run_id in list(_open_runs):
+        end_run(client, run_id, "FAIL", "interrupted before its trial could end it", status=status)
+        _open_runs.pop(run_id, None)
     while (run := mlflow.active_run()) is not None and run.info.run_id != keep:
         mlflow.end_run(status)
 

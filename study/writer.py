@@ -1,0 +1,279 @@
+"""The tracking writer: one background thread per process that writes each finished trial's MLflow run
+while the next trial trains.
+
+Once a trial has trained, the objective hands its run over (`process_writer().submit(prepare_write(...))`);
+the writer renders the figures, logs the final metrics, artifacts and model (`write_trial`), and only
+then ends the run (`end_trial_run`). What the study promises still holds:
+
+* a run ends, FINISHED, KILLED (pruned) or FAILED (diverged) with its trial_state tag, only after all
+  it logs is written; until then it is RUNNING;
+* a write that fails ends that run FAILED with the error (tag `error` starting "writing the run
+  failed", error.txt) and its model FAILED; the study goes on, and the Optuna trial keeps its state:
+  the measurement stands, only its record is incomplete;
+* the writer holds at most one trial: `submit` first waits for the previous one, so a store slower
+  than training slows the study down instead of piling up trials, and a stop has one trial to wait for;
+* before the summary (study.summary) and at exit the process waits for the writer; after a stop
+  (Ctrl-C, SIGTERM) for at most STOP_DRAIN_SECONDS, after which the runs not written are ended KILLED
+  (error tag starting "not written") and one line says so;
+* after kill -9 a run the writer held stays RUNNING until study.tracking.end_unwritten_trial_runs
+  ends it KILLED: the heartbeat path does where the process died during its next trial, and every
+  start of the study and every summary does for processes of its host.
+
+The model is built on the training thread (`prepare_write`) and only saved here: building a Keras
+model draws its initializers' seeds from Python's global `random` (keras.random.make_default_seed),
+which the trainer reseeds for each trial just before it builds or resets its model, so a build on
+this thread changes the next trial's initial weights (measured: 4 of 5 seeded builds on TensorFlow,
+5 of 5 on JAX). Saving a built model here while the main thread trains changed neither training nor
+the saved weights on either backend.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import queue
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import keras
+import mlflow
+import numpy as np
+from mlflow.entities import Metric, RunTag
+from mlflow.tracking import MlflowClient
+
+from gaplab.curve import MomentumCurve
+from gaplab.data import Dataset
+from gaplab.device import backend_package
+from gaplab.model import to_portable
+from gaplab.trainer import TrainResult
+from study import figures, stopping, tracking
+from study.contract import MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_STATUS, TIMING_METRIC_PREFIX
+
+# After a stop request, how long the process waits for the writer before ending its runs KILLED.
+STOP_DRAIN_SECONDS = 30.0
+# The error tag of a run whose writing failed starts with this.
+WRITE_FAILED = "writing the run failed"
+
+
+@dataclass
+class TrialWrite:
+    """What the writer logs to a finished trial's run (`write_trial`) and how the run then ends (`end_trial_run`).
+
+    `trial_state` is the Optuna state the trial ends in (COMPLETE, PRUNED, or FAIL where training
+    diverged, with `error`). `model` is the stock-Keras model to log, built on the training thread
+    (see study.writer), under the logged model `model_id` created there.
+    """
+
+    run: tracking.TrialRun
+    result: TrainResult
+    trial_state: str
+    error: str | None = None
+    model: keras.Model | None = field(default=None, repr=False)
+    model_id: str | None = None
+    model_metadata: dict[str, str] = field(default_factory=dict)
+    tracking_uri: str = field(default_factory=mlflow.get_tracking_uri)
+
+    @property
+    def model_uri(self) -> str | None:
+        return f"models:/{self.model_id}" if self.model_id else None
+
+
+def prepare_write(run: tracking.TrialRun, result: TrainResult, data: Dataset, trial_state: str,
+                  error: str | None = None, with_model: bool = False) -> TrialWrite:
+    """The writer's job for a finished trial, made on the training thread: with `with_model`, the stock-Keras
+    model and its logged model (PENDING until written), whose URI the trial records before it ends."""
+    if not with_model or result.model is None:
+        return TrialWrite(run, result, trial_state, error)
+    size = data.image_size
+    # No signature: MLflow enforces a signature's input dtype exactly, and users hold images as
+    # uint8 as often as float32 in 0-255; the model takes both, so its input and output are
+    # described in the model's metadata instead. (mlflow 3.17 with Keras 3: input_example= fails,
+    # input_example.json is written before its folder exists.)
+    model_metadata = {"input": f"images, shape (n, {size}, {size}, 3), RGB values 0-255, dtype uint8 or float32",
+                      "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
+    logged = mlflow.initialize_logged_model(name=f"trial-{run.trial_number:03d}", source_run_id=run.run_id,
+                                            params=run.params, experiment_id=run.experiment_id)
+    return TrialWrite(run, result, trial_state, error, to_portable(result.model, result.config, data.num_classes),
+                      logged.model_id, model_metadata)
+
+
+def write_trial(write: TrialWrite) -> None:
+    """Final metrics, timings, confusion matrices, learning curves, the momentum curve and (where prepared) the
+    model, named `trial-NNN`, on the trial's run; on the writer's thread, by run id. The run stays open.
+
+    Every figure's title names its trial, so a downloaded PNG keeps its context.
+    """
+    result, run_id, number = write.result, write.run.run_id, write.run.trial_number
+    client = MlflowClient(write.tracking_uri)
+    timestamp = int(time.time() * 1000)
+    # Final values share names with per-epoch metrics; log them at the last epoch's step, and not at
+    # all where the last epoch already holds that value, so each history stays one point per epoch.
+    last_epoch = {key: values[-1] for key, values in result.history.items() if values}
+    finals = [Metric(key, value, timestamp, result.epochs) for key, value in result.final_metrics().items()
+              if not (key in last_epoch and np.isclose(last_epoch[key], value, rtol=0, atol=1e-6))]
+    # Under one prefix, so the MLflow UI groups them in a section of their own instead of sorting
+    # them ahead of the accuracies.
+    timings = [Metric(f"{TIMING_METRIC_PREFIX}{key}", value, timestamp, 0) for key, value in result.timings.items()]
+    client.log_batch(run_id, metrics=finals + timings, tags=[RunTag("diverged", str(result.diverged).lower())])
+    names = list(result.class_names)
+    confusion = figures.trial_confusion_renderer(tuple(names))
+    for split, matrix in (("val", result.confusion_val), ("test", result.confusion_test)):
+        suffix = "" if split == "val" else "_test"
+        client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()},
+                        f"confusion_matrix{suffix}.json")
+        client.log_image(run_id, confusion(matrix, f"Trial {number}: confusion matrix ({split})"),
+                         artifact_file=f"confusion_matrix{suffix}.png")
+    curves = figures.trial_curves_renderer(result.config.epochs)
+    client.log_image(run_id, curves(result.history, f"Trial {number}: learning curves"),
+                     artifact_file="learning_curves.png")
+    if result.momentum_curve is not None:
+        log_momentum_curve(client, run_id, result.momentum_curve, result.config.momentum_grid, number)
+    if write.model is not None:
+        # mlflow.keras.log_model as it is, less its use of the calling thread's active run: the run by id.
+        # step: the final metrics, logged at the last epoch, are linked to the model.
+        mlflow.models.Model.log(None, mlflow.keras, name=f"trial-{number:03d}", run_id=run_id,
+                                model_id=write.model_id, model=write.model, metadata=write.model_metadata,
+                                step=result.epochs, pip_requirements=model_requirements())
+
+
+def end_trial_run(write: TrialWrite, failure: BaseException | None = None) -> None:
+    """End a written trial's run by its outcome; where the write failed (`failure`), FAILED with that error
+    (the trial_state tag keeps the Optuna state) and its model, if any, FAILED."""
+    client = MlflowClient(write.tracking_uri)
+    if failure is None:
+        tracking.end_run(client, write.run.run_id, write.trial_state, write.error, write.error)
+        return
+    tracking.fail_pending_model(client, write.model_id)
+    tracking.end_run(client, write.run.run_id, write.trial_state,
+                     f"{WRITE_FAILED}: {type(failure).__name__}: {failure}",
+                     "".join(traceback.format_exception(failure)), status=RUN_STATUS["FAIL"])
+
+
+def abandon_trial_run(write: TrialWrite, reason: str) -> None:
+    """End a finished trial's run that will not be written KILLED, with `NOT_WRITTEN: reason` as its error."""
+    client = MlflowClient(write.tracking_uri)
+    tracking.fail_pending_model(client, write.model_id)
+    tracking.end_run(client, write.run.run_id, write.trial_state, f"{tracking.NOT_WRITTEN}: {reason}",
+                     status="KILLED")
+
+
+def log_momentum_curve(client: MlflowClient, run_id: str, curve: MomentumCurve, grid: tuple[float, ...],
+                       trial_number: int) -> None:
+    """momentum_curve.json (the trial's `MOMENTUM_CURVE_ATTR`), momentum_curve.png (every momentum of `grid`
+    labelled) and the curve's metrics, on run `run_id`."""
+    data = curve.as_dict()
+    client.log_dict(run_id, data, MOMENTUM_CURVE_ARTIFACT)
+    render = figures.trial_momentum_renderer(tuple(grid), figures.momentum_decades(curve.momentum))
+    title = f"Trial {trial_number}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
+    client.log_image(run_id, render(data, title), artifact_file=MOMENTUM_CURVE_FIGURE)
+    client.log_batch(run_id, metrics=tracking.momentum_curve_metrics(curve))
+
+
+@functools.cache
+def model_requirements() -> list[str]:
+    """What serving a logged model needs: Keras and its backend, pinned to the versions trained with.
+
+    Given explicitly because MLflow's inference of requirements reloads the model in a
+    subprocess, which took 12 s per trial, several times the training itself.
+    """
+    return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package(), "numpy")]
+
+
+
+
+class TrackingWriter:
+    """One thread that writes and ends the runs handed to it, one trial at a time (see the module docstring).
+
+    `write` logs a trial's run (default: `write_trial`, looked up at each call); tests pass slow or
+    failing stand-ins.
+    """
+
+    def __init__(self, write: Callable[[TrialWrite], None] | None = None):
+        self._write = write
+        self._jobs: queue.Queue[TrialWrite] = queue.Queue()
+        # Guards `_held` (runs handed over and not yet ended) and the end of each run, so that a run is
+        # ended once: by the thread when written, or by `drain` when abandoned.
+        self._changed = threading.Condition()
+        self._held: dict[str, TrialWrite] = {}
+        self._thread: threading.Thread | None = None
+
+    def submit(self, write: TrialWrite) -> None:
+        """Hand a finished trial's run over, once the previous one is written; the writer ends it."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._held)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="tracking-writer", daemon=True)
+                self._thread.start()
+            self._held[write.run.run_id] = write
+            write.run.handed_off = True
+            self._jobs.put(write)
+
+    def drain(self, timeout: float | None = None) -> list[int]:
+        """Wait until every run handed over is written and ended, at most `timeout` seconds (None: as long as it
+        takes); end those still unwritten KILLED and say so in one line. Their trial numbers."""
+        left: list[TrialWrite] = []
+        try:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._held, timeout)
+        finally:
+            # Also where a second Ctrl-C cuts the wait short: no run is left RUNNING behind the process.
+            waited = f"within {timeout:g} s" if timeout is not None else "before a second stop request"
+            with self._changed:
+                left = list(self._held.values())
+                self._held.clear()
+                for write in left:
+                    abandon_trial_run(write, f"the process stopped and its writer did not finish {waited}")
+            if left:
+                print(f"the MLflow run(s) of trial(s) {', '.join(str(w.run.trial_number) for w in left)} could not be "
+                      f"written {waited}: ended KILLED without their figures and model (tag 'error').",
+                      file=sys.stderr, flush=True)
+        return [write.run.trial_number for write in left]
+
+    def _work(self) -> None:
+        while True:
+            write = self._jobs.get()
+            failure = None
+            try:
+                (self._write or write_trial)(write)
+            except Exception as error:  # noqa: BLE001 - a failed write ends its run FAILED; the study goes on
+                failure = error
+            with self._changed:
+                if self._held.pop(write.run.run_id, None) is not None:
+                    try:
+                        end_trial_run(write, failure)
+                    except Exception as error:  # noqa: BLE001 - the thread must outlive one store error
+                        print(f"the MLflow run of trial {write.run.trial_number} ({write.run.run_id}) could not be "
+                              f"ended: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+                    if failure is not None:
+                        print(f"trial {write.run.trial_number}: {WRITE_FAILED} ({type(failure).__name__}: {failure}); "
+                              "its run ends FAILED and the study goes on.", file=sys.stderr, flush=True)
+                self._changed.notify_all()
+
+
+_process_writer: TrackingWriter | None = None
+_process_writer_lock = threading.Lock()
+
+
+def process_writer() -> TrackingWriter:
+    """This process's writer, made on first use; the process waits for it at exit (see `drain_process_writer`)."""
+    global _process_writer
+    with _process_writer_lock:
+        if _process_writer is None:
+            _process_writer = TrackingWriter()
+            atexit.register(_drain_at_exit)
+        return _process_writer
+
+
+def drain_process_writer(timeout: float | None = None) -> list[int]:
+    """`TrackingWriter.drain` on this process's writer, if it has one."""
+    return _process_writer.drain(timeout) if _process_writer is not None else []
+
+
+def _drain_at_exit() -> None:
+    # Registered after MLflow's own exit handler, so it runs first, while the writer's store is still open.
+    drain_process_writer(STOP_DRAIN_SECONDS if stopping.requested.is_set() else None)
