@@ -3,8 +3,6 @@
 * `UsageError`: a bad command-line value, printed as one line with exit code 2;
 * `fail` / `ArgumentParser`: that line, and the parser whose own errors are that line too (from
   gaplab.cli, so `python -m gaplab` answers bad input in the same way);
-* `default_storage` / `check_storage_url`: the Optuna storage URL, its default beside a sqlite
-  MLflow store, and its checks (both CLIs accept the same URLs and default to the same file);
 * `quiet_logging`: no Keras/TF/Optuna/MLflow chatter by default; `native_logs_filtered`: the same
   for the lines the backend's C++ libraries write to stderr while it is imported.
 
@@ -20,66 +18,14 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 
 from gaplab.cli import ArgumentParser, fail
 
-__all__ = ["ArgumentParser", "UsageError", "check_storage_url", "default_storage", "fail", "native_logs_filtered",
-           "quiet_logging"]
+__all__ = ["ArgumentParser", "UsageError", "fail", "native_logs_filtered", "quiet_logging"]
 
 
 class UsageError(ValueError):
     """A bad command-line value; reported as one line with exit code 2."""
-
-
-def default_storage(tracking_uri: str | None = None) -> str:
-    """sqlite:///optuna.db beside a sqlite MLflow store (`tracking_uri`, else MLflow's current), else in the cwd."""
-    if tracking_uri is None:
-        import mlflow
-
-        tracking_uri = mlflow.get_tracking_uri()
-    if tracking_uri.startswith("sqlite:///"):
-        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
-    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
-
-
-def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
-    """Raise UsageError, writing nothing, unless `storage` is a database URL a study can live in; a sqlite
-    file must exist and be a database (for readers, `must_exist`), or be writable or creatable (for writers).
-
-    `must_exist` is for readers: Optuna would silently create an empty sqlite file otherwise.
-    """
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    from study.storage import check_sqlite_file, is_in_memory
-
-    try:
-        url = make_url(storage)
-    except ArgumentError:
-        raise UsageError(f"--storage={storage!r} is not a database URL; use e.g. sqlite:///optuna.db "
-                         "or postgresql://user@host/db.") from None
-    backend = url.get_backend_name()
-    if backend in ("http", "https"):
-        raise UsageError(f"--storage={url.render_as_string(hide_password=True)!r} is a tracking URI (an MLflow "
-                         "server), not a storage URL; give it as MLFLOW_TRACKING_URI, and --storage a database URL, "
-                         "e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db.")
-    if backend != "sqlite":
-        return
-    if is_in_memory(storage):
-        raise UsageError(f"--storage={storage!r} is an in-memory database: the study would vanish when this process "
-                         "ends (and its MLflow runs would stay); use a file, e.g. sqlite:///optuna.db.")
-    path = Path(url.database).expanduser()
-    if path.is_dir():
-        raise UsageError(f"--storage={storage!r}: {url.database} is a folder, not a database file; pass a file "
-                         f"path, e.g. sqlite:///{path / 'optuna.db'}.")
-    if must_exist and not path.is_file():
-        raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run python -m study.run "
-                         "first or pass the storage it used.")
-    if not path.resolve().parent.is_dir():
-        raise UsageError(f"--storage={storage!r}: folder {path.resolve().parent} does not exist; "
-                         "create it or pick another path.")
-    check_sqlite_file(path, f"--storage={storage!r}", write=not must_exist, option="--storage")
 
 
 # TensorFlow's C++ log threshold (0 info, 1 warning, 2 error, 3 fatal), unless the user set one.

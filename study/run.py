@@ -27,13 +27,12 @@ from study import stopping
 from study.cli import (
     ArgumentParser,
     UsageError,
-    check_storage_url,
-    default_storage,
     fail,
     native_logs_filtered,
     quiet_logging,
 )
 from study.settings import STUDY_NAME_PATTERN, Settings, check_training_values
+from study.storage import check_storage_url, default_storage
 
 DEFAULT_TRIALS = 50
 PRUNERS = ("median", "hyperband", "none")

@@ -1,5 +1,8 @@
 """Opening the study's two stores, Optuna's RDB storage and MLflow's tracking store, for many processes.
 
+* `default_storage` / `check_storage_url`: the Optuna storage URL, its default beside a sqlite
+  MLflow store, and its checks (study.run and study.report accept the same URLs and default to the
+  same file);
 * `check_sqlite_file` / `check_tracking_store`: whether a store can be read (or written, and created
   where it is missing), answered without writing anything, so that a store that cannot be used is
   refused before either store is touched;
@@ -336,3 +339,51 @@ def check_tracking_uri(uri: str | None = None, *, create: bool = True, label: st
                 else:
                     os.environ[name] = value
     return uri
+
+
+def default_storage(tracking_uri: str | None = None) -> str:
+    """sqlite:///optuna.db beside a sqlite MLflow store (`tracking_uri`, else MLflow's current), else in the cwd."""
+    if tracking_uri is None:
+        import mlflow
+
+        tracking_uri = mlflow.get_tracking_uri()
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+    return f"sqlite:///{Path.cwd() / 'optuna.db'}"
+
+
+def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
+    """Raise UsageError, writing nothing, unless `storage` is a database URL a study can live in; a sqlite
+    file must exist and be a database (for readers, `must_exist`), or be writable or creatable (for writers).
+
+    `must_exist` is for readers: Optuna would silently create an empty sqlite file otherwise.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(storage)
+    except ArgumentError:
+        raise UsageError(f"--storage={storage!r} is not a database URL; use e.g. sqlite:///optuna.db "
+                         "or postgresql://user@host/db.") from None
+    backend = url.get_backend_name()
+    if backend in ("http", "https"):
+        raise UsageError(f"--storage={url.render_as_string(hide_password=True)!r} is a tracking URI (an MLflow "
+                         "server), not a storage URL; give it as MLFLOW_TRACKING_URI, and --storage a database URL, "
+                         "e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db.")
+    if backend != "sqlite":
+        return
+    if is_in_memory(storage):
+        raise UsageError(f"--storage={storage!r} is an in-memory database: the study would vanish when this process "
+                         "ends (and its MLflow runs would stay); use a file, e.g. sqlite:///optuna.db.")
+    path = Path(url.database).expanduser()
+    if path.is_dir():
+        raise UsageError(f"--storage={storage!r}: {url.database} is a folder, not a database file; pass a file "
+                         f"path, e.g. sqlite:///{path / 'optuna.db'}.")
+    if must_exist and not path.is_file():
+        raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run python -m study.run "
+                         "first or pass the storage it used.")
+    if not path.resolve().parent.is_dir():
+        raise UsageError(f"--storage={storage!r}: folder {path.resolve().parent} does not exist; "
+                         "create it or pick another path.")
+    check_sqlite_file(path, f"--storage={storage!r}", write=not must_exist, option="--storage")

@@ -21,10 +21,10 @@ import sys
 from pathlib import Path
 
 from study import contract
-from study.cli import ArgumentParser, UsageError, check_storage_url, default_storage, fail, quiet_logging
+from study.cli import ArgumentParser, UsageError, fail, quiet_logging
 from study.report.build import build_report
 from study.report.render import write_report
-from study.storage import check_tracking_uri, masked, open_optuna_storage
+from study.storage import check_storage_url, check_tracking_uri, default_storage, masked, open_optuna_storage
 
 
 def build_parser() -> argparse.ArgumentParser:
