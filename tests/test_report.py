@@ -175,11 +175,14 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, cur
             attrs[contract.MOMENTUM_CURVE_ATTR] = curve
             attrs[contract.BEST_MOMENTUM_METRIC] = curve["momentum"][best]
             attrs[contract.VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC] = curve["val_accuracy"][best]
-        params = {space.MOMENTUM_PARAM: round(1 - spec["bn_momentum"], 6), "batch_size": spec["batch_size"],
-                  "dropout": spec["dropout"], "depth": spec["depth"]}
+        # As Optuna stores them (study.space): no momentum without batchnorm, integer permille and percent.
+        searched = ("bn_momentum", "batch_size", "dropout", "depth") if spec["batchnorm"] else \
+            ("batch_size", "dropout", "depth")
+        params = {space.optuna_name(name): space.to_optuna(name, spec[name]) for name in searched}
+        distributions = {param: dist for param, dist in _distributions().items() if param in params}
         complete = spec["state"] == TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=_distributions(), user_attrs=attrs,
+            params=params, distributions=distributions, user_attrs=attrs,
             value=spec["val"] if complete else None, intermediate_values={3: spec["val"]}, state=spec["state"]))
     # One failed trial with no metrics, as a crash leaves it.
     study.add_trial(optuna.trial.create_trial(params={}, distributions={}, state=TrialState.FAIL))
