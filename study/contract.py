@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from gaplab import curve
 
 # The searched parameters under their public names (Optuna calls bn_momentum's complement
-# `one_minus_bn_momentum`; see study.space).
+# `one_minus_bn_momentum_permille` and dropout `dropout_percent`; see study.space).
 SEARCHED = ("bn_momentum", "batch_size", "dropout", "depth")
 
 # What `--trials` counts, and what the report treats as measured.

@@ -1,7 +1,7 @@
 """The MLflow adapter: a parent run per study invocation, a nested child run per trial.
 
 The trainer knows nothing of MLflow; this module turns its hooks and results into the contract
-the report and users rely on (see README, "What is logged"):
+the report and users rely on (see docs/logging.md):
 
 * parent: study settings, dataset (log_input), best_val_accuracy, best params, importances,
   trials.csv, and the best model registered under the study's name with alias `best`;
