@@ -302,7 +302,8 @@ def end_active_runs(status: str, keep: str | None = None) -> None:
     `status` (e.g. KILLED), innermost first; stop at run `keep`, left open.
 
     The writer's runs are the writer's to end (study.writer.drain_process_writer)."""
-    client = MlflowClient()
+    # A client only where there are runs to end: an interrupt before the store exists must not create it.
+    client = MlflowClient() if _open_runs else None
     for run_id in list(_open_runs):
         end_run(client, run_id, "FAIL", "interrupted before its trial could end it", status=status)
         _open_runs.pop(run_id, None)
