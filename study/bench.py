@@ -19,13 +19,16 @@ seed, device, workers) are checked as `study.run` checks them, and the device is
 It prints, and writes to `--json PATH`:
 * backend, its version, and the device trials trained on;
 * per trial: steady-state training images/s (median epoch after the first, training alone) and
-  first-epoch seconds, and the compile seconds (first epoch minus a steady one, plus model build);
+  first-epoch seconds, and its seconds of training and of each part below but once per run;
 * the study's wall time, the part spent training, and the fraction outside training split into
-  compile, measurements (validation each epoch, inference-mode and recalibrated accuracies,
-  confusion matrices), tracking (MLflow: runs, metrics each epoch, figures, model; reporting to the
-  pruner), sampling (Optuna: suggesting,
-  storage, callbacks) and once per run (imports, data, stores, parent run, end-of-study summary).
-  The parts add up to the wall time;
+  compile (first epoch minus a steady one, plus model reset), measurements (validation each epoch,
+  inference-mode and recalibrated accuracies, the momentum curve, confusion matrices), tracking
+  (MLflow on the training thread: runs, metrics each epoch, handing the trial to the background
+  writer; reporting to the pruner), sampling (Optuna: suggesting, storage, callbacks) and once per
+  run (imports, data, stores, parent run, waiting for the writer, end-of-study summary). The parts
+  add up to the wall time;
+* the parts that stay as they are on a GPU (tracking, sampling, once per run: CPU work) against the
+  training, which a GPU shortens;
 * with `--workers N` (N > 1): the same study run alone, then N copies at once (independent
   processes and stores, sharing the machine and its devices), and their training images per second
   of wall time together against the one alone.
@@ -54,6 +57,9 @@ class BenchFailed(RuntimeError):
 
 
 PARTS = ("compile", "measurements", "tracking", "sampling", "once_per_run")
+# The parts that are CPU work whatever trains the model: on a GPU they stay while training, compiling and
+# the measurements' inference passes get faster.
+GPU_STAYING_PARTS = ("tracking", "sampling", "once_per_run")
 NUM_CLASSES = 6
 
 
@@ -197,7 +203,7 @@ def run_bench(args: argparse.Namespace, base: TrainConfig, started: float) -> di
 
 
 def _account(trials: list[dict], wall: float, data, args, training_device: str, backend: str, version: str) -> dict:
-    """Per-trial figures and the wall time split into training and the parts outside it."""
+    """Per-trial figures and the wall time split into training and the parts outside it, per trial and in total."""
     parts = dict.fromkeys(PARTS, 0.0)
     training = 0.0
     per_trial = []
@@ -207,21 +213,18 @@ def _account(trials: list[dict], wall: float, data, args, training_device: str, 
         steady = timings["steady_epoch_seconds"]
         compile_in_fit = max(timings["first_epoch_seconds"] - steady, 0.0)
         trained = timings["epochs_seconds"] - compile_in_fit + timings["data_seconds"]
-        compile_seconds = compile_in_fit + timings["build_seconds"]
         # Inside fit but outside its epochs and validation passes (at the own momentum and, with
         # prune_on=best_momentum, at the grid's): the per-epoch callbacks (MLflow metrics, pruner).
         epoch_callbacks = (timings["fit_seconds"] - timings["epochs_seconds"] - timings["validation_seconds"]
                            - timings["grid_validation_seconds"])
-        measured = trial["train_call"] - trained - compile_seconds - epoch_callbacks
-        sampling = trial.get("sampling", 0.0)
-        tracking = trial["ended"] - trial["began"] - trial["train_call"] - sampling + epoch_callbacks
+        own = {"compile": compile_in_fit + timings["build_seconds"], "sampling": trial.get("sampling", 0.0)}
+        own["measurements"] = trial["train_call"] - trained - own["compile"] - epoch_callbacks
+        own["tracking"] = trial["ended"] - trial["began"] - trial["train_call"] - own["sampling"] + epoch_callbacks
         if index:  # Optuna's work between two trials: tell, storage, ask.
-            sampling += trial["began"] - trials[index - 1]["ended"]
+            own["sampling"] += trial["began"] - trials[index - 1]["ended"]
         training += trained
-        parts["compile"] += compile_seconds
-        parts["measurements"] += measured
-        parts["tracking"] += tracking
-        parts["sampling"] += sampling
+        for part, seconds in own.items():
+            parts[part] += seconds
         batch = min(result.config.batch_size, len(data.train))  # as gaplab.trainer.FullBatches cuts them
         images_per_epoch = len(data.train) // batch * batch
         per_trial.append({
@@ -229,12 +232,16 @@ def _account(trials: list[dict], wall: float, data, args, training_device: str, 
             "epochs": result.epochs,
             "steady_images_per_second": images_per_epoch / steady if steady > 0 else float("nan"),
             "first_epoch_seconds": timings["first_epoch_seconds"], "steady_epoch_seconds": steady,
-            "compile_seconds": compile_seconds, "fit_seconds": timings["fit_seconds"],
+            "compile_seconds": own["compile"], "fit_seconds": timings["fit_seconds"],
             "training_images": images_per_epoch * result.epochs,
+            "training_seconds": trained, "measurements_seconds": own["measurements"],
+            "tracking_seconds": own["tracking"], "sampling_seconds": own["sampling"],
         })
     inside_trials = trials[-1]["ended"] - trials[0]["began"] if trials else 0.0
     parts["once_per_run"] = wall - inside_trials
     outside = sum(parts.values())
+    # CPU work that a faster training device does not shorten.
+    staying = sum(parts[part] for part in GPU_STAYING_PARTS)
     return {
         "backend": backend, "backend_version": version, "device": training_device, "requested_device": args.device,
         "image_size": args.image_size, "images": args.images, "train_images": len(data.train),
@@ -244,6 +251,7 @@ def _account(trials: list[dict], wall: float, data, args, training_device: str, 
         "wall_seconds": wall, "training_seconds": training,
         "outside_training_seconds": outside, "outside_training_fraction": outside / wall,
         "outside_training": parts,
+        "staying_on_a_gpu_seconds": staying, "staying_on_a_gpu_per_training": staying / training,
         "training_images_per_wall_second": sum(t["training_images"] for t in per_trial) / wall,
     }
 
@@ -282,16 +290,22 @@ def compare_workers(args: argparse.Namespace, argv: list[str]) -> dict:
 def format_report(report: dict) -> str:
     lines = [f"backend {report['backend']} {report['backend_version']}, device {report['device']}; "
              f"{report['trials']} trials x {report['epochs']} epochs on {report['train_images']} training images "
-             f"at {report['image_size']} px, batch size {report['batch_size']}"]
+             f"at {report['image_size']} px, batch size {report['batch_size']}",
+             "  trial  batch depth  images/s  first epoch   training  compile  measurements  tracking  sampling"]
     for trial in report["per_trial"]:
-        lines.append(f"  trial {trial['number']}: batch {trial['batch_size']} depth {trial['depth']}: "
-                     f"{trial['steady_images_per_second']:,.0f} images/s steady, first epoch "
-                     f"{trial['first_epoch_seconds']:.2f}s (compile {trial['compile_seconds']:.2f}s)")
+        lines.append(f"  {trial['number']:5d} {trial['batch_size']:6d} {trial['depth']:5d} "
+                     f"{trial['steady_images_per_second']:9,.0f} {trial['first_epoch_seconds']:11.2f}s "
+                     f"{trial['training_seconds']:9.2f}s {trial['compile_seconds']:7.2f}s "
+                     f"{trial['measurements_seconds']:12.2f}s {trial['tracking_seconds']:8.2f}s "
+                     f"{trial['sampling_seconds']:8.2f}s")
     wall = report["wall_seconds"]
     lines.append(f"wall {wall:.1f}s: training {report['training_seconds']:.1f}s, outside training "
                  f"{report['outside_training_seconds']:.1f}s ({report['outside_training_fraction']:.0%})")
     for part, seconds in report["outside_training"].items():
         lines.append(f"  {part:<13} {seconds:7.1f}s  {seconds / wall:6.1%}")
+    lines.append(f"staying on a GPU ({', '.join(GPU_STAYING_PARTS)}): {report['staying_on_a_gpu_seconds']:.1f}s, "
+                 f"{report['staying_on_a_gpu_per_training']:.2f}x the training; a device that trains k times "
+                 "faster leaves them as they are")
     if "workers" in report:
         workers = report["workers"]
         lines.append(f"{workers['workers']} workers together: {workers['all_workers_images_per_second']:,.0f} "

@@ -77,7 +77,8 @@ EXPERIMENT_KIND = "custom_model_development"
 # "train_eval_images": n (from this version on; older curves lack it and measured train-eval on the
 # whole training split): train-eval at every point (the own and recalibrated ones included, so the
 # curve's points compare on the same images) is measured on a fixed stratified subset of n training
-# images, about val's size, drawn from the seed (gaplab.momentum.train_eval_subset). The trial's final
+# images, val's size, drawn from the seed (gaplab.momentum.train_eval_subset); PreciseBN recalibrates on
+# it too (from this version on; before, on the whole training split). The trial's final
 # train_eval_accuracy and mode_gap stay on the whole training split, so they can differ from the
 # curve's own point by that subset's sampling error.
 MOMENTUM_CURVE_ATTR = "momentum_curve"

@@ -53,9 +53,14 @@ def test_bench_reports_throughput_compile_time_and_parts_that_add_up_to_the_wall
         assert trial["first_epoch_seconds"] > 0 and trial["compile_seconds"] >= 0
         # Full batches only: 168 // 16 = 10 batches of 16 per epoch.
         assert trial["training_images"] == 2 * 160
+        assert 0 < trial["training_seconds"] < trial["fit_seconds"]
+        assert all(trial[f"{part}_seconds"] >= 0 for part in ("measurements", "tracking", "sampling")), trial
     parts = report["outside_training"]
     assert set(parts) == {"compile", "measurements", "tracking", "sampling", "once_per_run"}
     assert all(seconds >= 0 for seconds in parts.values()), parts
     assert 0 < report["training_seconds"] < report["wall_seconds"]
-    assert "device CPU" in done.stdout and "images/s steady" in done.stdout and "once_per_run" in done.stdout
+    assert "device CPU" in done.stdout and "images/s" in done.stdout and "once_per_run" in done.stdout
+    # Tracking, sampling and once per run stay CPU work on a GPU: set against the training a GPU shortens.
+    assert 0 < report["staying_on_a_gpu_seconds"] < report["outside_training_seconds"]
+    assert f"{report['staying_on_a_gpu_per_training']:.2f}x the training" in done.stdout
     assert "training runs on the CPU" in done.stdout

@@ -260,7 +260,9 @@ def test_the_curve_of_one_training_equals_training_at_each_momentum():
         np.testing.assert_allclose(variances[at_08], layer.moving_variance.numpy(), rtol=1e-6, atol=1e-7)
     point = curve_099.momentum.index(0.8)
     assert curve_099.val_accuracy[point] == trained_08.val_accuracy
-    assert curve_099.train_eval_accuracy[point] == trained_08.train_eval_accuracy
+    # The curve's train-eval is on the subset; the 0.8 run's own point is on the same images.
+    curve_08 = trained_08.momentum_curve
+    assert curve_099.train_eval_accuracy[point] == curve_08.train_eval_accuracy[curve_08.momentum.index(0.8)]
     assert curve_099.test_accuracy[point] == trained_08.test_accuracy
     # The own entry is Keras's own statistics, and the tracked grid entry at 0.99 equals them.
     own = curve_099.momentum.index(0.99)
@@ -279,7 +281,17 @@ def test_the_curve_holds_the_grid_and_own_momentum_with_gaps_and_the_recalibrate
                                         "mode_gap")} == {4}
     assert curve["val_accuracy"][2] == result.val_accuracy
     assert curve["test_accuracy"][2] == result.test_accuracy
-    assert curve["train_eval_accuracy"][2] == result.train_eval_accuracy
+    # The curve's train-eval is on the subset of val's size (the final train_eval_accuracy on the whole split).
+    from gaplab.metrics import accuracy, predict_classes
+    from gaplab.momentum import train_eval_subset
+
+    picked = train_eval_subset(tiny_data.train.y, len(tiny_data.val.y), SMALL.seed)
+    assert curve["train_eval_images"] == len(picked) == len(tiny_data.val.y)
+    model = result.model
+    model.compile()
+    on_subset = accuracy(predict_classes(model, tiny_data.train.x[picked]), tiny_data.train.y[picked])
+    assert curve["train_eval_accuracy"][2] == on_subset
+    assert result.train_eval_accuracy == accuracy(predict_classes(model, tiny_data.train.x), tiny_data.train.y)
     assert curve["gap"] == pytest.approx([result.train_accuracy - v for v in curve["val_accuracy"]])
     assert curve["mode_gap"] == pytest.approx([result.train_accuracy - t for t in curve["train_eval_accuracy"]])
     assert curve["recalibrated"]["val_accuracy"] == result.val_accuracy_recalibrated
@@ -335,9 +347,9 @@ def _counting_predictions(monkeypatch) -> list[np.ndarray]:
     passes: list[np.ndarray] = []
     real = metrics._predict
 
-    def counting(model, x):
+    def counting(model, x, batch_size):
         passes.append(x)
-        return real(model, x)
+        return real(model, x, batch_size)
 
     monkeypatch.setattr(metrics, "_predict", counting)
     return passes
@@ -356,9 +368,24 @@ def test_the_grid_val_pass_runs_only_at_the_epochs_asked_and_the_last_ones_is_th
     # The skipped epochs change nothing: same curve as with a pass at every epoch.
     assert result.momentum_curve == whole.momentum_curve
     val_passes = sum(x is tiny_data.val.x for x in passes)
-    # Fit's validation at each of 3 epochs, the grid's momenta but the own one at epochs 2 and 3 only, the
-    # recalibrated val after fit, and no val pass at any momentum for the curve.
-    assert val_passes == 3 + 2 * (len(result.momentum_curve.momentum) - 1) + 1
+    grid_passes = result.timings["grid_validation_passes"]
+    others = len(result.momentum_curve.momentum) - 1
+    # At epoch 2 a climb from the own momentum (at least its one neighbour, fewer than all), at the last
+    # epoch every momentum but the own one.
+    assert others + 1 <= grid_passes < 2 * others
+    # Fit's validation at each of 3 epochs, those grid passes, the recalibrated val after fit, and no val
+    # pass at any momentum for the curve.
+    assert val_passes == 3 + grid_passes + 1
+
+
+def test_a_full_search_measures_every_momentum_at_every_epoch_asked_and_gives_the_same_curve(tiny_data):
+    config = SMALL.replace(epochs=3)
+    climb = train(config, tiny_data, best_momentum_at_epoch=lambda epoch: True)
+    full = train(config, tiny_data, best_momentum_at_epoch=lambda epoch: True, best_momentum_search="full")
+    assert full.timings["grid_validation_passes"] == 3 * (len(full.momentum_curve.momentum) - 1)
+    assert climb.timings["grid_validation_passes"] < full.timings["grid_validation_passes"]
+    assert full.momentum_curve == climb.momentum_curve
+    assert full.history["best_momentum"][-1] == climb.history["best_momentum"][-1] == full.momentum_curve.best_momentum
 
 
 def test_a_curve_without_a_pass_at_the_last_epoch_measures_val_itself(tiny_data, monkeypatch):
@@ -368,16 +395,15 @@ def test_a_curve_without_a_pass_at_the_last_epoch_measures_val_itself(tiny_data,
 
 
 def test_the_curves_train_eval_subset_is_stratified_seeded_and_about_vals_size():
-    from gaplab.metrics import EVAL_BATCH_SIZE
     from gaplab.momentum import train_eval_subset
 
-    labels = np.repeat(np.arange(3), [600, 300, 100])
+    labels = np.repeat(np.arange(3), [600, 301, 99])
     picked = train_eval_subset(labels, val_size=300, seed=5)
-    assert len(picked) == 2 * EVAL_BATCH_SIZE == 512  # val's 300, rounded up to whole evaluation batches
-    assert np.bincount(labels[picked]).tolist() == [307, 154, 51]  # 60/30/10 %, by largest remainder
+    assert len(picked) == 300  # val's size: it fills val's evaluation batches
+    assert np.bincount(labels[picked]).tolist() == [180, 90, 30]  # 60/30.1/9.9 %, by largest remainder
     assert np.array_equal(picked, train_eval_subset(labels, val_size=300, seed=5))
     assert not np.array_equal(picked, train_eval_subset(labels, val_size=300, seed=6))
-    assert np.array_equal(train_eval_subset(labels[:200], val_size=100, seed=5), np.arange(200))
+    assert np.array_equal(train_eval_subset(labels[:200], val_size=200, seed=5), np.arange(200))
 
 
 COMPILE_COUNT_SCRIPT = textwrap.dedent(
@@ -432,8 +458,10 @@ def test_jax_compiles_each_train_eval_and_recalibration_program_once(tmp_path):
 
 @pytest.mark.slow
 def test_the_curve_on_the_train_eval_subset_is_close_to_the_whole_split_and_chooses_the_same_momentum():
-    """The built-in data (840 training images): the curve's train-eval on 256 of them against all of them."""
+    """The built-in data (840 training images): the curve's train-eval and recalibration on 180 of them
+    (val's size) against all of them."""
     from gaplab.data import generate_shapes
+    from gaplab.metrics import accuracy, predict_classes, recalibrated_batchnorm
     from gaplab.momentum import measure_curve
 
     data = generate_shapes(image_size=32, n_images=1200, seed=0)
@@ -441,20 +469,28 @@ def test_the_curve_on_the_train_eval_subset_is_close_to_the_whole_split_and_choo
     subset = result.momentum_curve
     model = result.model
     model.compile()
+    with recalibrated_batchnorm(model, data.train.x):
+        recalibrated = (accuracy(predict_classes(model, data.train.x), data.train.y),
+                        accuracy(predict_classes(model, data.val.x), data.val.y))
     whole = measure_curve(
         model, 0.99, result.config.momentum_grid,
         splits={"train": (data.train.x, data.train.y), "val": (data.val.x, data.val.y),
                 "test": (data.test.x, data.test.y)},
         own={"train": result.train_eval_accuracy, "val": result.val_accuracy, "test": result.test_accuracy},
-        train_accuracy=result.train_accuracy, recalibrated=(math.nan, result.val_accuracy_recalibrated))
-    assert (subset.train_eval_images, whole.train_eval_images) == (256, len(data.train)) == (256, 840)
+        train_accuracy=result.train_accuracy, recalibrated=recalibrated)
+    assert (subset.train_eval_images, whole.train_eval_images) == (len(data.val), len(data.train)) == (180, 840)
     assert subset.val_accuracy == whole.val_accuracy and subset.test_accuracy == whole.test_accuracy
     assert subset.best_momentum == whole.best_momentum
     apart = [abs(a - b) for a, b in zip(subset.train_eval_accuracy, whole.train_eval_accuracy)]
-    # 256 of 840 images: a standard error of at most 0.5 / sqrt(256) * sqrt(1 - 256 / 840) = 0.026.
-    assert max(apart) <= 3 * 0.026, apart
+    # 180 of 840 images: a standard error of at most 0.5 / sqrt(180) * sqrt(1 - 180 / 840) = 0.033.
+    assert max(apart) <= 3 * 0.033, apart
     own_to_best = [curve.mode_gap[curve.own] - curve.mode_gap[curve.best] for curve in (subset, whole)]
-    assert abs(own_to_best[0] - own_to_best[1]) <= 3 * 0.026, own_to_best
+    assert abs(own_to_best[0] - own_to_best[1]) <= 3 * 0.033, own_to_best
+    # PreciseBN's statistics from 180 images instead of 840, scored on the same val images.
+    recalibrated_apart = abs(subset.recalibrated_val_accuracy - whole.recalibrated_val_accuracy)
+    assert recalibrated_apart <= 0.05, (subset.recalibrated_val_accuracy, whole.recalibrated_val_accuracy)
     print(f"\ntrain-eval by momentum {subset.momentum}\n subset {subset.train_eval_accuracy}\n whole  "
           f"{whole.train_eval_accuracy}\n |apart| max {max(apart):.4f} own {apart[subset.own]:.4f}; best "
-          f"{subset.best_momentum}; mode gap own - best: subset {own_to_best[0]:.4f}, whole {own_to_best[1]:.4f}")
+          f"{subset.best_momentum}; mode gap own - best: subset {own_to_best[0]:.4f}, whole {own_to_best[1]:.4f}; "
+          f"recalibrated val: subset {subset.recalibrated_val_accuracy:.4f}, whole "
+          f"{whole.recalibrated_val_accuracy:.4f}")

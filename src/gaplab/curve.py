@@ -51,8 +51,8 @@ class MomentumCurve:
     at each momentum are train_accuracy minus val and train-eval accuracy there. `test_accuracy`
     is None for curves stored before it was measured. `train_eval_images`: the size of the fixed
     subset of the training split that train-eval (every point, the own and recalibrated ones
-    included) was measured on; None for curves stored before it was recorded, which measured it on
-    the whole training split.
+    included) was measured on, and recalibration estimated its statistics from; None for curves
+    stored before it was recorded, which measured it on the whole training split.
     """
 
     own_momentum: float

@@ -12,7 +12,9 @@ same weights, same steps, only the momentum differs.
   included, so the curve's points compare with each other on the same images).
 * `BestMomentumValidation`: a Keras callback that adds, at the epochs asked, the val accuracy at
   the best momentum (`val_accuracy_at_best_momentum`) and that momentum (`best_momentum`) to the
-  logs; the last such pass is what `measure_curve` reuses for val when it ran at the final weights.
+  logs: at the last epoch from every momentum (the pass `measure_curve` then reuses for val), at
+  earlier ones by climbing from the previous epoch's best to its better neighbours
+  (`climb_to_best`), about 3 val passes instead of 8.
 
 The curve's resolution (`momentum_step`) and best momentum (`best_index`: val chooses) are
 defined in `gaplab.curve`, which the report reads curves with, without Keras.
@@ -62,20 +64,24 @@ def _grid_statistics(layers: list[RuntimeMomentumBatchNormalization], index: int
         yield
 
 
+def _check_grid(layers: list[RuntimeMomentumBatchNormalization], grid: tuple[float, ...]) -> None:
+    if len(grid) != (len(layers[0].momentum_grid) if layers else 0):
+        raise ValueError(f"the model tracks no momentum grid of length {len(grid)}; train it with "
+                         f"TrainConfig.momentum_grid={tuple(grid)}.")
+
+
 def accuracies_by_momentum(
     model: keras.Model, own_momentum: float, grid: tuple[float, ...], splits: list[tuple[np.ndarray, np.ndarray]],
-    own: list[float | None] | None = None,
+    own: list[float | None] | None = None, batch_size: int = EVAL_BATCH_SIZE,
 ) -> tuple[list[float], list[list[float]]]:
     """Sorted momenta and, per split, the inference-mode accuracy at each.
 
     `grid` is the momentum grid the model was trained with (exact values; the layers hold them
     as float32). `own`: per split, its accuracy at the model's own statistics where already
-    measured (reused), None where not.
+    measured (reused), None where not. `batch_size`: see `gaplab.metrics.eval_batch_size`.
     """
     layers = grid_layers(model)
-    if len(grid) != (len(layers[0].momentum_grid) if layers else 0):
-        raise ValueError(f"the model tracks no momentum grid of length {len(grid)}; train it with "
-                         f"TrainConfig.momentum_grid={tuple(grid)}.")
+    _check_grid(layers, grid)
     own = own if own is not None else [None] * len(splits)
     momenta, per_split = [], [[] for _ in splits]
     for momentum, index in _curve_points(own_momentum, tuple(grid)):
@@ -83,19 +89,42 @@ def accuracies_by_momentum(
         with _grid_statistics(layers, index):
             for values, (x, y), measured in zip(per_split, splits, own):
                 reused = index is None and measured is not None
-                values.append(measured if reused else accuracy(predict_classes(model, x), y))
+                values.append(measured if reused else accuracy(predict_classes(model, x, batch_size), y))
     return momenta, per_split
+
+
+def climb_to_best(momenta: list[float], start: int, measure: Callable[[int], float],
+                  known: dict[int, float] | None = None) -> tuple[int, dict[int, float]]:
+    """A best point of the sorted curve `momenta`, measuring as few as a climb needs: (its index, what was measured).
+
+    From `start`, measure both neighbours and move to the better one while it beats the current
+    point; "better" is `gaplab.curve.best_index`'s order (higher accuracy, ties to the larger
+    momentum). `measure(i)` is the accuracy at point i; `known` holds points already measured. Where
+    the accuracies rise to one peak and fall (a single-peaked curve), this is `best_index`'s answer;
+    otherwise it may stop on a lower local peak, never above the true best.
+    """
+    known = dict(known or {})
+    order = lambda i: (known[i], momenta[i])  # noqa: E731 - best_index's order, on what is known
+    current = start
+    while True:
+        for neighbour in (current - 1, current, current + 1):
+            if 0 <= neighbour < len(momenta) and neighbour not in known:
+                known[neighbour] = measure(neighbour)
+        better = max((i for i in (current - 1, current + 1) if i in known), key=order, default=current)
+        if order(better) <= order(current):
+            return current, known
+        current = better
 
 
 def train_eval_subset(labels: np.ndarray, val_size: int, seed: int) -> np.ndarray:
     """Sorted indices of the training images the curve measures train-eval accuracy on.
 
-    A stratified, seeded draw of about max(val_size, EVAL_BATCH_SIZE) images, rounded up to whole
-    evaluation batches (a part-filled batch costs as much as a full one), so train-eval at each
-    momentum costs about what val does; every image where the split is no larger. Each class gets
-    its share of the size by largest remainder. A pure function of the labels and the seed.
+    A stratified, seeded draw of as many images as val has, so train-eval at each momentum costs
+    what val does and fills the same evaluation batches (`gaplab.metrics.eval_batch_size(val_size)`);
+    every image where the split is no larger. Each class gets its share of the size by largest
+    remainder. A pure function of the labels and the seed.
     """
-    size = -(-max(val_size, 1) // EVAL_BATCH_SIZE) * EVAL_BATCH_SIZE
+    size = max(val_size, 1)
     if size >= len(labels):
         return np.arange(len(labels))
     classes, counts = np.unique(labels, return_counts=True)
@@ -114,7 +143,7 @@ def measure_curve(
     model: keras.Model, own_momentum: float, grid: tuple[float, ...],
     splits: dict[str, tuple[np.ndarray, np.ndarray]], own: dict[str, float | None],
     train_accuracy: float, recalibrated: tuple[float, float],
-    val_by_momentum: tuple[list[float], list[float]] | None = None,
+    val_by_momentum: tuple[list[float], list[float]] | None = None, batch_size: int = EVAL_BATCH_SIZE,
 ) -> MomentumCurve:
     """The momentum curve of a trained model.
 
@@ -123,11 +152,13 @@ def measure_curve(
     (reused, not predicted again; None: not measured). `val_by_momentum`: (momenta, val accuracies)
     of a pass at these very weights and statistics (`BestMomentumValidation.last`), reused instead
     of another val pass at every momentum. `recalibrated` is the (train-eval on the same subset,
-    val) accuracy after PreciseBN recalibration.
+    val) accuracy after PreciseBN recalibration on that subset. `batch_size`: see
+    `gaplab.metrics.eval_batch_size`.
     """
     names = ("train", "val", "test") if val_by_momentum is None else ("train", "test")
     momenta, measured = accuracies_by_momentum(
-        model, own_momentum, grid, [splits[name] for name in names], own=[own[name] for name in names])
+        model, own_momentum, grid, [splits[name] for name in names], own=[own[name] for name in names],
+        batch_size=batch_size)
     by_name = dict(zip(names, measured))
     if val_by_momentum is not None:
         if list(val_by_momentum[0]) != momenta:
@@ -150,30 +181,62 @@ class BestMomentumValidation(keras.callbacks.Callback):
     """Adds `val_accuracy_at_best_momentum` and `best_momentum` to the logs of the epochs asked.
 
     `at_epoch(epoch)` (epochs count from 1) says whether an epoch needs them; the others' logs go
-    without (a pass at every grid momentum costs about half a training epoch). It must come before
-    the callbacks that read them: Keras hands every callback the same logs. The own momentum's val
-    accuracy is fit's `val_accuracy` of that epoch (the same inference). `last` is the latest pass:
-    (epoch, momenta, val accuracy at each).
+    without (a val pass at every grid momentum costs about a quarter of a training epoch at 32 px).
+    It must come before the callbacks that read them: Keras hands every callback the same logs. The
+    own momentum's val accuracy is fit's `val_accuracy` of that epoch (the same inference).
+
+    At `final_epoch` it measures val at every momentum: that pass is the curve's val
+    (`measure_curve` reuses `last`: (epoch, momenta, val accuracy at each)). Before it, with
+    `search="climb"` (the default), it measures only what `climb_to_best` needs, from the previous
+    pass's best momentum (the first pass: the own one): the estimate is the val accuracy of a peak
+    of the curve, the best one where the curve has one peak. `search="full"` measures every momentum
+    at every epoch asked. `points_measured` lists, per pass, the val passes it ran.
     """
 
     def __init__(self, own_momentum: float, grid: tuple[float, ...], x_val: np.ndarray, y_val: np.ndarray,
-                 at_epoch: Callable[[int], bool]):
+                 at_epoch: Callable[[int], bool], final_epoch: int, search: str = "climb",
+                 batch_size: int = EVAL_BATCH_SIZE):
         super().__init__()
+        if search not in ("climb", "full"):
+            raise ValueError(f"search={search!r} is invalid; use 'climb' or 'full'.")
         self.own_momentum = own_momentum
-        self.grid = grid
+        self.grid = tuple(grid)
         self.val = (x_val, y_val)
         self.at_epoch = at_epoch
+        self.final_epoch = final_epoch
+        self.search = search
+        self.batch_size = batch_size
         self.seconds: list[float] = []
+        self.points_measured: list[int] = []
         self.last: tuple[int, list[float], list[float]] | None = None
+        self._points = _curve_points(own_momentum, self.grid)
+        self._best_position: int | None = None
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None or "val_accuracy" not in logs or not self.at_epoch(epoch + 1):
             return
         started = time.perf_counter()
-        momenta, (val_acc,) = accuracies_by_momentum(
-            self.model, self.own_momentum, self.grid, [self.val], own=[float(logs["val_accuracy"])])
-        best = best_index(momenta, val_acc)
-        logs["val_accuracy_at_best_momentum"] = val_acc[best]
+        layers = grid_layers(self.model)
+        _check_grid(layers, self.grid)
+        x, y = self.val
+
+        def measure(position: int) -> float:
+            with _grid_statistics(layers, self._points[position][1]):
+                return accuracy(predict_classes(self.model, x, self.batch_size), y)
+
+        own_position = next(i for i, (_, index) in enumerate(self._points) if index is None)
+        known = {own_position: float(logs["val_accuracy"])}
+        momenta = [momentum for momentum, _ in self._points]
+        if self.search == "full" or epoch + 1 >= self.final_epoch:
+            known.update({i: measure(i) for i in range(len(momenta)) if i not in known})
+            best = best_index(momenta, [known[i] for i in range(len(momenta))])
+            if epoch + 1 >= self.final_epoch:
+                self.last = (epoch + 1, momenta, [known[i] for i in range(len(momenta))])
+        else:
+            start = own_position if self._best_position is None else self._best_position
+            best, known = climb_to_best(momenta, start, measure, known)
+        self._best_position = best
+        logs["val_accuracy_at_best_momentum"] = known[best]
         logs["best_momentum"] = momenta[best]
-        self.last = (epoch + 1, momenta, val_acc)
+        self.points_measured.append(len(known) - 1)
         self.seconds.append(time.perf_counter() - started)

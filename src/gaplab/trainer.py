@@ -8,16 +8,20 @@
 * `mode_gap` = train_accuracy − train_eval_accuracy (the training split in inference mode).
   Stale BatchNormalization moving statistics show up here.
 * `generalization_gap` = train_eval_accuracy − val_accuracy: overfitting proper.
-* `val_accuracy_recalibrated`: val accuracy once BN statistics are re-estimated exactly.
+* `val_accuracy_recalibrated`: val accuracy once BN statistics are re-estimated exactly (PreciseBN)
+  over a fixed stratified subset of the training split of val's size
+  (`gaplab.momentum.train_eval_subset`, drawn once per dataset and seed).
 * `momentum_curve`: with `config.momentum_grid`, the same model at every grid momentum on val,
-  test and a fixed stratified subset of the training split about val's size
-  (`gaplab.momentum.train_eval_subset`, drawn once per dataset and seed); `best_momentum` and
-  `val_accuracy_at_best_momentum` come from it (val chooses; test only scores). The final
-  `train_eval_accuracy` (and so `mode_gap`) is on the whole training split. With
-  `best_momentum_at_epoch`, the logs of the epochs it answers True for carry them too, at the
-  cost of one val pass per grid momentum (measured: 0.4 of a training epoch at batch 32 on 64 px
-  photos), which is why the caller says where it needs them; a pass at the last epoch run is the
-  curve's val, not measured again.
+  test and that subset; `best_momentum` and `val_accuracy_at_best_momentum` come from it (val
+  chooses; test only scores). The final `train_eval_accuracy` (and so `mode_gap`) is on the whole
+  training split. With `best_momentum_at_epoch`, the logs of the epochs it answers True for carry
+  them too: at the last epoch from a val pass at every grid momentum (the curve's val, not
+  measured again), at earlier ones from the few passes a climb from the previous epoch's best
+  needs (`best_momentum_search`, see `gaplab.momentum.BestMomentumValidation`), which is why the
+  caller says where it needs them.
+
+Every prediction uses one batch size per dataset, `gaplab.metrics.eval_batch_size(len(val))`, so
+the val split fills its batches and each model keeps one compiled inference program.
 
 The trainer knows nothing of tracking or pruning: callers pass Keras callbacks, and
 `EpochCallback` gives them per-epoch metrics under the names used everywhere
@@ -57,7 +61,14 @@ from gaplab.compiled import CompiledModels, default_models, enable_compilation_c
 from gaplab.config import ConfigError, TrainConfig
 from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
-from gaplab.metrics import accuracy, confusion_matrix, predict_classes, predict_probabilities, recalibrated_batchnorm
+from gaplab.metrics import (
+    accuracy,
+    confusion_matrix,
+    eval_batch_size,
+    predict_classes,
+    predict_probabilities,
+    recalibrated_batchnorm,
+)
 from gaplab.model import batchnorm_layers, build_model
 from gaplab.momentum import PER_EPOCH_METRICS, BestMomentumValidation, grid_layers, measure_curve, train_eval_subset
 
@@ -132,9 +143,10 @@ class _Validation(keras.callbacks.Callback):
     they are the final model's val predictions, which the measurements after fit reuse.
     """
 
-    def __init__(self, x: np.ndarray, y: np.ndarray):
+    def __init__(self, x: np.ndarray, y: np.ndarray, batch_size: int):
         super().__init__()
         self.x, self.y = x, y
+        self.batch_size = batch_size
         self.seconds = 0.0
         self.predicted: np.ndarray | None = None
 
@@ -142,7 +154,7 @@ class _Validation(keras.callbacks.Callback):
         if logs is None or not len(self.y):
             return
         started = time.perf_counter()
-        probabilities = predict_probabilities(self.model, self.x).astype(np.float64)
+        probabilities = predict_probabilities(self.model, self.x, self.batch_size).astype(np.float64)
         probabilities /= probabilities.sum(axis=1, keepdims=True)
         epsilon = keras.config.epsilon()
         picked = np.clip(probabilities[np.arange(len(self.y)), self.y], epsilon, 1 - epsilon)
@@ -248,11 +260,14 @@ def train(
     verbose: int = 0,
     best_momentum_at_epoch: Callable[[int], bool] | None = None,
     compiled_models: CompiledModels | None = None,
+    best_momentum_search: str = "climb",
 ) -> TrainResult:
     """Train `config` on `data` and measure the gap; see the module docstring for the metrics.
 
     `best_momentum_at_epoch(epoch)` (epochs from 1): whether that epoch's logs need the best
-    grid momentum's val accuracy; None: no epoch does. The model is prepared by `compiled_models`
+    grid momentum's val accuracy; None: no epoch does. `best_momentum_search`: how it is found
+    before the last epoch, "climb" or "full" (every momentum; see
+    `gaplab.momentum.BestMomentumValidation`). The model is prepared by `compiled_models`
     (default: `gaplab.compiled.default_models`).
     """
     if config.image_size != data.image_size:
@@ -274,7 +289,8 @@ def train(
     build_seconds = time.perf_counter() - started
 
     timer = _EpochTimer()
-    validation = _Validation(data.val.x, data.val.y)
+    eval_batch = eval_batch_size(len(data.val.y))
+    validation = _Validation(data.val.x, data.val.y, eval_batch)
     terminate_on_nan = keras.callbacks.TerminateOnNaN()
     # Let Keras check each step's loss off the training thread (on backends that allow it, JAX): a
     # batch hook that is not async-safe makes the loop wait for every step, a sync per step on a GPU.
@@ -283,7 +299,8 @@ def train(
     # it adds to each epoch's logs).
     tracks_grid = bool(grid_layers(model))
     grid_validation = ([BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y,
-                                               at_epoch=best_momentum_at_epoch)]
+                                               at_epoch=best_momentum_at_epoch, final_epoch=config.epochs,
+                                               search=best_momentum_search, batch_size=eval_batch)]
                        if tracks_grid and best_momentum_at_epoch is not None else [])
     started = time.perf_counter()
     fitted = model.fit(
@@ -315,21 +332,25 @@ def train(
         confusion_val = confusion_test = empty
     else:
         train_acc = history["train_accuracy"][-1]
-        train_eval = accuracy(predict_classes(model, x_train), y_train)
+        train_eval = accuracy(predict_classes(model, x_train, eval_batch), y_train)
         # The last validation pass ran at these very weights and statistics: callbacks only read
         # the model (the grid's pass restores the statistics it swaps in).
-        val_predicted = validation.predicted if validation.predicted is not None else predict_classes(model, data.val.x)
-        test_predicted = predict_classes(model, data.test.x)
+        val_predicted = (validation.predicted if validation.predicted is not None
+                         else predict_classes(model, data.val.x, eval_batch))
+        test_predicted = predict_classes(model, data.test.x, eval_batch)
         val_acc = accuracy(val_predicted, data.val.y)
         test_acc = accuracy(test_predicted, data.test.y)
         confusion_val = confusion_matrix(val_predicted, data.val.y, num_classes)
         confusion_test = confusion_matrix(test_predicted, data.test.y, num_classes)
-        # The curve's train-eval points, the recalibrated one included, share one subset.
-        subset = _train_eval_subset(data, config.seed) if tracks_grid else None
-        if batchnorm_layers(model):
-            with recalibrated_batchnorm(model, x_train):
-                val_recal = accuracy(predict_classes(model, data.val.x), data.val.y)
-                train_eval_recal = accuracy(predict_classes(model, subset[0]), subset[1]) if tracks_grid else None
+        # Recalibration and the curve's train-eval points share one subset: a pass per BN layer
+        # over the whole split cost 3-4 val passes per layer at the default 70/15/15 split.
+        has_batchnorm = bool(batchnorm_layers(model))
+        subset = _train_eval_subset(data, config.seed) if has_batchnorm else None
+        if has_batchnorm:
+            with recalibrated_batchnorm(model, subset[0], eval_batch):
+                val_recal = accuracy(predict_classes(model, data.val.x, eval_batch), data.val.y)
+                train_eval_recal = (accuracy(predict_classes(model, subset[0], eval_batch), subset[1])
+                                    if tracks_grid else None)
         else:
             val_recal = val_acc
         curve, curve_seconds = None, 0.0
@@ -343,7 +364,8 @@ def train(
                 own={"train": train_eval if len(subset[1]) == len(y_train) else None, "val": val_acc,
                      "test": test_acc},
                 train_accuracy=train_acc, recalibrated=(train_eval_recal, val_recal),
-                val_by_momentum=last_pass[1:] if last_pass and last_pass[0] == epochs_run else None)
+                val_by_momentum=last_pass[1:] if last_pass and last_pass[0] == epochs_run else None,
+                batch_size=eval_batch)
             curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
     started = time.perf_counter()
@@ -365,6 +387,8 @@ def train(
         "epochs_seconds": sum(epoch_seconds),
         # Part of fit_seconds: the per-epoch val passes at the grid's momenta.
         "grid_validation_seconds": sum(grid_validation[0].seconds) if grid_validation else 0.0,
+        # How many val passes those were (a climb measures a few momenta, the last epoch every one).
+        "grid_validation_passes": float(sum(grid_validation[0].points_measured)) if grid_validation else 0.0,
         # Part of eval_seconds: the curve's passes after training.
         "momentum_curve_seconds": curve_seconds,
         # Copying the trained model's variables into the result (see `TrainResult.model`).
