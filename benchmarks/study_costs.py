@@ -35,37 +35,53 @@ TIMINGS = ("epochs_seconds", "fit_seconds", "validation_seconds", "grid_validati
            "momentum_curve_seconds", "data_seconds", "build_seconds", "copy_seconds")
 
 
-def run_study(repo: Path, args: list[str], use_python: bool, folder: Path) -> float:
-    """Wall seconds of one study run in `folder` with `repo`'s code; raises if the command fails."""
+def run_study(repo: Path, args: list[str], use_python: bool, folder: Path) -> tuple[float, float]:
+    """When one study run in `folder` with `repo`'s code started and ended (time.time()); raises if it fails."""
     env = {**os.environ, "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
     env.pop("MLFLOW_RUN_ID", None)
     command = ([sys.executable, "-m", "study.run", *args] if use_python
                else ["mlflow", "run", str(repo), "--env-manager", "local", *args])
-    started = time.perf_counter()
+    started = time.time()
     with open(folder / "study.log", "w") as log:
         subprocess.run(command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
-    return time.perf_counter() - started
+    return started, time.time()
 
 
 def trial_timings(folder: Path) -> list[dict[str, float]]:
-    """The `timing/*` metrics of every trial run in `folder`'s MLflow store (runs without them are left out)."""
+    """The `timing/*` metrics of every trial run in `folder`'s MLflow store (runs without them are left out), and
+    when each run started (`start`, time.time()), in that order."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiments = client.search_experiments()
     runs = client.search_runs([e.experiment_id for e in experiments], max_results=50_000)
-    return [{name: run.data.metrics.get(f"timing/{name}", 0.0) for name in TIMINGS}
-            for run in runs if "timing/epochs_seconds" in run.data.metrics]
+    trials = [{"start": run.info.start_time / 1000, **{name: run.data.metrics.get(f"timing/{name}", 0.0)
+                                                         for name in TIMINGS}}
+              for run in runs if "timing/epochs_seconds" in run.data.metrics]
+    return sorted(trials, key=lambda trial: trial["start"])
 
 
-def account(wall: float, trials: list[dict[str, float]]) -> dict:
+def _train_call(trial: dict[str, float]) -> float:
+    return sum(trial[name] for name in ("fit_seconds", "eval_seconds", "data_seconds", "build_seconds",
+                                        "copy_seconds"))
+
+
+def account(started: float, ended: float, trials: list[dict[str, float]]) -> dict:
+    wall = ended - started
     total = {name: sum(t[name] for t in trials) for name in TIMINGS}
     epochs = total["epochs_seconds"]
     callbacks = (total["fit_seconds"] - epochs - total["validation_seconds"] - total["grid_validation_seconds"])
     measurements = total["fit_seconds"] - epochs + total["eval_seconds"]
     train_other = total["data_seconds"] + total["build_seconds"] + total["copy_seconds"]
     rest = wall - total["fit_seconds"] - total["eval_seconds"] - train_other
+    # Where the rest falls: before the first trial's run starts (the launcher, imports, data, stores), between
+    # one trial's train() call and the next trial's run (tracking, sampling), and after the last trial's
+    # train() call (its tracking, waiting for the writer, the summary).
+    before = trials[0]["start"] - started
+    between = sum(later["start"] - earlier["start"] - _train_call(earlier)
+                  for earlier, later in zip(trials, trials[1:]))
+    after = ended - trials[-1]["start"] - _train_call(trials[-1])
     parts = {
         "per-epoch val": total["validation_seconds"],
         "per-epoch grid val": total["grid_validation_seconds"],
@@ -74,6 +90,9 @@ def account(wall: float, trials: list[dict[str, float]]) -> dict:
         "  of which the momentum curve": total["momentum_curve_seconds"],
         "data, model reset, weight copy": train_other,
         "tracking, sampling, once per run": rest,
+        "  before the first trial": before,
+        "  between trials": between,
+        "  after the last trial": after,
     }
     return {"wall_seconds": wall, "trials": len(trials), "training_epochs_seconds": epochs,
             "measurements_seconds": measurements, "parts_seconds": parts,
@@ -113,11 +132,12 @@ def main() -> int:
         for repo in args.repo:
             repo_path = Path(repo).resolve()
             with tempfile.TemporaryDirectory(prefix="gaplab-costs-") as folder:
-                wall = run_study(repo_path, study_args, args.python, Path(folder))
-                result = account(wall, trial_timings(Path(folder)))
+                started, ended = run_study(repo_path, study_args, args.python, Path(folder))
+                result = account(started, ended, trial_timings(Path(folder)))
             label = f"{repo} (round {round_index + 1})" if args.rounds > 1 else repo
             results.append((label, result))
-            print(f"{label}: wall {wall:.0f} s, {result['wall_per_training']:.2f}x its training epochs", flush=True)
+            print(f"{label}: wall {result['wall_seconds']:.0f} s, {result['wall_per_training']:.2f}x its training "
+                  "epochs", flush=True)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(results), indent=2))

@@ -49,7 +49,6 @@ from mlflow.tracking import MlflowClient
 from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
 from gaplab.device import backend_package
-from gaplab.model import to_portable
 from gaplab.trainer import TrainResult
 from study import figures, stopping, tracking
 from study.contract import MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_STATUS, TIMING_METRIC_PREFIX
@@ -87,7 +86,8 @@ def prepare_write(run: tracking.TrialRun, result: TrainResult, data: Dataset, tr
                   error: str | None = None, with_model: bool = False) -> TrialWrite:
     """The writer's job for a finished trial, made on the training thread: with `with_model`, the stock-Keras
     model and its logged model (PENDING until written), whose URI the trial records before it ends."""
-    if not with_model or result.model is None:
+    portable = result.portable_model() if with_model else None
+    if portable is None:
         return TrialWrite(run, result, trial_state, error)
     size = data.image_size
     # No signature: MLflow enforces a signature's input dtype exactly, and users hold images as
@@ -98,8 +98,7 @@ def prepare_write(run: tracking.TrialRun, result: TrainResult, data: Dataset, tr
                       "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
     logged = mlflow.initialize_logged_model(name=f"trial-{run.trial_number:03d}", source_run_id=run.run_id,
                                             params=run.params, experiment_id=run.experiment_id)
-    return TrialWrite(run, result, trial_state, error, to_portable(result.model, result.config, data.num_classes),
-                      logged.model_id, model_metadata)
+    return TrialWrite(run, result, trial_state, error, portable, logged.model_id, model_metadata)
 
 
 def write_trial(write: TrialWrite) -> None:

@@ -100,6 +100,19 @@ def test_the_model_of_an_earlier_run_keeps_its_weights_when_a_later_run_reuses_t
     assert first.model is first.model, "built once, on first read"
 
 
+def test_the_portable_model_is_built_from_the_trained_weights_without_the_runtime_model(tiny_data):
+    from gaplab.model import to_portable
+
+    result = train(SMALL, tiny_data)
+    portable = result.portable_model()
+    assert "model" not in vars(result), "the runtime model was not built"
+    assert all(type(layer).__module__.startswith("keras.") for layer in portable.layers)
+    for got, want in zip(portable.get_weights(), to_portable(result.model, SMALL, tiny_data.num_classes).get_weights(),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert accuracy(predict_classes(portable, tiny_data.val.x), tiny_data.val.y) == result.val_accuracy
+
+
 class Recorder(EpochCallback):
     def __init__(self, stop_after=None):
         super().__init__()

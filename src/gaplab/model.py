@@ -242,8 +242,13 @@ def build_preset(name: str, image_size: int = 224, num_classes: int = 6) -> kera
 
 def to_portable(model: keras.Model, config: TrainConfig, num_classes: int) -> keras.Model:
     """A stock-Keras copy of a trained model (same weights), loadable without gaplab installed."""
+    return portable_from_weights(config, num_classes, model.get_weights())
+
+
+def portable_from_weights(config: TrainConfig, num_classes: int, weights: list[np.ndarray]) -> keras.Model:
+    """The stock-Keras model of `config` holding `weights` (a trained model's `get_weights()`, in its order)."""
     portable = build_model(config, num_classes, runtime_hyperparameters=False)
-    portable.set_weights(model.get_weights())
+    portable.set_weights(weights)
     return portable
 
 

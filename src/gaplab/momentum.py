@@ -13,8 +13,8 @@ same weights, same steps, only the momentum differs.
 * `BestMomentumValidation`: a Keras callback that adds, at the epochs asked, the val accuracy at
   the best momentum (`val_accuracy_at_best_momentum`) and that momentum (`best_momentum`) to the
   logs: at the last epoch from every momentum (the pass `measure_curve` then reuses for val), at
-  earlier ones by climbing from the previous epoch's best to its better neighbours
-  (`climb_to_best`), about 3 val passes instead of 8.
+  earlier ones by climbing to better neighbours from the previous epoch's best and from momentum 0
+  (`climb_to_best`), about 4 val passes instead of 8.
 
 The curve's resolution (`momentum_step`) and best momentum (`best_index`: val chooses) are
 defined in `gaplab.curve`, which the report reads curves with, without Keras.
@@ -93,27 +93,41 @@ def accuracies_by_momentum(
     return momenta, per_split
 
 
-def climb_to_best(momenta: list[float], start: int, measure: Callable[[int], float],
+def climb_to_best(momenta: list[float], starts: tuple[int, ...], measure: Callable[[int], float],
                   known: dict[int, float] | None = None) -> tuple[int, dict[int, float]]:
-    """A best point of the sorted curve `momenta`, measuring as few as a climb needs: (its index, what was measured).
+    """A best point of the sorted curve `momenta`, measuring as few as the climbs need: (its index, what was measured).
 
-    From `start`, measure both neighbours and move to the better one while it beats the current
-    point; "better" is `gaplab.curve.best_index`'s order (higher accuracy, ties to the larger
-    momentum). `measure(i)` is the accuracy at point i; `known` holds points already measured. Where
-    the accuracies rise to one peak and fall (a single-peaked curve), this is `best_index`'s answer;
-    otherwise it may stop on a lower local peak, never above the true best.
+    From each of `starts` in turn, measure both neighbours and move to the better one while it beats
+    the current point; "better" is `gaplab.curve.best_index`'s order (higher accuracy, ties to the
+    larger momentum). The answer is the best point measured. `measure(i)` is the accuracy at point i;
+    `known` holds points already measured, which are not measured again. Where the accuracies rise to
+    one peak and fall, a single climb finds `best_index`'s answer; a curve with two peaks (the last
+    batches' statistics at momentum 0 against settled ones) needs a start on each side, and on a
+    plateau of ties the climb may stop a few images short of the best, never above it.
     """
     known = dict(known or {})
     order = lambda i: (known[i], momenta[i])  # noqa: E731 - best_index's order, on what is known
-    current = start
-    while True:
-        for neighbour in (current - 1, current, current + 1):
-            if 0 <= neighbour < len(momenta) and neighbour not in known:
-                known[neighbour] = measure(neighbour)
-        better = max((i for i in (current - 1, current + 1) if i in known), key=order, default=current)
-        if order(better) <= order(current):
-            return current, known
-        current = better
+    for current in starts:
+        while True:
+            for neighbour in (current - 1, current, current + 1):
+                if 0 <= neighbour < len(momenta) and neighbour not in known:
+                    known[neighbour] = measure(neighbour)
+            better = max((i for i in (current - 1, current + 1) if i in known), key=order, default=current)
+            if order(better) <= order(current):
+                break
+            current = better
+    return max(known, key=order), known
+
+
+def estimate_best(momenta: list[float], measure: Callable[[int], float], known: dict[int, float],
+                  previous_best: int | None) -> tuple[int, dict[int, float]]:
+    """The per-epoch estimate of the best point (`BestMomentumValidation` before the last epoch): climbs from
+    the previous estimate's point, `previous_best` (None at the first), and from momentum 0 (index 0).
+
+    Early in training the last batches' statistics (momentum 0) are often best, while a high own
+    momentum sits on a flat stretch of stale statistics that a climb from it cannot leave.
+    """
+    return climb_to_best(momenta, (0,) if previous_best is None else (previous_best, 0), measure, known)
 
 
 def train_eval_subset(labels: np.ndarray, val_size: int, seed: int) -> np.ndarray:
@@ -187,10 +201,12 @@ class BestMomentumValidation(keras.callbacks.Callback):
 
     At `final_epoch` it measures val at every momentum: that pass is the curve's val
     (`measure_curve` reuses `last`: (epoch, momenta, val accuracy at each)). Before it, with
-    `search="climb"` (the default), it measures only what `climb_to_best` needs, from the previous
-    pass's best momentum (the first pass: the own one): the estimate is the val accuracy of a peak
-    of the curve, the best one where the curve has one peak. `search="full"` measures every momentum
-    at every epoch asked. `points_measured` lists, per pass, the val passes it ran.
+    `search="climb"` (the default), it measures only what `climb_to_best` needs, climbing from the
+    previous pass's best momentum and from momentum 0 (the first pass: from 0 only; the own
+    momentum's accuracy is known): the estimate is the best val accuracy measured, a few images
+    short of the full scan's on some plateaus (benchmarks/pruning_estimate.py). `search="full"`
+    measures every momentum at every epoch asked. `points_measured` lists, per pass, the val passes
+    it ran.
     """
 
     def __init__(self, own_momentum: float, grid: tuple[float, ...], x_val: np.ndarray, y_val: np.ndarray,
@@ -233,8 +249,7 @@ class BestMomentumValidation(keras.callbacks.Callback):
             if epoch + 1 >= self.final_epoch:
                 self.last = (epoch + 1, momenta, [known[i] for i in range(len(momenta))])
         else:
-            start = own_position if self._best_position is None else self._best_position
-            best, known = climb_to_best(momenta, start, measure, known)
+            best, known = estimate_best(momenta, measure, known, self._best_position)
         self._best_position = best
         logs["val_accuracy_at_best_momentum"] = known[best]
         logs["best_momentum"] = momenta[best]
