@@ -41,7 +41,8 @@ class StopRequestCallback(keras.callbacks.Callback):
 
     # It reads no logs, so Keras may run it off the training thread: with a batch hook that is not
     # async-safe, Keras waits for every step's results (a device sync per step on a GPU). The
-    # interrupt then surfaces at the next step; the signal handler raises one as well.
+    # interrupt then surfaces at the next step: while a trial trains, this is where a stop is raised
+    # (stopping.stops_between_batches).
     async_safe = True
 
     def on_train_batch_end(self, batch, logs=None):
@@ -120,8 +121,9 @@ class Objective:
         pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on, read=read)
         callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
         # The grid's val passes are only paid for where the pruner reads them.
-        result = self.train_fn(config, self.data, callbacks=callbacks,
-                               best_momentum_at_epoch=read if self.prune_on == "best_momentum" else None)
+        with stopping.stops_between_batches():
+            result = self.train_fn(config, self.data, callbacks=callbacks,
+                                   best_momentum_at_epoch=read if self.prune_on == "best_momentum" else None)
         for name, value in result.final_metrics().items():
             trial.set_user_attr(name, value)
         if config.batchnorm:  # without batchnorm there is no momentum (see study.space)

@@ -9,6 +9,12 @@ While the Keras backend is imported, `interrupts_deferred()` only records the si
 KeyboardInterrupt once the block is done: an exception raised while jaxlib's extension modules are
 being created crashed the process (segfault, exit -11) instead of stopping it.
 
+While a trial trains, `stops_between_batches()` does the same, and training raises at its next batch
+(study.objective.StopRequestCallback); a second signal raises at once. A KeyboardInterrupt raised
+inside TensorFlow's native calls came back as their own error with a traceback on stderr (seen as
+"SystemError: <built-in function __import__> returned a result with an exception set" from
+tf.nest's flatten).
+
 Two ways an interrupt can get lost are covered here too:
 
 * Python swallows a KeyboardInterrupt raised inside a garbage-collection callback (seen with
@@ -44,8 +50,15 @@ def graceful_stop() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM request a stop (also where a launcher or a background
     shell job had set SIGINT to be ignored); the previous handlers are restored on exit."""
     requested.clear()
-    with _handled_by(_request_stop):
-        yield
+    # Libraries' log records that no handler takes (SQLAlchemy's "Error closing cursor" with two
+    # tracebacks, where the signal cut a query short) are dropped after a stop request too.
+    after_stop = InterruptedTrialFilter()
+    logging.lastResort.addFilter(after_stop)
+    try:
+        with _handled_by(_request_stop):
+            yield
+    finally:
+        logging.lastResort.removeFilter(after_stop)
 
 
 @contextlib.contextmanager
@@ -77,6 +90,23 @@ def interrupts_deferred() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM only request a stop; leaving the block raises KeyboardInterrupt if
     one was requested. For imports of native extension modules, which must not be interrupted halfway."""
     with _handled_by(_record_stop):
+        yield
+    raise_if_requested()
+
+
+def _request_stop_unless_repeated(signum, frame):
+    if requested.is_set():
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    requested.set()
+
+
+@contextlib.contextmanager
+def stops_between_batches() -> Iterator[None]:
+    """Within the block the first SIGINT or SIGTERM only requests a stop, which the code in the block honours
+    at its next `raise_if_requested()` (training: each batch); a second one raises KeyboardInterrupt at once.
+    Leaving the block raises KeyboardInterrupt if a stop was requested. For the training and measurement
+    passes of a trial, where the signal's exception would land inside native code."""
+    with _handled_by(_request_stop_unless_repeated):
         yield
     raise_if_requested()
 

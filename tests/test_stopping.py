@@ -47,6 +47,43 @@ def test_while_deferred_a_signal_only_requests_a_stop_raised_when_the_block_ends
         pass  # no signal: nothing is raised
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_between_batches_the_first_signal_waits_for_a_check_and_a_second_stops_at_once(signum):
+    with stopping.graceful_stop():
+        with pytest.raises(KeyboardInterrupt, match="stop requested"):
+            with stopping.stops_between_batches():
+                os.kill(os.getpid(), signum)
+                time.sleep(0.05)  # a batch: the signal's handler has run, and raised nothing
+                assert stopping.requested.is_set()
+                stopping.raise_if_requested()  # the next batch's check
+        with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+            with stopping.stops_between_batches():
+                os.kill(os.getpid(), signum)  # a stop was already requested: at once
+                time.sleep(0.05)
+        assert signal.getsignal(signum) is stopping._request_stop, "the stop handler is back"
+    with stopping.graceful_stop():
+        with pytest.raises(KeyboardInterrupt, match="stop requested"):
+            with stopping.stops_between_batches():
+                os.kill(os.getpid(), signum)
+                finished = True  # no check in the block: leaving it raises
+        assert finished
+
+
+def test_library_logs_nobody_handles_are_dropped_after_a_stop_request_only(capsys):
+    engine = logging.getLogger("tests.unhandled_library")
+    engine.propagate = False  # no handler of its own or above: only logging.lastResort takes its records
+    try:
+        with stopping.graceful_stop():
+            engine.error("Error closing cursor: before a stop")
+            stopping.requested.set()
+            engine.error("Error closing cursor: after a stop")
+        engine.error("Error closing cursor: after the command")
+    finally:
+        engine.propagate = True
+    printed = capsys.readouterr().err
+    assert "before a stop" in printed and "after the command" in printed and "after a stop\n" not in printed
+
+
 def _record(error: BaseException | None) -> logging.LogRecord:
     exc_info = (type(error), error, None) if error else None
     return logging.LogRecord("optuna.study._optimize", logging.WARNING, __file__, 1, "Trial 3 failed", (), exc_info)
