@@ -69,8 +69,9 @@ class WhatTheClimbWouldReport(keras.callbacks.Callback):
             stored = study._storage.get_trial(trial._trial_id)
             instead = copy.deepcopy(stored)
             instead.intermediate_values[epoch + 1] = row["climb"]
-            row["pruned"] = study.pruner.prune(study, stored)
-            row["pruned_with_climb"] = study.pruner.prune(study, instead)
+            # bool(): the median pruner answers with NumPy's bool, which json cannot write.
+            row["pruned"] = bool(study.pruner.prune(study, stored))
+            row["pruned_with_climb"] = bool(study.pruner.prune(study, instead))
         self.decisions.append(row)
 
 
