@@ -6,9 +6,9 @@ Two studies on the built-in data, in throw-away stores, take turns trial by tria
 seed (so the same configs): one writes each trial's run on the training thread (figures, artifacts, final
 metrics, model, then the run's end: what the objective did before study.writer), the other hands it to
 the background writer (study.writer). Per trial it prints the seconds the objective spent outside
-training and sampling (run start, per-epoch metrics, user attributes, preparing the write, waiting for the
-writer, handing over), the train() call's seconds (the writer thread shares the CPU), and the seconds each
-thread spent writing.
+training and sampling (run start, user attributes, preparing the write, waiting for the writer, handing
+over), the train() call's seconds (with the per-epoch callbacks: the inline study writes each epoch's
+metrics there; the writer thread shares the CPU), and the seconds each thread spent writing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ from study.objective import Objective
 
 
 class InlineWriter(writer.TrackingWriter):
-    """Writes and ends each run on the calling (training) thread, as the objective did before the writer."""
+    """Writes each epoch's metrics, and writes and ends each run, on the calling (training) thread, as the
+    objective did before the writer."""
+
+    def log_epoch(self, epoch: writer.EpochMetrics) -> None:
+        writer.write_epoch(epoch)
 
     def submit(self, write: writer.TrialWrite) -> None:
         write.run.handed_off = True

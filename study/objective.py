@@ -11,6 +11,7 @@ better-settled statistics); the objective is always the val accuracy at the own 
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import keras
@@ -113,13 +114,20 @@ class Objective:
                 if stopping.is_interruption(error) and not isinstance(error, optuna.TrialPruned):
                     raise KeyboardInterrupt(f"stop requested; {type(error).__name__}: {error}") from error
                 raise
+            finally:
+                if not run.handed_off:
+                    # trial_run ends this run here: after the epochs' metrics the writer still holds for it.
+                    failure = self.writer.wait_for_epochs(run.run_id, writer.EPOCHS_WAIT_SECONDS)
+                    if failure is not None:
+                        print(f"trial {trial.number}: its epochs' metrics could not all be written to MLflow "
+                              f"({type(failure).__name__}: {failure}).", file=sys.stderr, flush=True)
 
     def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None,
                        run: tracking.TrialRun) -> float:
         run_id = run.run_id
         read = read_epochs(trial.study.pruner, prunable=preset is None)
         pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on, read=read)
-        callbacks = [StopRequestCallback(), tracking.EpochLogger(run_id), pruning]
+        callbacks = [StopRequestCallback(), writer.EpochLogger(run_id, self.writer), pruning]
         # The grid's val passes are only paid for where the pruner reads them.
         with stopping.stops_between_batches():
             result = self.train_fn(config, self.data, callbacks=callbacks,

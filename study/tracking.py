@@ -39,7 +39,6 @@ from optuna.trial import TrialState
 
 from gaplab.curve import MomentumCurve, momentum_step
 from gaplab.data import Dataset
-from gaplab.trainer import EpochCallback
 from study.contract import (
     ERROR_TAG,
     EXPERIMENT_KIND,
@@ -60,20 +59,6 @@ from study.contract import (
 
 # The error tag of a finished trial's run that was never written (its process stopped first) starts with this.
 NOT_WRITTEN = "not written"
-
-
-class EpochLogger(EpochCallback):
-    """Logs each epoch's metrics to one run, with step = epoch."""
-
-    def __init__(self, run_id: str):
-        super().__init__()
-        self.run_id = run_id
-        self.client = MlflowClient()
-
-    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
-        timestamp = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[
-            Metric(key, value, timestamp, epoch) for key, value in metrics.items()])
 
 
 def log_params_once(run_id: str, params: dict[str, object]) -> None:

@@ -12,6 +12,12 @@ then ends the run (`end_trial_run`). What the study promises still holds:
   the measurement stands, only its record is incomplete;
 * the writer holds at most one trial: `submit` first waits for the previous one, so a store slower
   than training slows the study down instead of piling up trials, and a stop has one trial to wait for;
+* each epoch's metrics (`EpochLogger`) are written by a second thread of the writer, in order, so that
+  the training thread does not wait for a store write per epoch (12 ms on SQLite with 2 busy cores,
+  against the default study's epochs of about 0.4 s there, and about 20x shorter on a GPU), and the
+  epochs do not wait behind a trial's figures and model. A run's trial write, and the end of a run
+  that is not handed over (study.objective), wait for that run's epochs first; an epoch that cannot
+  be written ends a handed-over run FAILED like a failed write;
 * before the summary (study.summary) and at exit the process waits for the writer; after a stop
   (Ctrl-C, SIGTERM) for at most STOP_DRAIN_SECONDS, after which the runs not written are ended KILLED
   (error tag starting "not written") and one line says so;
@@ -49,12 +55,15 @@ from mlflow.tracking import MlflowClient
 from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
 from gaplab.device import backend_package
-from gaplab.trainer import TrainResult
+from gaplab.trainer import EpochCallback, TrainResult
 from study import figures, stopping, tracking
 from study.contract import MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_STATUS, TIMING_METRIC_PREFIX
 
 # After a stop request, how long the process waits for the writer before ending its runs KILLED.
 STOP_DRAIN_SECONDS = 30.0
+# How long a run that ends on the training thread (not handed over) waits for its epochs' metrics; only a
+# stuck store makes it wait at all.
+EPOCHS_WAIT_SECONDS = 10.0
 # The error tag of a run whose writing failed starts with this.
 WRITE_FAILED = "writing the run failed"
 
@@ -183,34 +192,82 @@ def model_requirements() -> list[str]:
     return [f"{name}=={metadata.version(name)}" for name in ("keras", backend_package(), "numpy")]
 
 
+@dataclass
+class EpochMetrics:
+    """One epoch's metrics for one run, as `TrackingWriter.log_epoch` queues them."""
+
+    run_id: str
+    metrics: list[Metric]
+    tracking_uri: str = field(default_factory=mlflow.get_tracking_uri)
+
+
+class EpochLogger(EpochCallback):
+    """Logs each epoch's metrics to one run, with step = epoch, through `tracking_writer` (off the training thread)."""
+
+    def __init__(self, run_id: str, tracking_writer: TrackingWriter):
+        super().__init__()
+        self.run_id = run_id
+        self.writer = tracking_writer
+
+    def on_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        timestamp = int(time.time() * 1000)
+        self.writer.log_epoch(EpochMetrics(self.run_id, [
+            Metric(key, value, timestamp, epoch) for key, value in metrics.items()]))
 
 
 class TrackingWriter:
-    """One thread that writes and ends the runs handed to it, one trial at a time (see the module docstring).
+    """Two threads: one writes and ends the runs handed to it, one trial at a time, the other writes each epoch's
+    metrics as they come (see the module docstring).
 
-    `write` logs a trial's run (default: `write_trial`, looked up at each call); tests pass slow or
-    failing stand-ins.
+    `write` logs a trial's run (default: `write_trial`, looked up at each call) and `log_epoch_metrics`
+    an epoch's (default: `write_epoch`); tests pass slow or failing stand-ins.
     """
 
-    def __init__(self, write: Callable[[TrialWrite], None] | None = None):
+    def __init__(self, write: Callable[[TrialWrite], None] | None = None,
+                 log_epoch_metrics: Callable[[EpochMetrics], None] | None = None):
         self._write = write
+        self._log_epoch_metrics = log_epoch_metrics
         self._jobs: queue.Queue[TrialWrite] = queue.Queue()
+        self._epochs: queue.Queue[EpochMetrics] = queue.Queue()
         # Guards `_held` (runs handed over and not yet ended) and the end of each run, so that a run is
-        # ended once: by the thread when written, or by `drain` when abandoned.
+        # ended once: by the thread when written, or by `drain` when abandoned; and, per run, the epoch
+        # batches queued and not yet written (`_epochs_pending`) and the first that failed.
         self._changed = threading.Condition()
         self._held: dict[str, TrialWrite] = {}
-        self._thread: threading.Thread | None = None
+        self._epochs_pending: dict[str, int] = {}
+        self._epoch_failures: dict[str, BaseException] = {}
+        self._threads: list[threading.Thread] = []
+
+    def _start(self) -> None:
+        """Start the threads on first use (under `_changed`)."""
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._work, name="tracking-writer", daemon=True),
+                             threading.Thread(target=self._work_epochs, name="tracking-writer-epochs", daemon=True)]
+            for thread in self._threads:
+                thread.start()
 
     def submit(self, write: TrialWrite) -> None:
         """Hand a finished trial's run over, once the previous one is written; the writer ends it."""
         with self._changed:
             self._changed.wait_for(lambda: not self._held)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._work, name="tracking-writer", daemon=True)
-                self._thread.start()
+            self._start()
             self._held[write.run.run_id] = write
             write.run.handed_off = True
             self._jobs.put(write)
+
+    def log_epoch(self, epoch: EpochMetrics) -> None:
+        """Queue an epoch's metrics; they are written in order, before their run's trial write."""
+        with self._changed:
+            self._start()
+            self._epochs_pending[epoch.run_id] = self._epochs_pending.get(epoch.run_id, 0) + 1
+            self._epochs.put(epoch)
+
+    def wait_for_epochs(self, run_id: str, timeout: float | None = None) -> BaseException | None:
+        """Wait until the epochs queued for `run_id` are written, at most `timeout` seconds (None: as long as it
+        takes); the first error writing them, if any."""
+        with self._changed:
+            self._changed.wait_for(lambda: run_id not in self._epochs_pending, timeout)
+            return self._epoch_failures.pop(run_id, None)
 
     def drain(self, timeout: float | None = None) -> list[int]:
         """Wait until every run handed over is written and ended, at most `timeout` seconds (None: as long as it
@@ -218,7 +275,7 @@ class TrackingWriter:
         left: list[TrialWrite] = []
         try:
             with self._changed:
-                self._changed.wait_for(lambda: not self._held, timeout)
+                self._changed.wait_for(lambda: not self._held and not self._epochs_pending, timeout)
         finally:
             # Also where a second Ctrl-C cuts the wait short: no run is left RUNNING behind the process.
             waited = f"within {timeout:g} s" if timeout is not None else "before a second stop request"
@@ -236,11 +293,13 @@ class TrackingWriter:
     def _work(self) -> None:
         while True:
             write = self._jobs.get()
-            failure = None
+            # The run's record is incomplete where one of its epochs could not be written: still written, it
+            # ends FAILED with that error.
+            failure = self.wait_for_epochs(write.run.run_id)
             try:
                 (self._write or write_trial)(write)
             except Exception as error:  # noqa: BLE001 - a failed write ends its run FAILED; the study goes on
-                failure = error
+                failure = failure or error
             with self._changed:
                 if self._held.pop(write.run.run_id, None) is not None:
                     try:
@@ -252,6 +311,25 @@ class TrackingWriter:
                         print(f"trial {write.run.trial_number}: {WRITE_FAILED} ({type(failure).__name__}: {failure}); "
                               "its run ends FAILED and the study goes on.", file=sys.stderr, flush=True)
                 self._changed.notify_all()
+
+    def _work_epochs(self) -> None:
+        while True:
+            epoch = self._epochs.get()
+            try:
+                (self._log_epoch_metrics or write_epoch)(epoch)
+            except Exception as error:  # noqa: BLE001 - the trial write reports it; the thread must go on
+                with self._changed:
+                    self._epoch_failures.setdefault(epoch.run_id, error)
+            with self._changed:
+                self._epochs_pending[epoch.run_id] -= 1
+                if not self._epochs_pending[epoch.run_id]:
+                    del self._epochs_pending[epoch.run_id]
+                self._changed.notify_all()
+
+
+def write_epoch(epoch: EpochMetrics) -> None:
+    """An epoch's metrics, on the writer's epoch thread."""
+    MlflowClient(epoch.tracking_uri).log_batch(epoch.run_id, metrics=epoch.metrics)
 
 
 _process_writer: TrackingWriter | None = None

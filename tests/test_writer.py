@@ -272,3 +272,104 @@ def test_writing_a_trial_on_another_thread_leaves_the_training_threads_random_st
         writer.end_trial_run(write)
     assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
     assert MlflowClient().get_logged_model(write.model_id).status == LoggedModelStatus.READY
+
+
+def _objective_with(tmp_path, tiny_data, train_fn, tracking_writer, epochs: int = 3):
+    """A study and the objective, in stores under tmp_path, started inside a parent run (the caller ends it)."""
+    from gaplab.config import TrainConfig
+    from study.objective import Objective
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(STUDY)
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
+                                pruner=optuna.pruners.NopPruner())
+    parent = mlflow.start_run()
+    objective = Objective(STUDY, tiny_data, TrainConfig(image_size=16, epochs=epochs), {},
+                          parent_run_id=parent.info.run_id, train_fn=train_fn, tracking_writer=tracking_writer)
+    return study, objective
+
+
+def _slow_epoch_writes(seconds: float, done: list[tuple[str, float]]):
+    def write(epoch: writer.EpochMetrics) -> None:
+        time.sleep(seconds)
+        writer.write_epoch(epoch)
+        done.append((threading.current_thread().name, time.time()))
+    return write
+
+
+def test_epoch_metrics_are_written_off_the_training_thread_and_before_their_run_ends(tmp_path, tiny_data):
+    done: list[tuple[str, float]] = []
+    trained: list[float] = []
+
+    def timed_train(*call, **options):
+        started = time.perf_counter()
+        result = fake_train(*call, **options)
+        trained.append(time.perf_counter() - started)
+        return result
+
+    tracking_writer = writer.TrackingWriter(log_epoch_metrics=_slow_epoch_writes(0.3, done))
+    study, objective = _objective_with(tmp_path, tiny_data, timed_train, tracking_writer)
+    try:
+        study.optimize(objective, n_trials=2)
+        assert tracking_writer.drain() == []
+    finally:
+        mlflow.end_run()
+    assert max(trained) < 0.3, f"train() waited for the epochs' writes: {trained}"
+    assert {name for name, _ in done} == {"tracking-writer-epochs"} and len(done) == 2 * 3
+    client = MlflowClient()
+    for trial in study.trials:
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert [point.step for point in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2, 3]
+    last_epoch_written = max(moment for _, moment in done[:3])
+    first_run = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert first_run.info.end_time / 1000 >= last_epoch_written - 0.001, "the run ended before its epochs"
+
+
+def test_a_run_that_fails_in_training_ends_after_its_epochs_are_written(tmp_path, tiny_data):
+    from gaplab.trainer import EpochCallback
+
+    done: list[tuple[str, float]] = []
+
+    def fails_at_epoch_3(config, data, callbacks=(), verbose=0, **options):
+        for epoch in (1, 2):
+            for callback in callbacks:
+                if isinstance(callback, EpochCallback):
+                    callback.on_epoch(epoch, {"train_loss": 1.0 / epoch, "val_accuracy": 0.5})
+        raise RuntimeError("out of memory at epoch 3")
+
+    tracking_writer = writer.TrackingWriter(log_epoch_metrics=_slow_epoch_writes(0.5, done))
+    study, objective = _objective_with(tmp_path, tiny_data, fails_at_epoch_3, tracking_writer)
+    try:
+        study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+    finally:
+        mlflow.end_run()
+    assert study.trials[0].state == optuna.trial.TrialState.FAIL
+    client = MlflowClient()
+    run = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "RuntimeError: out of memory at epoch 3"
+    assert [point.step for point in client.get_metric_history(run.info.run_id, "train_loss")] == [1, 2]
+    assert run.info.end_time / 1000 >= max(moment for _, moment in done) - 0.001, "the run ended before its epochs"
+
+
+def test_an_epoch_that_cannot_be_written_ends_its_run_failed_with_the_error_and_the_study_goes_on(
+        mock_study, monkeypatch, capsys):
+    write_now = writer.write_epoch
+
+    def fails_for_trial_1(epoch):
+        if MlflowClient().get_run(epoch.run_id).data.tags["optuna_trial_number"] == "1":
+            raise OSError("database is locked")
+        write_now(epoch)
+
+    monkeypatch.setattr(writer, "write_epoch", fails_for_trial_1)
+    assert run_mocked(["--trials", "3", *SMALL]) == 0
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    assert [trial.state.name for trial in study.trials[:3]] == ["COMPLETE"] * 3, "the measurement stands"
+    runs = {int(run.data.tags["optuna_trial_number"]): run for run in _runs(mock_study)
+            if "mlflow.parentRunId" in run.data.tags}
+    assert runs[1].info.status == "FAILED" and runs[1].data.tags["trial_state"] == "COMPLETE"
+    assert runs[1].data.tags["error"] == "writing the run failed: OSError: database is locked"
+    assert "confusion_matrix.json" in {item.path for item in MlflowClient().list_artifacts(runs[1].info.run_id)}, \
+        "the rest of the run is still written"
+    assert [runs[number].info.status for number in (0, 2)] == ["FINISHED", "FINISHED"]
+    assert "trial 1: writing the run failed (OSError: database is locked)" in capsys.readouterr().err
