@@ -13,9 +13,9 @@ then ends the run (`end_trial_run`). What the study promises still holds:
 * the writer holds at most one trial: `submit` first waits for the previous one, so a store slower
   than training slows the study down instead of piling up trials, and a stop has one trial to wait for;
 * each epoch's metrics (`EpochLogger`) are written by a second thread of the writer, in order, so that
-  the training thread does not wait for a store write per epoch (12 ms on SQLite with 2 busy cores,
-  against the default study's epochs of about 0.4 s there, and about 20x shorter on a GPU), and the
-  epochs do not wait behind a trial's figures and model. A run's trial write, and the end of a run
+  the training thread does not wait for a store write per epoch (12 ms on SQLite with 2 busy cores;
+  training on a GPU is about 20x faster, the write is not), and the epochs do not wait behind a
+  trial's figures and model. A run's trial write, and the end of a run
   that is not handed over (study.objective), wait for that run's epochs first; an epoch that cannot
   be written ends a handed-over run FAILED like a failed write;
 * before the summary (study.summary) and at exit the process waits for the writer; after a stop
