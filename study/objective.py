@@ -3,7 +3,7 @@
 Pruning never throws inside training: `PruningCallback` only stops it, so a pruned trial is
 still measured at the epoch where it stopped and logs the same final metrics as a complete one.
 A trained trial's run is written by the process's tracking writer (study.writer) while the next
-trial trains.
+trial trains; each epoch's metrics are written by the writer too, as the epoch ends.
 The seed presets report to the pruner but are never pruned. The pruner is fed, per `prune_on`,
 the val accuracy at the trial's own momentum or at the best grid momentum (the same weights with
 better-settled statistics); the objective is always the val accuracy at the own momentum.
