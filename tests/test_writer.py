@@ -136,6 +136,20 @@ def test_kill_9_while_the_writer_holds_a_trial_its_run_is_ended_killed_by_the_ne
                                               "stopped"), held.data.tags["error"]
 
 
+def _three_trials_whose_trial_1_ends_failed(folder, error: str) -> dict:
+    """Run a 3-trial mock study in `folder` whose trial 1's record fails to be written: every trial COMPLETE in
+    Optuna, trial 1's run FAILED with tag `error`, the others FINISHED. The runs by trial number."""
+    assert run_mocked(["--trials", "3", *SMALL]) == 0
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{folder / 'optuna.db'}")
+    assert [trial.state.name for trial in study.trials[:3]] == ["COMPLETE"] * 3, "the measurement stands"
+    runs = {int(run.data.tags["optuna_trial_number"]): run for run in _runs(folder)
+            if "mlflow.parentRunId" in run.data.tags}
+    assert runs[1].info.status == "FAILED" and runs[1].data.tags["trial_state"] == "COMPLETE"
+    assert runs[1].data.tags["error"] == error
+    assert [runs[number].info.status for number in (0, 2)] == ["FINISHED", "FINISHED"]
+    return runs
+
+
 def test_a_failing_write_ends_that_run_failed_with_the_error_and_the_study_goes_on(mock_study, monkeypatch, capsys):
     write_now = writer.write_trial
 
@@ -145,14 +159,7 @@ def test_a_failing_write_ends_that_run_failed_with_the_error_and_the_study_goes_
         write_now(write)
 
     monkeypatch.setattr(writer, "write_trial", fails_for_trial_1)
-    assert run_mocked(["--trials", "3", *SMALL]) == 0
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
-    assert [trial.state.name for trial in study.trials[:3]] == ["COMPLETE"] * 3, "the measurement stands"
-    runs = {int(run.data.tags["optuna_trial_number"]): run for run in _runs(mock_study)
-            if "mlflow.parentRunId" in run.data.tags}
-    assert runs[1].info.status == "FAILED" and runs[1].data.tags["trial_state"] == "COMPLETE"
-    assert runs[1].data.tags["error"] == "writing the run failed: OSError: disk full"
-    assert [runs[number].info.status for number in (0, 2)] == ["FINISHED", "FINISHED"]
+    runs = _three_trials_whose_trial_1_ends_failed(mock_study, "writing the run failed: OSError: disk full")
     client = MlflowClient()
     details = Path(client.download_artifacts(runs[1].info.run_id, "error.txt", str(mock_study))).read_text()
     assert "Traceback" in details and "OSError: disk full" in details
@@ -362,14 +369,7 @@ def test_an_epoch_that_cannot_be_written_ends_its_run_failed_with_the_error_and_
         write_now(epoch)
 
     monkeypatch.setattr(writer, "write_epoch", fails_for_trial_1)
-    assert run_mocked(["--trials", "3", *SMALL]) == 0
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
-    assert [trial.state.name for trial in study.trials[:3]] == ["COMPLETE"] * 3, "the measurement stands"
-    runs = {int(run.data.tags["optuna_trial_number"]): run for run in _runs(mock_study)
-            if "mlflow.parentRunId" in run.data.tags}
-    assert runs[1].info.status == "FAILED" and runs[1].data.tags["trial_state"] == "COMPLETE"
-    assert runs[1].data.tags["error"] == "writing the run failed: OSError: database is locked"
+    runs = _three_trials_whose_trial_1_ends_failed(mock_study, "writing the run failed: OSError: database is locked")
     assert "confusion_matrix.json" in {item.path for item in MlflowClient().list_artifacts(runs[1].info.run_id)}, \
         "the rest of the run is still written"
-    assert [runs[number].info.status for number in (0, 2)] == ["FINISHED", "FINISHED"]
     assert "trial 1: writing the run failed (OSError: database is locked)" in capsys.readouterr().err
