@@ -8,6 +8,7 @@ import math
 import signal
 import subprocess
 import sys
+import time
 
 import mlflow
 import numpy as np
@@ -25,6 +26,7 @@ from tests.conftest import (
     configured_backend,
     fake_train,
     load_study,
+    make_folder,
     run_mocked,
     subprocess_env,
     wait_for_running_trial,
@@ -85,6 +87,44 @@ def test_bad_input_exits_2_with_one_line_from_the_real_command(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --trials=0 is invalid; use at least 1."
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+# The command in a child that says, after it exits, which deep learning backends it had imported.
+_REFUSING_CHILD = ("import sys\nfrom study import run\ncode = run.main(sys.argv[1:])\n"
+                   "print(' '.join(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\nsys.exit(code)")
+
+EARLY_REFUSALS = [
+    (["--storage", "sqlit:///x.db"], {}, "--storage='sqlit:///x.db' names the database 'sqlit', which SQLAlchemy "
+                                         "does not know"),
+    (["--storage", "postgresql+psycopg://u:pw@127.0.0.1:1/db"], {},
+     "--storage='postgresql+psycopg://u:***@127.0.0.1:1/db' cannot be opened (connection failed"),
+    (["--storage", "postgresql+pg8000://u@127.0.0.1:1/db"], {}, "needs the database driver 'pg8000'"),
+    ([], {"MLFLOW_TRACKING_URI": "sqlit:///m.db"}, "MLFLOW_TRACKING_URI='sqlit:///m.db' has the scheme 'sqlit', "
+                                                   "which MLflow does not know"),
+    ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+     "MLFLOW_TRACKING_URI='http://127.0.0.1:1' cannot be used (one try of at most 10 s)"),
+    ([], {"MLFLOW_TRACKING_URI": "postgresql+psycopg://u@127.0.0.1:1/m"},
+     "MLFLOW_TRACKING_URI='postgresql+psycopg://u@127.0.0.1:1/m' cannot be opened (connection failed"),
+    (["--data_dir", "one"], {}, "class 'b' in one has 1 image(s); the 70/15/15 split needs at least 3 per class"),
+]
+
+
+@pytest.mark.parametrize("args, env_extra, message", EARLY_REFUSALS)
+def test_stores_tracking_uris_and_class_sizes_are_refused_before_keras_and_create_nothing(
+        tmp_path, args, env_extra, message):
+    work = tmp_path / "work"
+    make_folder(work / "one", {"a": 5, "b": 1}, size=16)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _REFUSING_CHILD, "--trials", "1", *args], cwd=work,
+                          env={**subprocess_env(tmp_path), **env_extra}, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert done.stdout.strip() == "", f"a backend was imported before the refusal: {done.stdout}"
+    assert took < 20, f"refused after {took:.1f} s"  # about 1 s here; the bound allows a loaded machine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"], "no store may be created"
+    assert sorted(p.name for p in work.iterdir()) == ["one"]
 
 
 @pytest.mark.parametrize("args, message", BAD_PARAMETERS)
