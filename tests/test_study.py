@@ -72,7 +72,9 @@ BAD_PARAMETERS = [
     (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
     (["--storage", "sqlite:///."], "is a folder, not a database file"),
     (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
-    (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels"),
+    (["--image_size", "4"], "--image_size=4 is invalid; use at least 14 pixels"),
+    (["--image_size", "13"], "--image_size=13 is invalid; use at least 14 pixels: the seed presets every study "
+                             "trains have 3 conv blocks, which need 14."),
     (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
     (["--tri", "2"], "unrecognized arguments: --tri 2"),
     (["--skip_bad_images", "yes"], "--skip_bad_images='yes' is invalid; use true or false"),
