@@ -354,10 +354,16 @@ class ProgressPrinter:
 
 
 def _format_seconds(seconds: float) -> str:
+    """`7s`, `5m03s`, `2h05m`, `3d04h`; `over a year` beyond 365 days (a huge --trials), `?` if unknown."""
     if not math.isfinite(seconds):
         return "?"
+    if seconds > 365 * 86400:
+        return "over a year"
     minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days}d{hours:02d}h" if days else f"{hours}h{minutes:02d}m" if hours
+            else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
 def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int, label: str,

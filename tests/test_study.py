@@ -444,3 +444,12 @@ def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("my experiments").experiment_id])
     assert len(runs) == 5 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
         "shapes-16px"}
+
+
+def test_the_eta_is_bounded_and_readable_for_any_trial_count():
+    # A huge --trials printed "ETA 2522579688333431852236m48s".
+    from study.session import _format_seconds
+
+    assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
+    assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
+    assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
