@@ -226,6 +226,7 @@ def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: 
     tracking.mark_model_training(parent.info.experiment_id)
     study.set_user_attr(contract.TRACKING_URI_ATTR, tracking_uri)
     study.set_user_attr(contract.CLASS_NAMES_ATTR, list(data.class_names))
+    study.set_user_attr(contract.TRIALS_TARGET_ATTR, settings.trials)
     mlflow.set_tag(contract.STUDY_TAG, opened.name)
     tracking.log_params_once(parent_id, {
         "trials": settings.trials, "data_dir": settings.data_dir, "study_name": opened.name,

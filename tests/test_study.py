@@ -453,3 +453,18 @@ def test_the_eta_is_bounded_and_readable_for_any_trial_count():
     assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
     assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
     assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
+
+
+def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
+    # After --trials 3 the fourth preset stays queued; the report said the study "was interrupted or has not
+    # been resumed".
+    from study.report.build import build_report
+
+    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+    assert run_mocked(["--trials", "3", *args]) == 0
+    study = load_study(mock_study)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["WAITING"]
+    caveats = build_report(study, MlflowClient()).sections[-1].bullets
+    assert not any("interrupted" in line for line in caveats), caveats
+    assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
+            "study.run with a larger --trials to train it.") in caveats
