@@ -211,8 +211,8 @@ def load_image_folder(
     """Load an image folder in one of the accepted layouts (see the module docstring) as a
     stratified train/val/test Dataset.
 
-    cache_dir: a folder for decoded arrays; True (the default) means `default_cache_dir()`,
-    None or False disables caching.
+    cache_dir: a folder for decoded arrays; True (the default) means `default_cache_dir()` (none when
+    GAPLAB_CACHE_DIR=off), None or False disables caching.
     Bad images raise DataError naming each file, unless skip_bad_images is set, in which case
     they are skipped and listed in `Dataset.skipped_files`.
     """
