@@ -39,7 +39,14 @@ from study import contract, dashboard, space, stopping, summary, tracking, worke
 from study.cli import UsageError, fail
 from study.objective import Objective
 from study.settings import Settings, default_study_name
-from study.storage import check_tracking_uri, fail_stale_trials, heartbeat_grace, masked, open_optuna_storage
+from study.storage import (
+    check_recorded_tracking_uri,
+    check_tracking_uri,
+    fail_stale_trials,
+    heartbeat_grace,
+    masked,
+    open_optuna_storage,
+)
 
 TrainFn = Callable[..., TrainResult]
 
@@ -267,6 +274,7 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     opened = open_study(settings, data, training_device)
     study = opened.study
     check_fixed_settings(study, opened.name, fixed_settings(settings, opened.data))
+    check_recorded_tracking_uri(study, tracking_uri)
     # Before presets are queued and the target is checked: a trial of a process that died must
     # neither count as present nor stay RUNNING (its MLflow run is ended by the storage's callback).
     fail_stale_trials(study)

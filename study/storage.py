@@ -473,3 +473,21 @@ def check_tracking_reachable(uri: str, *, label: str = "", option: str = "MLFLOW
         return
     raise UsageError(f"{label} has the scheme {scheme!r}, which MLflow does not know; use e.g. "
                      "sqlite:///path/to/mlflow.db, http://host:5000 or postgresql+psycopg://user@host/db.")
+
+
+def check_recorded_tracking_uri(study, tracking_uri: str) -> None:
+    """UsageError, before anything is written, when `study` recorded a SQLite MLflow store that no longer exists
+    and this run uses another: its stores' folder was moved (or the store deleted), and its MLflow experiment
+    would go on writing artifacts under the old path, re-creating it."""
+    from study import contract
+
+    recorded = study.user_attrs.get(contract.TRACKING_URI_ATTR)
+    if not recorded or recorded == tracking_uri:
+        return
+    path = sqlite_file(recorded)
+    if path is None or path.exists():
+        return
+    raise UsageError(f"study {study.study_name!r} was run with the MLflow store {path}, which no longer exists; this "
+                     f"run's is {masked(tracking_uri)}. If the stores' folder was moved, its runs and artifacts still "
+                     f"point to {path.parent}: move the folder back there to resume, or start a new study with "
+                     "another --study_name.")

@@ -468,3 +468,26 @@ def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
     assert not any("interrupted" in line for line in caveats), caveats
     assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
             "study.run with a larger --trials to train it.") in caveats
+
+
+def test_a_moved_stores_folder_is_refused_on_rerun_and_the_old_path_is_not_re_created(tmp_path, monkeypatch, capsys):
+    # The rerun used to re-create the old folder and write the new trials' artifacts there.
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+    monkeypatch.chdir(old)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{old / 'mlflow.db'}")
+    assert run_mocked(["--trials", "1", *args]) == 0
+    mlflow.set_tracking_uri(None)
+    old.rename(new)
+    monkeypatch.chdir(new)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new / 'mlflow.db'}")
+    capsys.readouterr()
+    assert run_mocked(["--trials", "2", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == (
+        f"error: study 'shapes-16px' was run with the MLflow store {old / 'mlflow.db'}, which no longer exists; this "
+        f"run's is sqlite:///{new / 'mlflow.db'}. If the stores' folder was moved, its runs and artifacts still point "
+        f"to {old}: move the folder back there to resume, or start a new study with another --study_name."), lines
+    assert not old.exists()
+    assert len(load_study(new).trials) == 4, "nothing was queued or run"
