@@ -25,6 +25,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import ssl
 import sys
 import warnings
 from collections.abc import Callable
@@ -464,6 +465,8 @@ def check_tracking_reachable(uri: str, *, label: str = "", option: str = "MLFLOW
             return  # the server answered (a proxy's login page, say): MLflow's own query says more
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", None) or error
+            if isinstance(reason, ssl.SSLError):
+                return  # it answered; MLflow's query, with its TLS settings (MLFLOW_TRACKING_INSECURE_TLS), decides
             raise UsageError(f"{label} cannot be used (one try of at most {TRACKING_SERVER_TIMEOUT_S} s) "
                              f"({_scrubbed(str(reason), uri)}); check that the server runs and the URI, user "
                              "and password are right.") from None

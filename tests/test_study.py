@@ -491,3 +491,27 @@ def test_a_moved_stores_folder_is_refused_on_rerun_and_the_old_path_is_not_re_cr
         f"to {old}: move the folder back there to resume, or start a new study with another --study_name."), lines
     assert not old.exists()
     assert len(load_study(new).trials) == 4, "nothing was queued or run"
+
+
+def test_a_tracking_server_that_answers_its_health_check_passes_even_behind_a_login(tmp_path):
+    import http.server
+    import threading
+
+    from study.storage import check_tracking_reachable
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/health" else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_tracking_reachable(f"http://u:pw@127.0.0.1:{server.server_port}")
+        check_tracking_reachable(f"http://127.0.0.1:{server.server_port}/behind/login")  # answered 401
+    finally:
+        server.shutdown()
+        server.server_close()
