@@ -23,6 +23,9 @@ FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_RUN_ID_ATTR = "mlflow_parent_run_id"
 TRACKING_URI_ATTR = "mlflow_tracking_uri"
 CLASS_NAMES_ATTR = "class_names"
+# The `--trials` of the latest command that ran the study: the report tells presets still queued past it
+# (the study reached its total first) from trials an interruption left queued.
+TRIALS_TARGET_ATTR = "trials_target"
 # The study's fixed settings (image size, epochs, seed, data, dataset digest, pruner, prune_on) and
 # its data_dir: a resume with other settings is refused, and the report reads the seed and prune_on
 # from here. Studies begun before pruner and prune_on were fixed lack those two keys.

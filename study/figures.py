@@ -6,12 +6,19 @@ trials use renderers that draw those once per process and then only redraw what 
 (blitting): `trial_confusion_renderer(class_names)`, `trial_curves_renderer(epochs)` and
 `trial_momentum_renderer(grid, decades)` return RGBA arrays.
 The report makes ordinary figures with `confusion_figure` and `learning_curves_figure`.
+
+Class names may be in any script: `label_fonts(names)` adds installed fonts that have the characters
+Matplotlib's default font lacks (it falls back glyph by glyph), and where no installed font has them,
+says once per process which Debian font package draws them instead of Matplotlib's warning per glyph.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+import sys
+import unicodedata
+import warnings
 
 import numpy as np
 from matplotlib.artist import Artist
@@ -28,6 +35,62 @@ MAX_LABELLED_CLASSES = 80
 MAX_FIGURE_INCHES = 12.0
 
 
+# Debian's packages for the scripts DejaVu Sans lacks: CJK, and the others Noto covers.
+CJK_FONT_PACKAGE = "fonts-noto-cjk"
+OTHER_SCRIPTS_FONT_PACKAGE = "fonts-noto-core"
+_CJK_BLOCKS = ((0x2E80, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF), (0xFF00, 0xFFEF), (0x20000, 0x3FFFF))
+_warned_missing: set[str] = set()
+
+
+@functools.cache
+def _charmap(path: str) -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read offers nothing
+        return frozenset()
+
+
+@functools.cache
+def _installed_fonts() -> tuple[tuple[str, str], ...]:
+    """(family, file) of every font Matplotlib found, one per file."""
+    from matplotlib import font_manager
+
+    # Last Resort (bundled with Matplotlib) maps every character to a box naming its block: no real glyph.
+    return tuple(sorted({entry.fname: entry.name for entry in font_manager.fontManager.ttflist
+                         if not entry.name.startswith("Last Resort")}.items()))
+
+
+def label_fonts(texts) -> list[str]:
+    """The font families to draw `texts` with: Matplotlib's default, then installed fonts for the characters
+    it lacks. Characters no installed font has are named once per process on stderr, with the package to
+    install; Matplotlib's own warning per missing glyph is then silenced (it would repeat on every draw)."""
+    from matplotlib import font_manager, rcParams
+
+    family = rcParams["font.family"][0]
+    default = rcParams["font.sans-serif"][0] if family == "sans-serif" else family
+    families = [default]
+    wanted = {ord(c) for c in "".join(str(t) for t in texts) if not unicodedata.category(c).startswith(("C", "Z"))}
+    missing = wanted - _charmap(font_manager.findfont(default))
+    for path, family in _installed_fonts():
+        if not missing:
+            break
+        found = missing & _charmap(path)
+        if found and family not in families:
+            families.append(family)
+            missing -= found
+    unseen = "".join(sorted(chr(code) for code in missing if chr(code) not in _warned_missing))
+    if unseen:
+        _warned_missing.update(unseen)
+        cjk = any(low <= ord(c) <= high for c in unseen for low, high in _CJK_BLOCKS)
+        package = CJK_FONT_PACKAGE if cjk else OTHER_SCRIPTS_FONT_PACKAGE
+        print(f"warning: no installed font has the characters {unseen!r} of the class names, so figures draw them "
+              f"as boxes; install one, e.g. apt-get install {package} (Debian, Ubuntu).", file=sys.stderr, flush=True)
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+    return families
+
+
 class _Confusion:
     """A laid-out confusion-matrix figure: counts per true (rows) and predicted (columns) class."""
 
@@ -40,9 +103,11 @@ class _Confusion:
         self.image = self.axes.imshow(np.zeros((count, count)), cmap="Blues", vmin=0, vmax=1)
         if count <= MAX_LABELLED_CLASSES:
             fontsize = 10 if count <= MAX_ANNOTATED_CLASSES else 6
+            families = label_fonts(names)
             self.axes.set_xticks(range(count), names, rotation=45 if count <= MAX_ANNOTATED_CLASSES else 90,
-                                 ha="right" if count <= MAX_ANNOTATED_CLASSES else "center", fontsize=fontsize)
-            self.axes.set_yticks(range(count), names, fontsize=fontsize)
+                                 ha="right" if count <= MAX_ANNOTATED_CLASSES else "center", fontsize=fontsize,
+                                 fontfamily=families)
+            self.axes.set_yticks(range(count), names, fontsize=fontsize, fontfamily=families)
             unlabelled = ""
         else:
             self.axes.set_xticks([])

@@ -107,10 +107,11 @@ def validate(args: argparse.Namespace) -> Settings:
     check_storage_url(storage)
     import mlflow
 
-    from study.storage import check_tracking_store
+    from study.storage import check_tracking_reachable, check_tracking_store
 
-    # Both stores are checked before either is written (check_tracking_uri creates MLflow's).
+    # Both stores are checked, servers asked once, before either is written (check_tracking_uri creates MLflow's).
     check_tracking_store(mlflow.get_tracking_uri(), create=True)
+    check_tracking_reachable(mlflow.get_tracking_uri())
     return Settings(trials=args.trials, base=base, data_dir=args.data_dir, study_name=args.study_name,
                     storage=storage, pruner=args.pruner, prune_on=args.prune_on,
                     skip_bad_images=args.skip_bad_images == "true", device=args.device, workers=args.workers,

@@ -39,7 +39,14 @@ from study import contract, dashboard, space, stopping, summary, tracking, worke
 from study.cli import UsageError, fail
 from study.objective import Objective
 from study.settings import Settings, default_study_name
-from study.storage import check_tracking_uri, fail_stale_trials, heartbeat_grace, masked, open_optuna_storage
+from study.storage import (
+    check_recorded_tracking_uri,
+    check_tracking_uri,
+    fail_stale_trials,
+    heartbeat_grace,
+    masked,
+    open_optuna_storage,
+)
 
 TrainFn = Callable[..., TrainResult]
 
@@ -226,6 +233,7 @@ def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: 
     tracking.mark_model_training(parent.info.experiment_id)
     study.set_user_attr(contract.TRACKING_URI_ATTR, tracking_uri)
     study.set_user_attr(contract.CLASS_NAMES_ATTR, list(data.class_names))
+    study.set_user_attr(contract.TRIALS_TARGET_ATTR, settings.trials)
     mlflow.set_tag(contract.STUDY_TAG, opened.name)
     tracking.log_params_once(parent_id, {
         "trials": settings.trials, "data_dir": settings.data_dir, "study_name": opened.name,
@@ -266,6 +274,7 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     opened = open_study(settings, data, training_device)
     study = opened.study
     check_fixed_settings(study, opened.name, fixed_settings(settings, opened.data))
+    check_recorded_tracking_uri(study, tracking_uri)
     # Before presets are queued and the target is checked: a trial of a process that died must
     # neither count as present nor stay RUNNING (its MLflow run is ended by the storage's callback).
     fail_stale_trials(study)
@@ -354,10 +363,16 @@ class ProgressPrinter:
 
 
 def _format_seconds(seconds: float) -> str:
+    """`7s`, `5m03s`, `2h05m`, `3d04h`; `over a year` beyond 365 days (a huge --trials), `?` if unknown."""
     if not math.isfinite(seconds):
         return "?"
+    if seconds > 365 * 86400:
+        return "over a year"
     minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    return (f"{days}d{hours:02d}h" if days else f"{hours}h{minutes:02d}m" if hours
+            else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
 def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int, label: str,

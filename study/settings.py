@@ -1,7 +1,8 @@
 """What `python -m study.run` was asked for once every value passed its check, and the check it shares.
 
 `check_training_values` answers the values both `study.run` and `study.bench` take (trials, image
-size, epochs, seed, device, workers) in the same words and gives the base TrainConfig they make;
+size, epochs, seed, device, workers) in the same words and gives the base TrainConfig they make; a
+study's image size starts at MIN_STUDY_IMAGE_SIZE, where every seed preset fits;
 each command adds the checks of its own flags. `STUDY_NAME_PATTERN` is what a study name may be,
 and `default_study_name` makes one of that kind from a data folder's name. Nothing here imports
 Keras, Optuna or MLflow, so bad input is answered before they load.
@@ -17,6 +18,10 @@ from gaplab.config import ConfigError, TrainConfig
 from gaplab.device import DEVICES
 from study.cli import UsageError
 
+# The smallest --image_size at which every seed preset fits the model: the depth-3 presets need 14 px
+# (gaplab.model.allowed_depths; test_space checks this against it). A study always queues the presets, so
+# below it they would fail; gaplab itself trains 1 and 2 conv blocks from MIN_IMAGE_SIZE (8) px.
+MIN_STUDY_IMAGE_SIZE = 14
 # A study's name is also its MLflow experiment and registered model, and goes into file names and URLs.
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
 _NOT_IN_A_STUDY_NAME = re.compile(r"[^A-Za-z0-9_.\- ]+")
@@ -47,6 +52,9 @@ def check_training_values(args: argparse.Namespace) -> TrainConfig:
     and --workers (both commands name them alike); UsageError naming the first bad one."""
     if args.trials < 1:
         raise UsageError(f"--trials={args.trials} is invalid; use at least 1.")
+    if args.image_size < MIN_STUDY_IMAGE_SIZE:
+        raise UsageError(f"--image_size={args.image_size} is invalid; use at least {MIN_STUDY_IMAGE_SIZE} pixels: "
+                         f"the seed presets every study trains have 3 conv blocks, which need {MIN_STUDY_IMAGE_SIZE}.")
     try:
         base = TrainConfig(image_size=args.image_size, epochs=args.epochs, seed=args.seed).validate()
     except ConfigError as error:

@@ -25,6 +25,7 @@ import contextlib
 import os
 import re
 import sqlite3
+import ssl
 import sys
 import warnings
 from collections.abc import Callable
@@ -40,6 +41,11 @@ DEFAULT_HEARTBEAT_GRACE = 45
 SQLITE_BUSY_TIMEOUT_S = 60
 # An MLflow tracking server that does not answer one request within this time is reported as down.
 TRACKING_SERVER_TIMEOUT_S = 10
+# A database server (Optuna's storage, or MLflow's store) that accepts no connection within this time is
+# reported as down, before anything loads.
+DATABASE_CONNECT_TIMEOUT_S = 5
+# SQLAlchemy dialects whose drivers take a `connect_timeout` connection argument.
+_CONNECT_TIMEOUT_DIALECTS = ("postgresql", "mysql", "mariadb")
 SQLITE_HEADER = b"SQLite format 3\x00"
 # Enough of a driver's first line to hold its advice (MLflow's file-store refusal ends with the fix).
 MESSAGE_LIMIT = 1000
@@ -232,14 +238,15 @@ def _missing_module(error: ImportError) -> str:
     return error.name or (found.group(1) if found else str(error))
 
 
-def _driver_hint(url: str, error: ImportError) -> str:
+def _driver_hint(url: str, error: ImportError, label: str = "") -> str:
     module = _missing_module(error)
     if "psycopg" in module:
         remedy = "install it with pip install -e \".[postgres]\" (psycopg 3) and use postgresql+psycopg://user@host/db"
     else:
         remedy = ("install that driver, or use PostgreSQL, which this project supports: pip install -e \".[postgres]\" "
                   "and postgresql+psycopg://user@host/db")
-    return f"--storage={masked(url)!r} needs the database driver {module!r}, which is not installed; {remedy}."
+    label = label or f"--storage={masked(url)!r}"
+    return f"{label} needs the database driver {module!r}, which is not installed; {remedy}."
 
 
 def open_optuna_storage(url: str, on_stale_trial: Callable | None = None, *, create: bool = True):
@@ -372,6 +379,7 @@ def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
                          "server), not a storage URL; give it as MLFLOW_TRACKING_URI, and --storage a database URL, "
                          "e.g. sqlite:///optuna.db or postgresql+psycopg://user@host/db.")
     if backend != "sqlite":
+        check_database_reachable(storage, f"--storage={masked(storage)!r}", "--storage")
         return
     if is_in_memory(storage):
         raise UsageError(f"--storage={storage!r} is an in-memory database: the study would vanish when this process "
@@ -387,3 +395,102 @@ def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
         raise UsageError(f"--storage={storage!r}: folder {path.resolve().parent} does not exist; "
                          "create it or pick another path.")
     check_sqlite_file(path, f"--storage={storage!r}", write=not must_exist, option="--storage")
+
+
+def check_database_reachable(url: str, label: str, option: str) -> None:
+    """UsageError, creating nothing, unless the database server of `url` (not SQLite) is a dialect SQLAlchemy
+    knows, its driver is installed, and it accepts a connection within DATABASE_CONNECT_TIMEOUT_S seconds.
+
+    Answered before Keras or either store loads: a typo such as `sqlit:///x.db`, a missing driver or a server
+    that is down is one line at once, not after seconds of imports and a half-made study.
+    """
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
+
+    try:
+        parsed = make_url(url)
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        name = url.split(":", 1)[0]
+        raise UsageError(f"{label} names the database {name!r}, which SQLAlchemy does not know; use e.g. "
+                         "sqlite:///path/to/file.db or postgresql+psycopg://user@host/db.") from None
+    except ArgumentError:
+        raise UsageError(f"{label} is not a database URL; use e.g. sqlite:///path/to/file.db or "
+                         "postgresql+psycopg://user@host/db.") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as error:
+        raise UsageError(_driver_hint(url, error, label)) from None
+    timeout = ({"connect_timeout": DATABASE_CONNECT_TIMEOUT_S}
+               if parsed.get_backend_name() in _CONNECT_TIMEOUT_DIALECTS else {})
+    engine = sqlalchemy.create_engine(parsed, connect_args=timeout, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect():
+            pass
+    except SQLAlchemyError as error:
+        raise UsageError(f"{label} cannot be opened ({_first_line(error, url)}; one try of at most "
+                         f"{DATABASE_CONNECT_TIMEOUT_S} s); check the host, port, user, password and that the "
+                         "database exists.") from None
+    finally:
+        engine.dispose()
+
+
+# MLflow's tracking schemes that name neither a local store nor a database or HTTP server.
+_OTHER_TRACKING_SCHEMES = ("databricks", "databricks-uc", "uc")
+
+
+def check_tracking_reachable(uri: str, *, label: str = "", option: str = "MLFLOW_TRACKING_URI") -> None:
+    """UsageError, creating nothing, unless MLflow's tracking URI `uri` has a scheme MLflow knows and, for a
+    server, answers: an HTTP server one request within TRACKING_SERVER_TIMEOUT_S seconds, a database server a
+    connection (`check_database_reachable`). Local stores are `check_tracking_store`'s; nothing loads MLflow's
+    store here."""
+    import urllib.error
+    import urllib.request
+
+    label = label or f"{option}={masked(uri)!r}"
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("", "file") or scheme.startswith("sqlite") or scheme in _OTHER_TRACKING_SCHEMES:
+        return
+    if scheme in ("http", "https"):
+        from urllib.parse import urlsplit, urlunsplit
+
+        parts = urlsplit(uri)
+        # Credentials in the URL are MLflow's to send; the health check needs only the host.
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "") if parts.hostname else parts.netloc
+        health = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+        try:
+            urllib.request.urlopen(health, timeout=TRACKING_SERVER_TIMEOUT_S).close()
+        except urllib.error.HTTPError:
+            return  # the server answered (a proxy's login page, say): MLflow's own query says more
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", None) or error
+            if isinstance(reason, ssl.SSLError):
+                return  # it answered; MLflow's query, with its TLS settings (MLFLOW_TRACKING_INSECURE_TLS), decides
+            raise UsageError(f"{label} cannot be used (one try of at most {TRACKING_SERVER_TIMEOUT_S} s) "
+                             f"({_scrubbed(str(reason), uri)}); check that the server runs and the URI, user "
+                             "and password are right.") from None
+        return
+    if scheme.split("+", 1)[0] in ("postgresql", "mysql", "mssql"):
+        check_database_reachable(uri, label, option)
+        return
+    raise UsageError(f"{label} has the scheme {scheme!r}, which MLflow does not know; use e.g. "
+                     "sqlite:///path/to/mlflow.db, http://host:5000 or postgresql+psycopg://user@host/db.")
+
+
+def check_recorded_tracking_uri(study, tracking_uri: str) -> None:
+    """UsageError, before anything is written, when `study` recorded a SQLite MLflow store that no longer exists
+    and this run uses another: its stores' folder was moved (or the store deleted), and its MLflow experiment
+    would go on writing artifacts under the old path, re-creating it."""
+    from study import contract
+
+    recorded = study.user_attrs.get(contract.TRACKING_URI_ATTR)
+    if not recorded or recorded == tracking_uri:
+        return
+    path = sqlite_file(recorded)
+    if path is None or path.exists():
+        return
+    raise UsageError(f"study {study.study_name!r} was run with the MLflow store {path}, which no longer exists; this "
+                     f"run's is {masked(tracking_uri)}. If the stores' folder was moved, its runs and artifacts still "
+                     f"point to {path.parent}: move the folder back there to resume, or start a new study with "
+                     "another --study_name.")

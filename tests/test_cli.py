@@ -27,7 +27,8 @@ def test_python_m_gaplab_answers_an_unknown_flag_in_one_line(capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels."),
+    (["--image_size", "4"], "--image_size=4 is invalid; use at least 14 pixels: the seed presets every study trains "
+                            "have 3 conv blocks, which need 14."),
     (["--trials", "0"], "--trials=0 is invalid; use at least 1."),
     (["--device", "tpu"], "--device='tpu' is unknown; use one of auto, cpu, gpu."),
     (["--workers", "0"], "--workers=0 is invalid; use at least 1."),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -41,6 +42,28 @@ def test_cache_key_changes_with_files_and_image_size(image_folder, tmp_path):
     write_image(image_folder / "cat" / "extra.png", (1, 2, 3))
     changed = load_image_folder(image_folder, 16, cache_dir=tmp_path / "c")
     assert not changed.from_cache and changed.size == 31
+
+
+def test_a_file_that_became_unreadable_is_named_not_served_from_the_cache(image_folder, tmp_path):
+    load_image_folder(image_folder, 16, cache_dir=tmp_path / "c")
+    photo = image_folder / "cat" / "3.png"
+    before = photo.stat()
+    # Same name, size and mtime: only the ctime tells the rewrite apart.
+    photo.write_bytes(b"\0" * before.st_size)
+    os.utime(photo, ns=(before.st_atime_ns, before.st_mtime_ns))
+    with pytest.raises(DataError, match=r"1 file\(s\) under .* could not be read as images:\n  .*cat/3.png"):
+        load_image_folder(image_folder, 16, cache_dir=tmp_path / "c")
+
+
+def test_gaplab_cache_dir_off_reads_and_writes_no_cache(image_folder, tmp_path, monkeypatch):
+    from gaplab.data import default_cache_dir
+
+    monkeypatch.setenv("GAPLAB_CACHE_DIR", "off")
+    assert default_cache_dir() is None
+    monkeypatch.chdir(tmp_path)
+    assert not load_image_folder(image_folder, 16).from_cache
+    assert not load_image_folder(image_folder, 16).from_cache
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"], "no cache folder, not even one named off"
 
 
 def test_damaged_cache_entry_is_decoded_again(image_folder, tmp_path):
@@ -201,9 +224,10 @@ def test_truncated_image_really_fails_in_pillow(tmp_path):
             image.load()
 
 
-def test_digests_and_cache_key_are_those_from_before_the_module_split(tmp_path):
-    # A study stores its dataset's digest and refuses a rerun on other data, and cache entries are
-    # named by the key, so neither may change with the code's layout. Computed on commit 1058d86.
+def test_digests_are_those_from_before_the_module_split_and_the_cache_key_follows_each_file(tmp_path):
+    # A study stores its dataset's digest and refuses a rerun on other data, so it may not change with the
+    # code's layout. Computed on commit 1058d86. The cache key holds each file's ctime (no user sets it back),
+    # so it is pinned by its inputs, not by a value.
     assert generate_shapes(image_size=16, n_images=96, seed=0).digest == "9332cd6807ef181f"
     flat = make_folder(tmp_path / "flat", {"a": 12, "b": 9, "c": 7}, size=16)
     assert load_image_folder(flat, 16, cache_dir=None, seed=3).digest == "32cc7f41eb019efd"
@@ -218,4 +242,9 @@ def test_digests_and_cache_key_are_those_from_before_the_module_split(tmp_path):
         path.write_bytes(b"x" * size)
         os.utime(path, ns=(1_700_000_000_000_000_000,) * 2)
         files.append(path)
-    assert cache_key(tmp_path / "keyed", files, 16, False) == "4e62ffda4fcf8212f1ad9897ea69c9e4"
+    key = cache_key(tmp_path / "keyed", files, 16, False)
+    assert len(key) == 32 and cache_key(tmp_path / "keyed", files, 16, False) == key
+    time.sleep(0.05)  # past the file system's clock tick, so that the ctime moves
+    os.chmod(files[1], 0o600)  # the same bytes, size and mtime; another ctime
+    os.utime(files[1], ns=(1_700_000_000_000_000_000,) * 2)
+    assert cache_key(tmp_path / "keyed", files, 16, False) != key

@@ -87,3 +87,38 @@ def test_the_momentum_axis_covers_every_momentum_of_the_curve():
     assert figures.momentum_decades([0.0, 0.5, 0.999]) == 3
     assert figures.momentum_decades([0.9, 0.9999]) == 4
     assert figures.momentum_decades([0.99995]) == 5
+
+
+def test_class_names_in_any_script_draw_or_warn_once_naming_the_font_package(monkeypatch, capsys):
+    # Japanese class names gave 8 Matplotlib glyph warnings per figure and drew as boxes, naming no remedy.
+    import io
+    import warnings
+
+    monkeypatch.setattr(figures, "_warned_missing", set())
+    names = ("日本", "cat", "Ωmega")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        families = figures.label_fonts(names)
+        for _ in range(2):
+            figures.confusion_figure(np.eye(3, dtype=int), names, "t").savefig(io.BytesIO(), format="png")
+            figures.ConfusionRenderer(names)(np.eye(3, dtype=int), "t")
+    assert not [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    err = capsys.readouterr().err
+    assert families[0] == "DejaVu Sans" and "Last Resort High-Efficiency" not in families
+    if len(families) > 1:  # a font with the CJK characters is installed: it draws them, nothing to say
+        assert err == ""
+    else:
+        assert err == ("warning: no installed font has the characters '日本' of the class names, so figures draw "
+                       "them as boxes; install one, e.g. apt-get install fonts-noto-cjk (Debian, Ubuntu).\n")
+
+
+def test_a_font_that_has_the_missing_characters_is_added_after_the_default(monkeypatch, capsys):
+    monkeypatch.setattr(figures, "_warned_missing", set())
+    installed = (("/fonts/a.ttf", "Latin Only"), ("/fonts/b.ttf", "Has Kana"))
+    monkeypatch.setattr(figures, "_installed_fonts", lambda: installed)
+    real = figures._charmap
+    monkeypatch.setattr(figures, "_charmap", lambda path: {"/fonts/a.ttf": frozenset(map(ord, "abc")),
+                                                           "/fonts/b.ttf": frozenset(map(ord, "かな"))}.get(path)
+                        or real(path))
+    assert figures.label_fonts(["かな", "cat", "ж"]) == ["DejaVu Sans", "Has Kana"]
+    assert capsys.readouterr().err == ""

@@ -141,3 +141,83 @@ def test_a_store_that_is_not_optuna_s_is_named(tmp_path, elsewhere, capsys):
     assert f"--storage='sqlite:///{db}' cannot be opened" in one_line(capsys)
     with sqlite3.connect(db) as connection:
         assert [name for (name,) in connection.execute("select name from sqlite_master")] == ["t"]
+
+
+# -- nothing to report: one line, its own exit code, no report written -----------------------------------
+
+
+def _bare_study(root: Path, name: str, states: list, error: str = ""):
+    """A study as study.run leaves it before any trial finished: trials in `states`, failed ones with a run
+    whose error tag is `error`."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+    from optuna.trial import TrialState
+
+    from study import contract
+
+    root.mkdir(parents=True)
+    storage, tracking = f"sqlite:///{root / 'optuna.db'}", f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(tracking)
+    experiment = client.create_experiment(name, artifact_location=(root / "artifacts").as_uri())
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    study.set_user_attr(contract.TRACKING_URI_ATTR, tracking)
+    for state in states:
+        attrs = {}
+        if state == TrialState.FAIL:
+            run = client.create_run(experiment).info.run_id
+            client.set_tag(run, contract.ERROR_TAG, error)
+            client.set_terminated(run, "FAILED")
+            attrs[contract.RUN_ID_ATTR] = run
+        if state == TrialState.WAITING:
+            study.enqueue_trial({})
+        else:
+            study.add_trial(optuna.trial.create_trial(params={}, distributions={}, user_attrs=attrs, state=state,
+                                                      value=None))
+    return storage
+
+
+@pytest.mark.parametrize("states, expected", [
+    ([], "error: study 'empty': no trial has finished yet; rerun the report once one has (python -m study.run "
+         "trains them)."),
+    (["RUNNING", "WAITING", "FAIL"], "error: study 'empty': no trial has finished yet (1 running, 1 queued, "
+                                     "1 failed); rerun the report once one has"),
+    (["FAIL", "FAIL", "FAIL"], "error: study 'empty': all 3 trials failed; the first error was (trial 0) "
+                               "ValueError: depth=3 is too deep for image_size=8. Fix it and rerun python -m "
+                               "study.run."),
+])
+def test_a_study_with_no_finished_trial_is_one_line_exit_3_and_no_report(tmp_path, elsewhere, capsys, states,
+                                                                          expected):
+    from optuna.trial import TrialState
+
+    from study.report.cli import NOTHING_TO_REPORT
+
+    storage = _bare_study(tmp_path / "stores", "empty", [TrialState[state] for state in states],
+                          "ValueError: depth=3 is too deep for image_size=8\nTraceback (most recent call last): ...")
+    capsys.readouterr()
+    assert report("--storage", storage, "--out", str(elsewhere / "out")) == NOTHING_TO_REPORT == 3
+    assert one_line(capsys).startswith(expected)
+    assert list(elsewhere.iterdir()) == [], "no report is written"
+
+
+def test_a_study_of_trials_without_batchnorm_reports_no_raw_exception(tmp_path, elsewhere):
+    # Only the presets without batchnorm finished: the momentum x batch size figure has no point. Its empty
+    # colour scale on log axes raised "ValueError: Data cannot be log-scaled", which the caveats quoted.
+    import optuna
+    from optuna.trial import TrialState
+
+    from study import contract
+    from study.report import figures
+
+    assert figures.momentum_batch_figure([]) is None and figures.horizon_figure([]) is None
+    storage = _bare_study(tmp_path / "stores", "no-bn", [])
+    study = optuna.load_study(study_name="no-bn", storage=storage)
+    for number, preset in enumerate(("seed-initial", "seed-deeper")):
+        study.add_trial(optuna.trial.create_trial(
+            params={"batch_size": 32}, distributions={"batch_size": optuna.distributions.CategoricalDistribution(
+                (8, 16, 32))}, value=0.5 + number / 10, state=TrialState.COMPLETE,
+            user_attrs={contract.PRESET_ATTR: preset, contract.BATCHNORM_ATTR: False, "val_accuracy": 0.5,
+                        "train_accuracy": 0.6, "gap": 0.1}))
+    assert report("--storage", storage, "--out", str(elsewhere / "out")) == 0
+    page = (elsewhere / "out" / "no-bn" / "report.md").read_text()
+    assert "Momentum × batch size' has no data" in page
+    assert "Error" not in page and "could not be drawn" not in page

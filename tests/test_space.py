@@ -127,3 +127,16 @@ def test_the_dashboard_names_the_objective_and_says_what_intermediate_values_are
 def test_describe_study_refuses_an_unknown_prune_on():
     with pytest.raises(ValueError, match="prune_on='stale' is unknown; use one of best_momentum, own_momentum"):
         dashboard.describe_study(optuna.create_study(), "stale")
+
+
+def test_the_study_s_smallest_image_size_is_the_first_where_every_preset_fits():
+    # Below it the depth-3 presets failed on every run (image_size 8 to 13); at it, every preset builds.
+    from gaplab.model import allowed_depths, build_model
+    from study.settings import MIN_STUDY_IMAGE_SIZE
+
+    deepest = max(preset.depth for preset in PRESETS.values())
+    assert deepest in allowed_depths(MIN_STUDY_IMAGE_SIZE)
+    assert deepest not in allowed_depths(MIN_STUDY_IMAGE_SIZE - 1)
+    for name, preset in PRESETS.items():
+        model = build_model(preset.replace(image_size=MIN_STUDY_IMAGE_SIZE), num_classes=2)
+        assert model.output_shape == (None, 2), name

@@ -8,6 +8,7 @@ import math
 import signal
 import subprocess
 import sys
+import time
 
 import mlflow
 import numpy as np
@@ -25,6 +26,7 @@ from tests.conftest import (
     configured_backend,
     fake_train,
     load_study,
+    make_folder,
     run_mocked,
     subprocess_env,
     wait_for_running_trial,
@@ -70,7 +72,9 @@ BAD_PARAMETERS = [
     (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
     (["--storage", "sqlite:///."], "is a folder, not a database file"),
     (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
-    (["--image_size", "4"], "--image_size=4 is invalid; use at least 8 pixels"),
+    (["--image_size", "4"], "--image_size=4 is invalid; use at least 14 pixels"),
+    (["--image_size", "13"], "--image_size=13 is invalid; use at least 14 pixels: the seed presets every study "
+                             "trains have 3 conv blocks, which need 14."),
     (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
     (["--tri", "2"], "unrecognized arguments: --tri 2"),
     (["--skip_bad_images", "yes"], "--skip_bad_images='yes' is invalid; use true or false"),
@@ -85,6 +89,44 @@ def test_bad_input_exits_2_with_one_line_from_the_real_command(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "error: --trials=0 is invalid; use at least 1."
     assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
+
+
+# The command in a child that says, after it exits, which deep learning backends it had imported.
+_REFUSING_CHILD = ("import sys\nfrom study import run\ncode = run.main(sys.argv[1:])\n"
+                   "print(' '.join(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\nsys.exit(code)")
+
+EARLY_REFUSALS = [
+    (["--storage", "sqlit:///x.db"], {}, "--storage='sqlit:///x.db' names the database 'sqlit', which SQLAlchemy "
+                                         "does not know"),
+    (["--storage", "postgresql+psycopg://u:pw@127.0.0.1:1/db"], {},
+     "--storage='postgresql+psycopg://u:***@127.0.0.1:1/db' cannot be opened (connection failed"),
+    (["--storage", "postgresql+pg8000://u@127.0.0.1:1/db"], {}, "needs the database driver 'pg8000'"),
+    ([], {"MLFLOW_TRACKING_URI": "sqlit:///m.db"}, "MLFLOW_TRACKING_URI='sqlit:///m.db' has the scheme 'sqlit', "
+                                                   "which MLflow does not know"),
+    ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
+     "MLFLOW_TRACKING_URI='http://127.0.0.1:1' cannot be used (one try of at most 10 s)"),
+    ([], {"MLFLOW_TRACKING_URI": "postgresql+psycopg://u@127.0.0.1:1/m"},
+     "MLFLOW_TRACKING_URI='postgresql+psycopg://u@127.0.0.1:1/m' cannot be opened (connection failed"),
+    (["--data_dir", "one"], {}, "class 'b' in one has 1 image(s); the 70/15/15 split needs at least 3 per class"),
+]
+
+
+@pytest.mark.parametrize("args, env_extra, message", EARLY_REFUSALS)
+def test_stores_tracking_uris_and_class_sizes_are_refused_before_keras_and_create_nothing(
+        tmp_path, args, env_extra, message):
+    work = tmp_path / "work"
+    make_folder(work / "one", {"a": 5, "b": 1}, size=16)
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _REFUSING_CHILD, "--trials", "1", *args], cwd=work,
+                          env={**subprocess_env(tmp_path), **env_extra}, capture_output=True, text=True, timeout=120)
+    took = time.monotonic() - started
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
+    assert done.stdout.strip() == "", f"a backend was imported before the refusal: {done.stdout}"
+    assert took < 20, f"refused after {took:.1f} s"  # about 1 s here; the bound allows a loaded machine
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"], "no store may be created"
+    assert sorted(p.name for p in work.iterdir()) == ["one"]
 
 
 @pytest.mark.parametrize("args, message", BAD_PARAMETERS)
@@ -402,3 +444,74 @@ def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
     runs = client.search_runs([client.get_experiment_by_name("my experiments").experiment_id])
     assert len(runs) == 5 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
         "shapes-16px"}
+
+
+def test_the_eta_is_bounded_and_readable_for_any_trial_count():
+    # A huge --trials printed "ETA 2522579688333431852236m48s".
+    from study.session import _format_seconds
+
+    assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
+    assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
+    assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
+
+
+def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
+    # After --trials 3 the fourth preset stays queued; the report said the study "was interrupted or has not
+    # been resumed".
+    from study.report.build import build_report
+
+    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+    assert run_mocked(["--trials", "3", *args]) == 0
+    study = load_study(mock_study)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["WAITING"]
+    caveats = build_report(study, MlflowClient()).sections[-1].bullets
+    assert not any("interrupted" in line for line in caveats), caveats
+    assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
+            "study.run with a larger --trials to train it.") in caveats
+
+
+def test_a_moved_stores_folder_is_refused_on_rerun_and_the_old_path_is_not_re_created(tmp_path, monkeypatch, capsys):
+    # The rerun used to re-create the old folder and write the new trials' artifacts there.
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+    monkeypatch.chdir(old)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{old / 'mlflow.db'}")
+    assert run_mocked(["--trials", "1", *args]) == 0
+    mlflow.set_tracking_uri(None)
+    old.rename(new)
+    monkeypatch.chdir(new)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{new / 'mlflow.db'}")
+    capsys.readouterr()
+    assert run_mocked(["--trials", "2", *args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0] == (
+        f"error: study 'shapes-16px' was run with the MLflow store {old / 'mlflow.db'}, which no longer exists; this "
+        f"run's is sqlite:///{new / 'mlflow.db'}. If the stores' folder was moved, its runs and artifacts still point "
+        f"to {old}: move the folder back there to resume, or start a new study with another --study_name."), lines
+    assert not old.exists()
+    assert len(load_study(new).trials) == 4, "nothing was queued or run"
+
+
+def test_a_tracking_server_that_answers_its_health_check_passes_even_behind_a_login(tmp_path):
+    import http.server
+    import threading
+
+    from study.storage import check_tracking_reachable
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            self.send_response(200 if self.path == "/health" else 401)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check_tracking_reachable(f"http://u:pw@127.0.0.1:{server.server_port}")
+        check_tracking_reachable(f"http://127.0.0.1:{server.server_port}/behind/login")  # answered 401
+    finally:
+        server.shutdown()
+        server.server_close()

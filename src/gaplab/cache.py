@@ -1,5 +1,11 @@
 """Decoding a folder's files once: decoded arrays are cached on disk under a key of the file list,
-their sizes and mtimes, and the image size, so a second load of the same folder decodes nothing."""
+their sizes, mtimes and ctimes, and the image size, so a second load of the same folder decodes nothing.
+
+The cache lives in $GAPLAB_CACHE_DIR, else ~/.cache/gaplab/data; GAPLAB_CACHE_DIR=off reads and
+writes no cache, and deleting the folder clears it. Any change to a file, its permissions included
+(chmod, or contents rewritten with the old mtime put back, both change the ctime), changes the key,
+so a file that became unreadable is decoded again and named, never served from the cache.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +23,30 @@ from gaplab import images as image_files
 from gaplab.dataset import DataError
 
 # Bump when decoding changes, so caches written by older code are not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
-def default_cache_dir() -> Path:
-    """Where decoded arrays are cached: $GAPLAB_CACHE_DIR, else ~/.cache/gaplab/data."""
+# GAPLAB_CACHE_DIR set to this turns the cache off.
+CACHE_OFF = "off"
+
+
+def default_cache_dir() -> Path | None:
+    """Where decoded arrays are cached: $GAPLAB_CACHE_DIR, else ~/.cache/gaplab/data; None (no cache) when
+    GAPLAB_CACHE_DIR is `off`."""
     configured = os.environ.get("GAPLAB_CACHE_DIR")
+    if configured and configured.strip().lower() == CACHE_OFF:
+        return None
     return Path(configured) if configured else Path.home() / ".cache" / "gaplab" / "data"
 
 
 def cache_key(root: Path, files: list[Path], image_size: int, skip_bad_images: bool) -> str:
-    """The cache entry's name: changes with any file added, removed, renamed, resized or touched."""
+    """The cache entry's name: changes with any file added, removed, renamed, resized, touched, rewritten or
+    given other permissions (the ctime, which no user can set back)."""
     digest = hashlib.sha256(f"{_CACHE_FORMAT}|{image_size}|{skip_bad_images}".encode())
     for file in files:
         stat = file.stat()
-        digest.update(f"{file.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(f"{file.relative_to(root).as_posix()}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}\n"
+                      .encode())
     return digest.hexdigest()[:32]
 
 

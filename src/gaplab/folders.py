@@ -27,7 +27,7 @@ from gaplab.cache import decode_with_cache, default_cache_dir
 from gaplab.config import image_size_problem, seed_problem
 from gaplab.dataset import DEFAULT_SPLIT, SPLIT_NAMES, DataError, Dataset, Split, content_digest
 from gaplab.images import IMAGE_EXTENSIONS
-from gaplab.splits import split_by_layout
+from gaplab.splits import check_class_sizes, drawn_fractions, split_by_layout
 
 ACCEPTED_LAYOUTS = (
     "accepted layouts: root/<class>/ folders of images, or split folders each holding the same <class>/ "
@@ -158,11 +158,12 @@ def _check_same_classes(root: Path, per_split: dict[str, dict[str, list[Path]]])
                         "folder needs the same class folders: add the missing ones or remove the extra ones.")
 
 
-def list_image_folder(root: str | os.PathLike) -> FolderListing:
+def list_image_folder(root: str | os.PathLike, split: tuple[float, float, float] = DEFAULT_SPLIT) -> FolderListing:
     """List an image folder's images by split folder and class without decoding any.
 
     Raises DataError for a missing path, a layout that is not accepted, or classes that cannot be
-    trained on (none, one, an empty class folder, or split folders with different classes).
+    trained on (none, one, an empty class folder, split folders with different classes, or a train
+    class with too few images to draw the missing splits of `split` from).
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -185,7 +186,10 @@ def list_image_folder(root: str | os.PathLike) -> FolderListing:
         classes, ignored = _list_class_folder(root)
         _check_classes(root, classes)
         per_split = {"": classes}
-    class_names = tuple(sorted(next(iter(per_split.values()))))
+    train_classes = next(iter(per_split.values()))
+    check_class_sizes({name: len(files) for name, files in sorted(train_classes.items())},
+                      drawn_fractions(layout, split), str(root / "train") if layout else str(root))
+    class_names = tuple(sorted(train_classes))
     files, labels, groups = [], [], []
     for group, classes in enumerate(per_split.values()):
         for label, name in enumerate(class_names):
@@ -207,14 +211,14 @@ def load_image_folder(
     """Load an image folder in one of the accepted layouts (see the module docstring) as a
     stratified train/val/test Dataset.
 
-    cache_dir: a folder for decoded arrays; True (the default) means `default_cache_dir()`,
-    None or False disables caching.
+    cache_dir: a folder for decoded arrays; True (the default) means `default_cache_dir()` (none when
+    GAPLAB_CACHE_DIR=off), None or False disables caching.
     Bad images raise DataError naming each file, unless skip_bad_images is set, in which case
     they are skipped and listed in `Dataset.skipped_files`.
     """
     if problem := image_size_problem(image_size) or seed_problem(seed):
         raise DataError(problem)
-    listing = list_image_folder(root)
+    listing = list_image_folder(root, split)
     root = listing.root
     if cache_dir is True:
         cache_dir = default_cache_dir()

@@ -19,19 +19,13 @@ def stratified_split(
     Each part of each class gets round(n * fraction) images but at least one, and the first part
     (training) takes the rest, so a class needs at least one image per part.
     """
-    if any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
-        raise DataError(f"split fractions {fractions} must be positive and sum to 1, e.g. (0.7, 0.15, 0.15).")
+    _check_fractions(fractions)
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    check_class_sizes({name: int(np.sum(labels == label)) for label, name in enumerate(class_names)},
+                      fractions, where)
     for label in range(len(class_names)):
-        indices = np.flatnonzero(labels == label)
-        if len(indices) < len(fractions):
-            shown = "/".join(f"{round(f * 100)}" for f in fractions)
-            raise DataError(
-                f"class {class_names[label]!r} in {where} has {len(indices)} image(s); the {shown} split "
-                f"needs at least {len(fractions)} per class. Add images to that class or remove it."
-            )
-        indices = rng.permutation(indices)
+        indices = rng.permutation(np.flatnonzero(labels == label))
         sizes = [max(1, round(len(indices) * f)) for f in fractions[1:]]
         if len(indices) - sum(sizes) < 1:
             sizes[sizes.index(max(sizes))] -= 1
@@ -41,6 +35,39 @@ def stratified_split(
             part.append(indices[start : start + size])
             start += size
     return [np.sort(np.concatenate(part)) for part in parts]
+
+
+def _check_fractions(fractions: tuple[float, ...]) -> None:
+    if any(f <= 0 for f in fractions) or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6):
+        raise DataError(f"split fractions {fractions} must be positive and sum to 1, e.g. (0.7, 0.15, 0.15).")
+
+
+def check_class_sizes(sizes: dict[str, int], fractions: tuple[float, ...], where: str) -> None:
+    """DataError naming the first class with fewer images than `fractions` has parts (each part needs one)."""
+    for name, size in sizes.items():
+        if size < len(fractions):
+            shown = "/".join(f"{round(f * 100)}" for f in fractions)
+            raise DataError(
+                f"class {name!r} in {where} has {size} image(s); the {shown} split "
+                f"needs at least {len(fractions)} per class. Add images to that class or remove it."
+            )
+
+
+def drawn_fractions(layout: tuple[str, ...], split: tuple[float, float, float]) -> tuple[float, ...]:
+    """The fractions train is split into for the split folders `layout` (see `split_by_layout`); () when
+    train/, val/ and test/ are all given and nothing is drawn."""
+    if len(split) != 3:
+        raise DataError(f"split {split} must be three fractions (train, val, test), e.g. (0.7, 0.15, 0.15).")
+    _check_fractions(tuple(split))
+    train_share, val_share, test_share = split
+    present = set(layout or ("train",))
+    if {"val", "test"} <= present:
+        return ()
+    if "test" in present:
+        return train_share / (train_share + val_share), val_share / (train_share + val_share)
+    if "val" in present:
+        return train_share / (train_share + test_share), test_share / (train_share + test_share)
+    return tuple(split)
 
 
 def split_by_layout(
@@ -60,18 +87,15 @@ def split_by_layout(
     """
     in_group = {name: np.flatnonzero(groups == index) for index, name in enumerate(layout or ("train",))}
     in_train = in_group["train"]
-    train_share, val_share, test_share = split
-    if "val" in in_group and "test" in in_group:
+    fractions = drawn_fractions(layout, split)
+    if not fractions:
         return [in_train, in_group["val"], in_group["test"]]
+    drawn = [in_train[part] for part in stratified_split(labels[in_train], fractions, seed, class_names, where)]
     if "test" in in_group:
-        fractions = (train_share / (train_share + val_share), val_share / (train_share + val_share))
-        train_part, val_part = stratified_split(labels[in_train], fractions, seed, class_names, where)
-        return [in_train[train_part], in_train[val_part], in_group["test"]]
+        return [*drawn, in_group["test"]]
     if "val" in in_group:
-        fractions = (train_share / (train_share + test_share), test_share / (train_share + test_share))
-        train_part, test_part = stratified_split(labels[in_train], fractions, seed, class_names, where)
-        return [in_train[train_part], in_group["val"], in_train[test_part]]
-    return [in_train[part] for part in stratified_split(labels[in_train], tuple(split), seed, class_names, where)]
+        return [drawn[0], in_group["val"], drawn[1]]
+    return drawn
 
 
 def dataset_from_arrays(

@@ -106,7 +106,8 @@ def build_report(study, client) -> Report:
     sections.append(Section(SECTION_TITLES[5],
                             paragraphs=[f"The {tables.TOP_N} complete trials with the highest val accuracy."],
                             tables=[tables.top_table(views, run_link(study, client))]))
-    sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes, settings.get("prune_on"))))
+    sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes, settings.get("prune_on"),
+                                                                   study.user_attrs.get(contract.TRIALS_TARGET_ATTR))))
 
     classes = study.user_attrs.get(contract.CLASS_NAMES_ATTR) or []
     summary = [f"Study: {study.study_name}",

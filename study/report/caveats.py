@@ -49,12 +49,20 @@ def _range_text(view: TrialView, name: str) -> str:
 
 
 def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | None, notes: list[str],
-            prune_on: str | None = None) -> list[str]:
-    """The caveats; `prune_on` is the study's stored setting (None for studies that predate it)."""
+            prune_on: str | None = None, target: int | None = None) -> list[str]:
+    """The caveats; `prune_on` is the study's stored setting (None for studies that predate it), `target` the
+    --trials its latest command asked for (None for studies that predate it)."""
     counts = {state: sum(v.state == state for v in views) for state in TrialState}
     out = [f"Trials: {trial_counts(views)}."]
+    waiting = [v for v in views if v.state == TrialState.WAITING]
     if counts[TrialState.RUNNING]:
         out.append("The study is still running: rerun the report when it has finished.")
+    elif waiting and target is not None and len(finished_trials(views)) >= target:
+        presets = [v.preset for v in waiting if v.preset]
+        queued = f"the seed preset(s) {', '.join(presets)}" if len(presets) == len(waiting) else \
+            f"{len(waiting)} queued trial(s)"
+        out.append(f"The study reached its --trials={target} before {queued} could run; rerun python -m study.run "
+                   f"with a larger --trials to train {'them' if len(waiting) > 1 else 'it'}.")
     elif counts[TrialState.WAITING]:
         out.append(f"{counts[TrialState.WAITING]} trial(s) are queued but none is running: the study was interrupted "
                    "or has not been resumed. Rerun python -m study.run with the same --study_name and --storage to "

@@ -11,6 +11,8 @@ study is only read, so one that is still running can be reported at any time, an
 ever created: a missing or unusable store, or an --out that cannot hold the report, is one line
 and exit code 2. The MLflow store is the one the study recorded, unless --tracking_uri is given;
 a tracking server gets one try of at most study.storage.TRACKING_SERVER_TIMEOUT_S (10) seconds.
+A study with no finished trial has nothing to report: one line ("no trial has finished yet", or "all N
+trials failed; the first error was ..."), exit code 3 (NOTHING_TO_REPORT), and no report is written.
 """
 
 from __future__ import annotations
@@ -25,6 +27,12 @@ from study.cli import ArgumentParser, UsageError, fail, quiet_logging
 from study.report.build import build_report
 from study.report.render import write_report
 from study.storage import check_storage_url, check_tracking_uri, default_storage, masked, open_optuna_storage
+
+# Exit code of a report on a study with no finished (complete or pruned) trial: not bad input (2), but
+# nothing to write either.
+NOTHING_TO_REPORT = 3
+# How much of a trial's error the one line quotes.
+ERROR_QUOTE_LIMIT = 300
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         out_folder = check_out_folder(out)
         study, tracking = open_study(args)
         client = MlflowClient(tracking)
+        empty = nothing_to_report(study, client)
+        if empty:
+            return fail(empty, NOTHING_TO_REPORT)
         report = build_report(study, client)
         folder = out_folder / _safe_folder(study.study_name)
         try:
@@ -129,6 +140,42 @@ def main(argv: list[str] | None = None) -> int:
     print(f"report for study {study.study_name!r}: {folder / 'report.html'} and report.md"
           + (f"; logged to MLflow run{'s' * (len(logged) > 1)} {' and '.join(logged)} under report/" if logged else ""))
     return 0
+
+
+def nothing_to_report(study, client) -> str | None:
+    """Why `study` has nothing to report (no complete or pruned trial yet), in one line; None when it has."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    if any(t.state in contract.FINISHED_STATES for t in trials):
+        return None
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    unfinished = [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    where = f"study {study.study_name!r}"
+    if not failed or unfinished:
+        named = {TrialState.RUNNING: "running", TrialState.WAITING: "queued", TrialState.FAIL: "failed"}
+        counts = ", ".join(f"{sum(t.state == state for t in trials)} {word}" for state, word in named.items()
+                           if any(t.state == state for t in trials))
+        return (f"{where}: no trial has finished yet{f' ({counts})' if counts else ''}; rerun the report once one "
+                "has (python -m study.run trains them).")
+    first = min(failed, key=lambda t: t.number)
+    return (f"{where}: all {len(failed)} trials failed; the first error was (trial {first.number}) "
+            f"{_trial_error(first, client)}. Fix it and rerun python -m study.run.")
+
+
+def _trial_error(trial, client) -> str:
+    """The error a failed trial's MLflow run recorded, first line, shortened; what is known otherwise."""
+    run_id = trial.user_attrs.get(contract.RUN_ID_ATTR)
+    if not run_id:
+        return "not recorded: the trial has no MLflow run"
+    try:
+        error = client.get_run(run_id).data.tags.get(contract.ERROR_TAG, "")
+    except Exception as problem:  # noqa: BLE001 - the line names what could not be read instead
+        return f"not readable: its MLflow run {run_id} could not be read ({type(problem).__name__})"
+    line = error.strip().splitlines()[0] if error.strip() else ""
+    if not line:
+        return f"not recorded in its MLflow run {run_id}"
+    return line if len(line) <= ERROR_QUOTE_LIMIT else line[:ERROR_QUOTE_LIMIT - 1] + "…"
 
 
 def _safe_folder(name: str) -> str:

@@ -30,8 +30,11 @@ def _state_colours(views):
     return ["C0" if v.state == TrialState.COMPLETE else "C1" for v in views]
 
 
-def params_figure(finished: list[TrialView]) -> bytes:
+def params_figure(finished: list[TrialView]) -> bytes | None:
     from matplotlib.figure import Figure
+
+    if not finished:
+        return None
 
     names = SEARCHED
     figure = Figure(figsize=(13, 6))
@@ -58,10 +61,12 @@ def params_figure(finished: list[TrialView]) -> bytes:
     return _png(figure)
 
 
-def horizon_figure(finished: list[TrialView]) -> bytes:
+def horizon_figure(finished: list[TrialView]) -> bytes | None:
     from matplotlib.figure import Figure
 
     subset = [v for v in finished if v.batchnorm and math.isfinite(v.horizon) and v.horizon > 0]
+    if not subset:  # nothing to place on a log axis
+        return None
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
     ax.scatter([v.horizon for v in subset], [v.get("gap") for v in subset], c=_state_colours(subset), s=30)
@@ -76,10 +81,13 @@ def horizon_figure(finished: list[TrialView]) -> bytes:
     return _png(figure)
 
 
-def momentum_batch_figure(finished: list[TrialView]) -> bytes:
+def momentum_batch_figure(finished: list[TrialView]) -> bytes | None:
     from matplotlib.figure import Figure
 
     subset = [v for v in finished if v.batchnorm and "bn_momentum" in v.params and "batch_size" in v.params]
+    if not subset:
+        # An empty colour scale on log axes is what raised "Data cannot be log-scaled" into the caveats.
+        return None
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
     points = ax.scatter([1 - v.params["bn_momentum"] for v in subset], [v.params["batch_size"] for v in subset],
