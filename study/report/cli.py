@@ -23,6 +23,7 @@ from pathlib import Path
 from study import contract
 from study.cli import ArgumentParser, UsageError, command, fail, quiet_logging
 from study.report.build import build_report
+from study.report.links import DEFAULT_UI_URL, check_ui_url
 from study.report.render import write_report
 from study.storage import check_storage_url, check_tracking_uri, default_storage, masked, open_optuna_storage
 
@@ -37,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--tracking_uri", "--tracking-uri", type=str, default="",
         help="MLflow tracking URI (default: the one the study recorded, else MLflow's current)")
     add("--out", type=str, default="", help="output folder; the report goes to <out>/<study>/ (default: reports)")
+    add("--ui_url", "--ui-url", type=str, default="",
+        help="the MLflow UI's address that run ids and the registered model link to (default: the tracking server, "
+             f"else {DEFAULT_UI_URL}, where `mlflow ui` serves a local store)")
     return parser
 
 
@@ -103,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or "reports"
     try:
         out_folder = check_out_folder(out)
+        check_ui_url(args.ui_url)
         study, tracking = open_study(args)
         client = MlflowClient(tracking)
-        report = build_report(study, client)
+        report = build_report(study, client, args.ui_url or None)
         folder = out_folder / _safe_folder(study.study_name)
         try:
             paths = write_report(report, folder)
