@@ -801,24 +801,29 @@ def test_run_ids_link_to_the_tracking_servers_ui(momentum_study):
 
     from study.report import tables
     from study.report.document import Link
-    from study.report.links import mlflow_links
+    from study.report.links import mlflow_links, ui_base
     from study.report.render import to_html, to_markdown
     from study.report.views import trial_views
 
-    class Study:
-        study_name = momentum_study["name"]
-        user_attrs = {contract.TRACKING_URI_ATTR: "http://127.0.0.1:5000/",
-                      contract.PARENT_RUN_ID_ATTR: momentum_study["parent"]}
+    class ServerClient(MlflowClient):
+        """The study's store, as a tracking server at this address would serve it."""
 
-    client = MlflowClient(momentum_study["tracking"])
+        tracking_uri = "http://mlflow.example.org:5000/"
+
+    assert ui_base("http://mlflow.example.org:5000/") == "http://mlflow.example.org:5000"
+    assert ui_base("sqlite:///mlflow.db") == ui_base("") == "http://127.0.0.1:5000"
+    assert ui_base("http://mlflow.example.org:5000", "https://proxy.example.org/mlflow/") == \
+        "https://proxy.example.org/mlflow"
+    client = ServerClient(momentum_study["tracking"])
     report = _report(momentum_study)
     study = optuna.load_study(study_name=momentum_study["name"], storage=momentum_study["storage"])
     views = trial_views(study)
-    links = mlflow_links(Study(), client, [v.run_id for v in views])
+    links = mlflow_links(study, client, [v.run_id for v in views])
     table = tables.top_table(views, links.run)
     cell = table.rows[0][-1]
     experiment = client.get_run(cell.text).info.experiment_id
-    assert isinstance(cell, Link) and cell.url == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{cell.text}"
+    assert isinstance(cell, Link)
+    assert cell.url == f"http://mlflow.example.org:5000/#/experiments/{experiment}/runs/{cell.text}"
     assert links.served_by == ""  # a server is its own UI: nothing to start
     report.section("6.").tables[0] = table
     assert f"[{cell.text}]({cell.url})" in to_markdown(report)

@@ -60,8 +60,10 @@ def model_version_url(base: str, name: str, version: str | int) -> str:
 
 def mlflow_links(study, client, run_ids: list[str], ui_url: str | None = None) -> UiLinks:
     """The addresses of the study's parent run, of each of `run_ids` and of the registered model's version
-    under alias `best`, read through `client`; a run or model MLflow no longer has keeps its text unlinked."""
-    tracking = str(study.user_attrs.get(contract.TRACKING_URI_ATTR) or getattr(client, "tracking_uri", "") or "")
+    under alias `best`, read through `client`; a run or model MLflow no longer has keeps its text unlinked. The
+    UI is the one serving the store `client` reads (the study's recorded store unless --tracking_uri named
+    another)."""
+    tracking = str(getattr(client, "tracking_uri", "") or study.user_attrs.get(contract.TRACKING_URI_ATTR) or "")
     links = UiLinks(ui_base(tracking, ui_url))
     if not tracking.startswith(("http://", "https://")):
         links.served_by = (f"mlflow ui --backend-store-uri {tracking}" if tracking else "mlflow ui")
