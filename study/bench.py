@@ -48,7 +48,7 @@ from pathlib import Path
 
 from gaplab.config import TrainConfig
 from gaplab.device import DEVICES, DeviceError, prepare_backend
-from study.cli import ArgumentParser, UsageError, fail, native_logs_filtered, quiet_logging
+from study.cli import ArgumentParser, UsageError, command, fail, native_logs_filtered, quiet_logging
 from study.settings import check_training_values
 
 
@@ -64,7 +64,7 @@ NUM_CLASSES = 6
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m study.bench", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=command("study.bench"), description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--image_size", "--image-size", type=int, default=32, help="pixels (default %(default)s)")
     add("--images", type=int, default=1200, help="synthetic images in all (default %(default)s)")

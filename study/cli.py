@@ -3,6 +3,8 @@
 * `UsageError`: a bad command-line value, printed as one line with exit code 2;
 * `fail` / `ArgumentParser`: that line, and the parser whose own errors are that line too (from
   gaplab.cli, so `python -m gaplab` answers bad input in the same way);
+* `command`: how the user runs one of the study's commands from here (`gaplab-study` once installed,
+  `python -m study.run` otherwise), for usage lines and hints;
 * `quiet_logging`: no Keras/TF/Optuna/MLflow chatter by default; `native_logs_filtered`: the same
   for the lines the backend's C++ libraries write to stderr while it is imported.
 
@@ -18,10 +20,25 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from gaplab.cli import ArgumentParser, fail
 
-__all__ = ["ArgumentParser", "UsageError", "fail", "native_logs_filtered", "quiet_logging"]
+__all__ = ["INSTALLED_COMMANDS", "ArgumentParser", "UsageError", "command", "fail", "native_logs_filtered",
+           "quiet_logging"]
+
+# The commands pyproject.toml's [project.scripts] installs, by the module each runs.
+INSTALLED_COMMANDS = {"study.run": "gaplab-study", "study.report": "gaplab-report", "study.bench": "gaplab-bench"}
+
+
+def command(module: str) -> str:
+    """How the user runs `module` (a key of INSTALLED_COMMANDS): by its installed name when this process was
+    started as one of the installed commands, else as `python -m <module>`. Usage lines and hints name it so,
+    as a user can type it in the folder they are in."""
+    started = Path(sys.argv[0]).name.removesuffix(".exe") if sys.argv and sys.argv[0] else ""
+    if started in INSTALLED_COMMANDS.values():
+        return INSTALLED_COMMANDS[module]
+    return f"python -m {module}"
 
 
 class UsageError(ValueError):

@@ -51,6 +51,8 @@ TRIAL_STATE_TAG = "trial_state"
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 STUDY_TAG = "study_name"
 ERROR_TAG = "error"
+# The registered model (named after the study) version of the best trial carries this alias (study.tracking).
+BEST_MODEL_ALIAS = "best"
 # A trial run's timings (fit_seconds, eval_seconds, ...) are metrics under this prefix.
 TIMING_METRIC_PREFIX = "timing/"
 # MLflow has no "pruned" status: a pruned trial was stopped on purpose, like a killed run.

@@ -27,6 +27,7 @@ from study import stopping
 from study.cli import (
     ArgumentParser,
     UsageError,
+    command,
     fail,
     native_logs_filtered,
     quiet_logging,
@@ -42,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     from study.contract import DEFAULT_PRUNE_ON
 
     defaults = TrainConfig()
-    parser = ArgumentParser(prog="python -m study.run", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog=command("study.run"), description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--trials", type=int, default=DEFAULT_TRIALS,
         help="total finished (complete or pruned) trials the study should have (default %(default)s)")

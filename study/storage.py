@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from study.cli import UsageError
+from study.cli import UsageError, command
 from study.stopping import signals_deferred
 
 # Seconds without a heartbeat after which a RUNNING trial counts as dead. Tests shorten it.
@@ -169,7 +169,7 @@ def check_tracking_store(uri: str, *, create: bool, label: str = "", option: str
                       missing=f"pass the MLflow store the study used with {option}; a reader never creates one.")
     if not create and path.is_file() and _unfinished(path, label):
         raise UsageError(f"{label}: {path} was left half-created by an interrupted first run and holds no "
-                         "experiment or run; run python -m study.run to create it anew, or delete it.")
+                         f"experiment or run; run {command('study.run')} to create it anew, or delete it.")
 
 
 def _unfinished(path: Path, label: str) -> bool:
@@ -389,7 +389,7 @@ def check_storage_url(storage: str, *, must_exist: bool = False) -> None:
         raise UsageError(f"--storage={storage!r}: {url.database} is a folder, not a database file; pass a file "
                          f"path, e.g. sqlite:///{path / 'optuna.db'}.")
     if must_exist and not path.is_file():
-        raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run python -m study.run "
+        raise UsageError(f"--storage={storage!r}: {url.database} does not exist; run {command('study.run')} "
                          "first or pass the storage it used.")
     if not path.resolve().parent.is_dir():
         raise UsageError(f"--storage={storage!r}: folder {path.resolve().parent} does not exist; "

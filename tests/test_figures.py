@@ -1,4 +1,5 @@
-"""Trial figures: the blitting renderers must draw exactly what a fresh renderer draws."""
+"""Trial figures: the blitting renderers must draw exactly what a fresh renderer draws. The report's figures: legends, a
+band one can see, one line per trial."""
 
 from __future__ import annotations
 
@@ -122,3 +123,72 @@ def test_a_font_that_has_the_missing_characters_is_added_after_the_default(monke
                         or real(path))
     assert figures.label_fonts(["かな", "cat", "ж"]) == ["DejaVu Sans", "Has Kana"]
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------- the report's figures
+def _drawn(monkeypatch):
+    """The matplotlib figures the report's figure functions draw, instead of their PNG bytes."""
+    from study.report import figures as report_figures
+
+    drawn = []
+    monkeypatch.setattr(report_figures, "_png", lambda figure: drawn.append(figure) or b"\x89PNG")
+    return drawn
+
+
+def _view(number: int, state, gap: float, batchnorm: bool = True, momentum: float = 0.9, steps: float = 100.0):
+    from study.report.views import TrialView
+
+    params = {"batch_size": 32, "dropout": 0.2, "depth": 3} | ({"bn_momentum": momentum} if batchnorm else {})
+    return TrialView(number, state, None, batchnorm, params,
+                     {"gap": gap, "val_accuracy": 0.9 - gap, "steps": steps}, 0.9 - gap, {})
+
+
+def test_ema_horizon_names_complete_and_pruned_trials_in_its_legend(monkeypatch):
+    from optuna.trial import TrialState
+
+    from study.report.figures import horizon_figure
+
+    drawn = _drawn(monkeypatch)
+    horizon_figure([_view(0, TrialState.COMPLETE, 0.1), _view(1, TrialState.COMPLETE, 0.2, momentum=0.99),
+                    _view(2, TrialState.PRUNED, 0.4, momentum=0.999), _view(3, TrialState.COMPLETE, 0.0, False)])
+    legend = drawn[0].axes[0].get_legend()
+    assert legend.get_title().get_text() == "trials with batchnorm"
+    assert [text.get_text() for text in legend.get_texts()] == ["complete (2)", "pruned (1)", "horizon = 1"]
+
+
+def test_the_band_figure_shows_a_one_momentum_band_and_a_group_without_one(monkeypatch):
+    from matplotlib.collections import PolyCollection
+
+    from study.report.figures import band_figure
+    from study.report.paired import Band
+
+    drawn = _drawn(monkeypatch)
+    band_figure([Band(12, 162, 0.0, 0.0, 9, 8, 9), Band(220, 1105, None, None, 9, 0, 0)])
+    ax = drawn[0].axes[0]
+    box = next(c for c in ax.collections if isinstance(c, PolyCollection))
+    low, high = box.get_paths()[0].vertices[:, 1].min(), box.get_paths()[0].vertices[:, 1].max()
+    assert high / low > 1.5  # a band of one momentum is a box, not a line
+    texts = [t.get_text() for t in ax.texts]
+    assert "bn_momentum 0\nn=9, leave-one-out 8/9" in texts and "no band\nn=9" in texts
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["band: momenta to train at",
+                                                                   "step group without a band"]
+
+
+def test_parallel_coordinates_draw_one_line_per_finished_trial(monkeypatch):
+    import math
+
+    from optuna.trial import TrialState
+
+    from study.report.figures import PARALLEL_AXES, parallel_figure
+
+    drawn = _drawn(monkeypatch)
+    views = [_view(0, TrialState.COMPLETE, 0.05, momentum=0.5), _view(1, TrialState.PRUNED, 0.4, momentum=0.999),
+             _view(2, TrialState.COMPLETE, 0.1, batchnorm=False)]
+    parallel_figure(views)
+    ax = drawn[0].axes[0]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == len(PARALLEL_AXES)]
+    assert len(lines) == 3 and sorted(line.get_linestyle() for line in lines) == ["-", "-", "--"]
+    # The trial without batchnorm has no momentum: its line starts at batch_size.
+    assert sum(math.isnan(line.get_ydata()[0]) for line in lines) == 1
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == [label for label, *_ in PARALLEL_AXES]
+    assert parallel_figure(views[:1]) is None  # one trial has nothing to compare

@@ -355,7 +355,7 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     decomposition = report.section("3.").tables[0]
     assert len(decomposition.rows) == len(specs)  # the failed trial has no metrics
     first = decomposition.rows[4]
-    assert first[0] == 4 and first[6] == specs[4]["gap"] and first[9] == specs[4]["val"]
+    assert str(first[0]) == "4" and first[6] == specs[4]["gap"] and first[9] == specs[4]["val"]
     assert decomposition.columns[11:] == ["val-chosen momentum", "test at own momentum", "test at chosen momentum"]
     top = report.section("6.").tables[0]
     assert top.rows[0][-1]  # MLflow run id
@@ -366,8 +366,8 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     assert "complete, 2 pruned, 1 failed" in caveats
     assert "re-run the best setting" in caveats
     assert {f.filename for f in report.figures} == {"momentum_curves.png", "momentum_band.png", "params.png",
-                                                   "ema_horizon.png", "momentum_batch.png", "learning_curves.png",
-                                                   "confusion_matrix.png"}
+                                                   "ema_horizon.png", "momentum_batch.png", "parallel.png",
+                                                   "learning_curves.png", "confusion_matrix.png"}
     # One count of trials, the same in the summary and the caveats.
     assert report.summary[2] == "Trials: 17 (14 complete, 2 pruned, 1 failed)"
     assert report.section("7.").bullets[0] == "Trials: 17 (14 complete, 2 pruned, 1 failed)."
@@ -456,7 +456,10 @@ def test_user_data_is_escaped(dropout_study, tmp_path):
     page = to_html(report)
     assert XSS not in page and "<b>study</b>" not in page
     assert "&lt;img src=x onerror=alert(1)&gt;" in page and "dropout &lt;b&gt;study&lt;/b&gt;" in page
-    assert "<script" not in page.lower()
+    from study.report.render import SORT_SCRIPT
+
+    # The one script is the report's own table sorter: no user text runs.
+    assert page.lower().count("<script") == 1 and f"<script>{SORT_SCRIPT}</script>" in page
     assert _unbalanced_tags(page) == []
     markdown = to_markdown(report)
     # Markdown escapes with backslashes: no raw tag, and no HTML entity shown as literal text.
@@ -553,7 +556,7 @@ def test_html_renders_in_headless_chromium(dropout_study, tmp_path):
     # The hostile class name is text in the DOM, never an element.
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom.stdout and "onerror=alert(1)>" not in dom.stdout.replace(
         "&gt;", "")
-    assert dom.stdout.count("<img ") == 7  # the seven figures, nothing else
+    assert dom.stdout.count("<img ") == 8  # the eight figures, nothing else
     for problem in ("Uncaught", "CONSOLE(", ":ERROR:CONSOLE"):
         assert problem not in dom.stderr, dom.stderr[-2000:]
     shot = tmp_path / "shot.png"
@@ -766,7 +769,7 @@ def test_findings_json_is_the_source_of_the_finding_sentences(dropout_study, tmp
     for line in data["headline"]:
         assert md_escape(line) in markdown
     # Wide tables scroll inside their own box.
-    assert page.count('<div class="scroll"><table>') == page.count("<table>") >= 4
+    assert page.count('<div class="scroll"><table class="sortable">') == page.count("<table") >= 4
 
 
 def test_the_pruned_caveat_reads_the_studys_prune_on(momentum_study, tmp_path):
@@ -792,28 +795,36 @@ def test_the_pruned_caveat_reads_the_studys_prune_on(momentum_study, tmp_path):
     assert "keeps such trials" not in text
 
 
-def test_run_ids_link_to_the_mlflow_ui_when_tracking_is_a_server(momentum_study):
+def test_run_ids_link_to_the_tracking_servers_ui(momentum_study):
     import optuna
     from mlflow.tracking import MlflowClient
 
     from study.report import tables
-    from study.report.build import run_link
     from study.report.document import Link
+    from study.report.links import mlflow_links, ui_base
     from study.report.render import to_html, to_markdown
     from study.report.views import trial_views
 
-    class Study:
-        user_attrs = {contract.TRACKING_URI_ATTR: "http://127.0.0.1:5000/"}
+    class ServerClient(MlflowClient):
+        """The study's store, as a tracking server at this address would serve it."""
 
-    client = MlflowClient(momentum_study["tracking"])
+        tracking_uri = "http://mlflow.example.org:5000/"
+
+    assert ui_base("http://mlflow.example.org:5000/") == "http://mlflow.example.org:5000"
+    assert ui_base("sqlite:///mlflow.db") == ui_base("") == "http://127.0.0.1:5000"
+    assert ui_base("http://mlflow.example.org:5000", "https://proxy.example.org/mlflow/") == \
+        "https://proxy.example.org/mlflow"
+    client = ServerClient(momentum_study["tracking"])
     report = _report(momentum_study)
-    assert all(isinstance(row[-1], str) for row in report.section("6.").tables[0].rows)  # sqlite: plain text
-    link = run_link(Study(), client)
     study = optuna.load_study(study_name=momentum_study["name"], storage=momentum_study["storage"])
-    table = tables.top_table(trial_views(study), link)
+    views = trial_views(study)
+    links = mlflow_links(study, client, [v.run_id for v in views])
+    table = tables.top_table(views, links.run)
     cell = table.rows[0][-1]
     experiment = client.get_run(cell.text).info.experiment_id
-    assert isinstance(cell, Link) and cell.url == f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{cell.text}"
+    assert isinstance(cell, Link)
+    assert cell.url == f"http://mlflow.example.org:5000/#/experiments/{experiment}/runs/{cell.text}"
+    assert links.served_by == ""  # a server is its own UI: nothing to start
     report.section("6.").tables[0] = table
-    assert f"[{cell.text}](<{cell.url}>)" in to_markdown(report)
+    assert f"[{cell.text}]({cell.url})" in to_markdown(report)
     assert f'<a href="{cell.url}">{cell.text}</a>' in to_html(report)

@@ -126,8 +126,8 @@ def choose_device(requested: str) -> str:
     if requested == "gpu":
         raise DeviceError(
             f"device 'gpu' was asked for but the Keras backend {backend()} {backend_version()} sees no GPU "
-            f"(it sees: {', '.join(_seen_devices()) or 'nothing'}); install the GPU extra "
-            "(pip install -e \".[gpu]\" for TensorFlow, \".[jax-gpu]\" for JAX; see docs/gpu.md) "
+            f"(it sees: {', '.join(_seen_devices()) or 'nothing'}); install gaplab's "
+            "GPU extra (gpu for TensorFlow, jax-gpu for JAX: pip install -e \".[gpu]\" in gaplab's folder) "
             "or use --device cpu.")
     return "CPU"
 
@@ -135,7 +135,7 @@ def choose_device(requested: str) -> str:
 def cpu_notice() -> str:
     """The line printed when 'auto' found no GPU."""
     return (f"device auto: the Keras backend {backend()} {backend_version()} sees no GPU, "
-            "so training runs on the CPU (see docs/gpu.md).")
+            "so training runs on the CPU (for a GPU, install gaplab's gpu or jax-gpu extra).")
 
 
 def _seen_devices() -> list[str]:

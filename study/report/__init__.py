@@ -9,6 +9,8 @@ nothing); `to_markdown(report)` and `to_html(report)` render it. Modules, by wha
 * `findings`, `paired`, `caveats`: the sentences (`paired`: from the momentum curves; `findings`: across trials);
 * `stats`: the statistics they share;
 * `tables`, `figures`: the report's tables and PNG figures;
+* `links`: the MLflow UI's addresses of the study's runs and model; `next_steps`: the best setting as a
+  command, and the trials a paired answer still needs;
 * `document`: the `Report` as plain data; `render`: Markdown, HTML and the files;
 * `build`: `build_report`; `cli`: the command line.
 """

@@ -8,17 +8,20 @@ from __future__ import annotations
 import math
 
 from study import contract
-from study.report import figures, paired, tables
+from study.report import figures, next_steps, paired, tables
 from study.report.caveats import caveats
 from study.report.document import SECTION_TITLES, FigureImage, Finding, Report, Section
 from study.report.findings import across_trial_findings, best_setting
+from study.report.links import mlflow_links
 from study.report.views import TrialView, complete_by_value, fmt, points, trial_views
 from study.report.views import finished as finished_trials
 
 
-def build_report(study, client) -> Report:
-    """Analyse `study` (read only) and its MLflow runs via `client`; nothing is written anywhere."""
+def build_report(study, client, ui_url: str | None = None) -> Report:
+    """Analyse `study` (read only) and its MLflow runs via `client`; nothing is written anywhere. Run ids link
+    to the MLflow UI at `ui_url` (default: the tracking server, else `mlflow ui`'s address; study.report.links)."""
     views = trial_views(study)
+    ui = mlflow_links(study, client, [v.run_id for v in views], ui_url)
     finished = finished_trials(views)
     complete = complete_by_value(views)
     best = complete[0] if complete else None
@@ -48,7 +51,8 @@ def build_report(study, client) -> Report:
         "Per finished trial: the gap split into mode gap (train-mode vs inference-mode accuracy on the training "
         "split) and generalization gap (inference-mode train vs val), and val accuracy before and after "
         "re-estimating batchnorm statistics at the final weights; from the momentum curve, the val-chosen momentum and "
-        "the held-out accuracy at the own and the chosen momentum."], tables=[tables.decomposition_table(views)]))
+        "the held-out accuracy at the own and the chosen momentum. Click a column's header to sort by it."],
+        tables=[tables.decomposition_table(views, ui.run)]))
     sections.append(tables.importance_section(study))
 
     figs = Section(SECTION_TITLES[4])
@@ -60,6 +64,7 @@ def build_report(study, client) -> Report:
         ("params.png", "Gap and val accuracy vs each parameter", lambda: figures.params_figure(finished)),
         ("ema_horizon.png", "Gap vs EMA horizon", lambda: figures.horizon_figure(finished)),
         ("momentum_batch.png", "Momentum × batch size", lambda: figures.momentum_batch_figure(finished)),
+        ("parallel.png", "Parallel coordinates", lambda: figures.parallel_figure(finished)),
         ("learning_curves.png", "Learning curves of the top trials",
          lambda: figures.curves_figure(client, complete[:3])),
     ]
@@ -77,6 +82,7 @@ def build_report(study, client) -> Report:
         "ema_horizon.png": "Horizon = training steps × (1 − bn_momentum); left of the red line the running "
                            "statistics have seen less than one time constant of updates.",
         "momentum_batch.png": "Colour is the gap; batchnorm trials only.",
+        "parallel.png": figures.PARALLEL_CAPTION,
         "learning_curves.png": "Per-epoch train (fit) and val accuracy from the trials' MLflow metric histories.",
     }
     for filename, title, make in plots:
@@ -105,7 +111,7 @@ def build_report(study, client) -> Report:
     sections.append(figs)
     sections.append(Section(SECTION_TITLES[5],
                             paragraphs=[f"The {tables.TOP_N} complete trials with the highest val accuracy."],
-                            tables=[tables.top_table(views, run_link(study, client))]))
+                            tables=[tables.top_table(views, ui.run)], code=next_steps.retrain(best, settings)))
     sections.append(Section(SECTION_TITLES[6], bullets=caveats(views, best, seed, notes, settings.get("prune_on"),
                                                                    study.user_attrs.get(contract.TRIALS_TARGET_ATTR))))
 
@@ -114,7 +120,8 @@ def build_report(study, client) -> Report:
                f"Classes: {', '.join(str(c) for c in classes) or 'unknown'}",
                f"Trials: {tables.trial_counts(views)}",
                f"MLflow parent run: {parent or 'unknown'}"]
-    return Report(study.study_name, summary, headline(found, bool(with_curves)), found, sections)
+    return Report(study.study_name, summary, headline(found, bool(with_curves)), found, sections,
+                  next_steps.trials_needed(views, with_curves, study.study_name, settings), ui)
 
 
 def smallest_gaps(finished: list[TrialView]) -> list[Finding]:
@@ -171,19 +178,3 @@ def curve_labels(views: list[TrialView], best: TrialView | None) -> dict[int, st
     if best is not None:
         labels[best.number] = "best" + (f", {best.preset}" if best.preset else "")
     return labels
-
-
-def run_link(study, client):
-    """A function giving a run id's MLflow UI address where the tracking URI is a server (http/https), else None."""
-    uri = str(study.user_attrs.get(contract.TRACKING_URI_ATTR) or "")
-    if not uri.startswith(("http://", "https://")):
-        return lambda run_id: None
-
-    def link(run_id: str) -> str | None:
-        try:
-            experiment = client.get_run(run_id).info.experiment_id
-        except Exception:  # noqa: BLE001 - a run the server no longer has keeps its id as plain text
-            return None
-        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
-
-    return link

@@ -75,7 +75,7 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | No
     if counts[TrialState.PRUNED]:
         out.append("Pruned trials are measured at the epoch where they stopped, so their gap and accuracies "
                    "come from fewer epochs than complete trials.")
-    if best is not None:
+    if best is not None and not best.preset:  # a preset's values are fixed, not sampled from the range
         for name in SEARCHED:
             edge = _edge(best, name)
             if edge:

@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 from study import contract
-from study.cli import ArgumentParser, UsageError, fail, quiet_logging
+from study.cli import ArgumentParser, UsageError, command, fail, quiet_logging
 from study.report.build import build_report
+from study.report.links import DEFAULT_UI_URL, check_ui_url
 from study.report.render import write_report
 from study.storage import check_storage_url, check_tracking_uri, default_storage, masked, open_optuna_storage
 
@@ -36,15 +37,18 @@ ERROR_QUOTE_LIMIT = 300
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m study.report",
+    parser = ArgumentParser(prog=command("study.report"),
                             description="Write a study's report: findings, tables and figures.")
     add = parser.add_argument
     add("--study_name", "--study-name", type=str, default="",
         help="study to report (default: the only study in the storage)")
-    add("--storage", type=str, default="", help="Optuna storage URL (default: as python -m study.run)")
+    add("--storage", type=str, default="", help=f"Optuna storage URL (default: as {command('study.run')})")
     add("--tracking_uri", "--tracking-uri", type=str, default="",
         help="MLflow tracking URI (default: the one the study recorded, else MLflow's current)")
     add("--out", type=str, default="", help="output folder; the report goes to <out>/<study>/ (default: reports)")
+    add("--ui_url", "--ui-url", type=str, default="",
+        help="the MLflow UI's address that run ids and the registered model link to (default: the tracking server, "
+             f"else {DEFAULT_UI_URL}, where `mlflow ui` serves a local store)")
     return parser
 
 
@@ -60,7 +64,7 @@ def resolve_study_name(storage, url: str, requested: str) -> str:
             raise UsageError(f"--study_name={requested!r} is not in {where}; studies there: {listing}.")
         return requested
     if not names:
-        raise UsageError(f"{where} holds no study; run python -m study.run first, or pass the --storage it used.")
+        raise UsageError(f"{where} holds no study; run {command('study.run')} first, or pass the --storage it used.")
     if len(names) != 1:
         raise UsageError(f"{where} holds {len(names)} studies ({listing}); pick one with --study_name.")
     return names[0]
@@ -94,7 +98,7 @@ def open_study(args: argparse.Namespace):
     if args.tracking_uri:
         uri, label = args.tracking_uri, ""
     elif stored:
-        uri, label = stored, f"the study's tracking URI {masked(stored)!r} (recorded by python -m study.run)"
+        uri, label = stored, f"the study's tracking URI {masked(stored)!r} (recorded by {command('study.run')})"
     else:
         uri = mlflow.get_tracking_uri()
         label = f"MLflow's tracking URI {masked(uri)!r} (the study recorded none)"
@@ -111,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or "reports"
     try:
         out_folder = check_out_folder(out)
+        check_ui_url(args.ui_url)
         study, tracking = open_study(args)
         client = MlflowClient(tracking)
         empty = nothing_to_report(study, client)
         if empty:
             return fail(empty, NOTHING_TO_REPORT)
-        report = build_report(study, client)
+        report = build_report(study, client, args.ui_url or None)
         folder = out_folder / _safe_folder(study.study_name)
         try:
             paths = write_report(report, folder)

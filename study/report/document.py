@@ -6,7 +6,10 @@ Everything here is plain text and numbers; the renderers (`study.report.render`)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from study.report.links import UiLinks
 
 SECTION_TITLES = (
     "1. Findings",
@@ -53,9 +56,13 @@ class Link:
 
 @dataclass
 class Table:
+    """`digits`: decimals for a column of fractional numbers (default 3), so a column has one precision; a
+    column of whole numbers is written whole."""
+
     columns: list[str]
     rows: list[list[Any]]
     caption: str = ""
+    digits: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,15 +80,22 @@ class Section:
     bullets: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[FigureImage] = field(default_factory=list)
+    # Commands to copy, as (what it does, the command), each shown as a code block after the tables.
+    code: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
 class Report:
+    """`next_steps`: lines below the first screen's headline (what more trials would answer); `ui`: the
+    MLflow UI's addresses of the study's runs and model, None to link nothing."""
+
     study_name: str
     summary: list[str]
     headline: list[str]
     findings: list[Finding]
     sections: list[Section]
+    next_steps: list[str] = field(default_factory=list)
+    ui: UiLinks | None = None
 
     @property
     def figures(self) -> list[FigureImage]:

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from matplotlib.cm import ScalarMappable
+from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
 from study import figures as study_figures
@@ -69,14 +70,18 @@ def horizon_figure(finished: list[TrialView]) -> bytes | None:
         return None
     figure = Figure(figsize=(7, 4.5))
     ax = figure.subplots()
-    ax.scatter([v.horizon for v in subset], [v.get("gap") for v in subset], c=_state_colours(subset), s=30)
+    for state, colour in ((TrialState.COMPLETE, "C0"), (TrialState.PRUNED, "C1")):
+        group = [v for v in subset if v.state == state]
+        if group:
+            ax.scatter([v.horizon for v in group], [v.get("gap") for v in group], c=colour, s=30,
+                       label=f"{state.name.lower()} ({len(group)})")
     ax.set_xscale("log")
     ax.axvline(1.0, color="red", linestyle="--", label="horizon = 1")
     ax.set_xlabel("EMA horizon: training steps × (1 − bn_momentum) (log)")
     ax.set_ylabel("gap (train − val)")
     ax.set_title("Gap vs how far batchnorm statistics could settle")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(title="trials with batchnorm", fontsize=8)
     figure.tight_layout()
     return _png(figure)
 
@@ -165,25 +170,112 @@ def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> b
 
 
 def band_figure(bands) -> bytes | None:
-    """Training steps against momentum: each step group's band (`study.report.paired.Band`) shaded."""
+    """Training steps against momentum: each step group's band (`study.report.paired.Band`) as a box over the
+    group's steps, labelled with its momenta, size and leave-one-out hits; a group with no band hatched grey."""
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    drawn = [b for b in bands if b.low is not None]
-    if not drawn:
+    if not any(b.low is not None for b in bands):
         return None
-    figure = Figure(figsize=(7, 4.5))
+    figure = Figure(figsize=(8, 5.5))
     ax = figure.subplots()
-    for b in drawn:
-        width = max(b.steps_high - b.steps_low, b.steps_low * 0.1)
-        ax.fill_between([b.steps_low, b.steps_low + width], 1 - b.low, 1 - b.high, color="C2", alpha=0.35,
-                        label="band" if b is drawn[0] else None)
-        ax.text(b.steps_low, 1 - b.high, f" n={b.n}, hit {b.hits}/{b.checked}", fontsize=8, va="bottom")
+    decades = study_figures.momentum_decades(m for b in bands if b.low is not None for m in (b.low, b.high))
+    # A band of one grid momentum, or a group of one step count, still gets a box one can see.
+    half_height, half_width = 10 ** 0.12, 10 ** 0.06
+    for b in bands:
+        left, right = b.steps_low / half_width, b.steps_high * half_width
+        if b.low is None:
+            ax.axvspan(left, right, facecolor="none", edgecolor="0.6", hatch="//", linewidth=0.8)
+            ax.text(math.sqrt(left * right), 1.0, f"no band\nn={b.n}", ha="center", va="bottom", fontsize=8,
+                    color="0.4")
+            continue
+        top, bottom = (1 - b.low) * half_height, max(1 - b.high, 10.0 ** -decades) / half_height
+        ax.fill_between([left, right], bottom, top, color="C2", alpha=0.4, edgecolor="C2", linewidth=1.2)
+        momenta = f"{b.low:g}" if b.low == b.high else f"{b.low:g}–{b.high:g}"
+        # The y axis grows upwards in momentum: `bottom` (the smaller 1 − momentum) is the box's upper edge.
+        ax.text(math.sqrt(left * right), bottom / 1.1, f"bn_momentum {momenta}\nn={b.n}, leave-one-out "
+                f"{b.hits}/{b.checked}", ha="center", va="bottom", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("training steps (log)")
-    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for b in drawn for m in (b.low, b.high)),
-                                which="y")
-    ax.set_title("Momenta within 1 point of the best for 3 in 4 trials")
+    low, high = min(b.steps_low for b in bands), max(b.steps_high for b in bands)
+    ax.set_xlim(low / 2, high * 2)
+    ax.set_xlabel("training steps of the trials in the group (log)")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(
+        lambda x, _: f"{x:g}" if x > 0 and round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
+    study_figures.momentum_axis(ax, decades, which="y")
+    ax.set_title("Momenta within 1 point of the best held-out accuracy for 3 in 4 trials")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(handles=[Patch(color="C2", alpha=0.4, label="band: momenta to train at"),
+                       Patch(facecolor="none", edgecolor="0.6", hatch="//", label="step group without a band")],
+              fontsize=8, loc="upper right")
     figure.tight_layout()
     return _png(figure)
+
+
+# The parallel-coordinates figure's axes: (label, value of a trial view, log scale).
+PARALLEL_AXES = (
+    ("1 − bn_momentum", lambda v: 1 - v.params["bn_momentum"] if v.batchnorm and "bn_momentum" in v.params
+     else math.nan, True),
+    ("batch_size", lambda v: v.params.get("batch_size", math.nan), True),
+    ("dropout", lambda v: v.params.get("dropout", math.nan), False),
+    ("depth", lambda v: v.params.get("depth", math.nan), False),
+    ("gap", lambda v: v.get("gap"), False),
+    ("val accuracy", lambda v: v.get("val_accuracy"), False),
+)
+PARALLEL_CAPTION = ("One line per finished trial across its searched values, gap and val accuracy; colour is the "
+                    "gap (darker: smaller), complete trials solid, pruned dashed; trials without batchnorm have no "
+                    "momentum and start at batch_size. Each axis runs from its smallest to its largest value in the "
+                    "study (momentum and batch size on log scales).")
+
+
+def parallel_figure(finished: list[TrialView]) -> bytes | None:
+    """Parallel coordinates: every finished trial as one line across PARALLEL_AXES, coloured by its gap."""
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    trials = [v for v in finished if math.isfinite(v.get("gap"))]
+    if len(trials) < 2:
+        return None
+    columns = []
+    for label, value, log in PARALLEL_AXES:
+        raw = [value(v) for v in trials]
+        scaled = [math.log(x) if log and x > 0 else (x if not log else math.nan) for x in raw]
+        finite = [x for x in scaled if math.isfinite(x)]
+        low, high = (min(finite), max(finite)) if finite else (0.0, 1.0)
+        span = high - low or 1.0
+        columns.append((label, [(x - low) / span if math.isfinite(x) else math.nan for x in scaled],
+                        [x for x in raw if math.isfinite(x)]))
+    gaps = [v.get("gap") for v in trials]
+    norm = Normalize(min(gaps), max(gaps) if max(gaps) > min(gaps) else min(gaps) + 1e-9)
+    colours = colormaps["viridis_r"]
+    figure = Figure(figsize=(11, 5))
+    ax = figure.subplots()
+    xs = list(range(len(columns)))
+    for row, view in sorted(enumerate(trials), key=lambda item: -item[1].get("gap")):
+        ys = [column[1][row] for column in columns]
+        ax.plot(xs, ys, color=colours(norm(view.get("gap"))), linewidth=1.4, alpha=0.85,
+                linestyle="-" if view.state == TrialState.COMPLETE else "--")
+    for x, (_, _, present) in zip(xs, columns):
+        ax.axvline(x, color="0.3", linewidth=0.8)
+        if present:
+            ax.text(x, -0.04, _tick(min(present)), ha="center", va="top", fontsize=8)
+            ax.text(x, 1.04, _tick(max(present)), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, [column[0] for column in columns])
+    ax.set_yticks([])
+    ax.set_ylim(-0.12, 1.12)
+    ax.set_xlim(-0.3, len(columns) - 0.7)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(f"Parallel coordinates of {len(trials)} finished trials (axis ends: smallest and largest value)")
+    figure.colorbar(ScalarMappable(norm=norm, cmap=colours), ax=ax, label="gap (train − val)")
+    ax.legend(handles=[Line2D([], [], color="0.3", label="complete"),
+                       Line2D([], [], color="0.3", linestyle="--", label="pruned")],
+              fontsize=8, loc="upper left", bbox_to_anchor=(0, -0.08), ncol=2, frameon=False)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}"

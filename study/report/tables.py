@@ -35,12 +35,15 @@ def seed_table(views: list[TrialView]) -> Table:
             continue
         rows.append([name, f"{trial.number} ({trial.state.name})", trial.get("train_accuracy"),
                      trial.get("val_accuracy"), trial.get("test_accuracy"), s_train, s_val, s_test])
-    return Table(["preset", "trial (state)", "train here", "val here", "test here", "seed train", "seed val",
-                  "seed test"], rows,
-                 "Train is the running accuracy of fit at the last epoch, as the seed measured it.")
+    return Table(["preset", "trial (state)", "train here", "val here", "test here", "seed's train (its own data)",
+                  "seed's val (its own data)", "seed's test (its own data)"], rows,
+                 "The seed's columns are what the seed's author reported on the seed's own dataset, not on this "
+                 "study's images: they show the pattern (a wide gap for seed-bn), not numbers to match. Train is the "
+                 "running accuracy of fit at the last epoch, as the seed measured it.")
 
 
-def decomposition_table(views: list[TrialView]) -> Table:
+def decomposition_table(views: list[TrialView], link=lambda run_id: None) -> Table:
+    """Every finished trial; `link(run_id)` gives a run's MLflow UI address for the trial number, or None."""
     rows = []
     for v in views:
         if not math.isfinite(v.get("gap")):
@@ -52,15 +55,17 @@ def decomposition_table(views: list[TrialView]) -> Table:
             chosen = stats.chosen_index(curve.val_accuracy, curve.momentum)
             held = curve.test_accuracy or (None,) * len(curve.momentum)
             paired = [curve.momentum[chosen], held[curve.own], held[chosen]]
-        rows.append([v.number, v.state.name, v.preset or "", v.momentum if v.batchnorm else "no BN",
-                     v.get("steps"), v.horizon if v.batchnorm else math.nan, v.get("gap"), v.get("mode_gap"),
-                     v.get("generalization_gap"), before, after, *paired])
+        url = link(v.run_id) if v.run_id else None
+        rows.append([Link(str(v.number), url) if url else v.number, v.state.name, v.preset or "",
+                     v.momentum if v.batchnorm else "no BN", v.get("steps"), v.horizon if v.batchnorm else math.nan,
+                     v.get("gap"), v.get("mode_gap"), v.get("generalization_gap"), before, after, *paired])
     return Table(["trial", "state", "preset", "bn_momentum", "steps", "EMA horizon", "gap", "mode gap",
                   "generalization gap", "val", "val recalibrated", "val-chosen momentum", "test at own momentum",
                   "test at chosen momentum"], rows,
                  "gap = mode gap + generalization gap (on val); EMA horizon = steps × (1 − bn_momentum); the chosen "
                  "momentum is the momentum curve's highest val accuracy (same weights), scored on test; – where the "
-                 "curve predates held-out accuracy per momentum.")
+                 "curve predates held-out accuracy per momentum. Trial numbers open the trial's run in the MLflow UI.",
+                 digits={"EMA horizon": 1})
 
 
 def importance_section(study) -> Section:
@@ -68,9 +73,12 @@ def importance_section(study) -> Section:
 
     result = param_importances(study)
     section = Section(SECTION_TITLES[3])
-    section.paragraphs.append(f"Evaluator: {result['evaluator']}, over {result.get('trials', 0)} finished "
-                              "(complete or pruned) trials. Scores sum to 1 per target; higher means the parameter "
-                              "explains more of the target's variance.")
+    left_out = result.get("without_batchnorm_left_out", 0)
+    section.paragraphs.append(
+        f"Evaluator: {result['evaluator']}, over {result.get('trials', 0)} finished (complete or pruned) trials "
+        "with batchnorm" + (f"; the {left_out} finished without batchnorm (presets) are left out, as momentum "
+                            "means nothing there" if left_out else "")
+        + ". Scores sum to 1 per target; higher means the parameter explains more of the target's variance.")
     if result.get("reason"):
         section.paragraphs.append(f"Not computed for every target: {result['reason']}.")
     names = sorted({name for target in IMPORTANCE_TARGETS for name in result.get(target, {})})
