@@ -362,8 +362,9 @@ def recommendation_findings(scored: list[Options], complete: list[Options], chos
     for name, claimed, p in zip(stated, stats.holm(p_values), p_values):
         early_only |= name == "pruned" and claimed and effects[name].direction == 1 and effect.direction != 1
         e = effects[name]
-        verdict = ("clear after Holm's correction for " f"{len(stated)} secondary lines" if claimed and e.direction
-                   else f"no clear effect after Holm's correction for {len(stated)} secondary lines")
+        lines = f"{len(stated)} secondary line" + ("s" if len(stated) > 1 else "")
+        verdict = (f"clear after Holm's correction for {lines}" if claimed and e.direction
+                   else f"no clear effect after Holm's correction for {lines}")
         out.append(Finding(f"secondary_{name}", f"Secondary, {secondary[name]}: {_signed(e, 'held-out images')}; "
                            f"{verdict} (sign test p={p:.2g}).", e.estimate, (e.low, e.high), e.n, "test",
                            HELD_OUT + "; secondary, Holm-corrected", p))
@@ -522,8 +523,9 @@ def batchnorm_findings(scored: list[Options], finished: list[TrialView], chosen:
     images = _test_images([o.pair for o in scored])
     noise = math.sqrt(2) * stats.noise_floor((bn_test + plain_test) / 2, images)
     keep = bn_val >= plain_val
-    within = (f"; the test difference is within two standard errors (±{2 * noise * 100:.1f} points, two models on "
-              f"{images} images), so it may be noise" if images and abs(bn_test - plain_test) <= 2 * noise else "")
+    beyond = "beyond" if abs(bn_test - plain_test) > 2 * noise else "within"
+    within = (f"; the test difference is {beyond} two standard errors (±{2 * noise * 100:.1f} points, two models on "
+              f"{images} images)" + (", so it may be noise" if beyond == "within" else "") if images else "")
     out.append(Finding("keep_batchnorm", f"{'Keep' if keep else 'Drop'} batchnorm (chosen on val, with the fix "
                        f"applied): the best batchnorm trial ({with_bn[0].number}, evaluated {how}) had val "
                        f"{fmt(bn_val, 3)}, the best trial without batchnorm ({without[0].number}) "
