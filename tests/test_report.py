@@ -310,7 +310,8 @@ def test_a_study_without_curves_says_why_and_compares_across_trials(study_withou
     # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03: a perfect
     # separation, rare among shuffles even after paying for 9 candidate splits.
     assert split.text.startswith("Higher bn_momentum goes with a larger gap (across trials, which differ in "
-                                 "everything else too): trials with bn_momentum ≥ 0.9 had a median of 0.50 (n=7), "
+                                 "everything else too; a rank test, and TPE's trials are not independent draws): "
+                                 "trials with bn_momentum ≥ 0.9 had a median of 0.50 (n=7), "
                                  "with bn_momentum < 0.9 0.03 (n=7)"), split.text
     assert split.p_value < 0.01 and split.n == 14
     horizon = _finding(report, "across_trial_horizon").text
@@ -749,6 +750,31 @@ def test_fewer_than_six_trials_with_curves_state_no_paired_effect():
     views.append(_curve_trial(5, raw))
     effect = next(f for f in paired.paired_findings(paired.with_curves(views), views) if f.kind == "option_grid")
     assert effect.n == 6 and effect.interval[0] > 0.15 and "scored +19.8 points on held-out images" in effect.text
+
+
+def test_curves_with_test_accuracy_but_not_the_newer_fields_claim_only_what_they_can():
+    """Curves from the gaplab that first scored test per momentum: no PreciseBN on test, no image counts."""
+    from study.report import build, paired
+
+    raw = _curve({"train": 0.9, "bn_momentum": 0.999, "steps": 100, "gap": 0.1, "mode_gap": 0.0,
+                  "state": TrialState.COMPLETE}, "dropout")
+    for key in ("test_images", "val_images", "test_differs_from_own"):
+        del raw[key]
+    raw["recalibrated"] = {k: v for k, v in raw["recalibrated"].items() if k not in ("test_accuracy",
+                                                                                   "test_differs_from_own")}
+    views = [_curve_trial(n, raw) for n in range(8)]
+    found = paired.paired_findings(paired.with_curves(views), views)
+    by_kind = {f.kind: f for f in found}
+    assert by_kind["headline_effect"].text.startswith("Held-out effect of a fix: not measured. These curves were "
+                                                      "recorded by an older gaplab")
+    assert by_kind["headline_effect"].interval is None
+    assert by_kind["recommendation"].text.startswith("Recommendation: keep the trials' own bn_momentum.")
+    assert by_kind["noise_floor"].estimate is None and "settled" not in by_kind
+    assert by_kind["band"].text.endswith("so the noise of the val-best is unknown.")
+    assert by_kind["option_grid"].n == 8 and "option_precise" not in by_kind
+    screen = build.headline(found, True)
+    assert by_kind["headline_effect"].text in screen
+    assert not any("nan" in line or "n/a" in line for line in screen)
 
 
 def test_a_momentum_range_of_one_value_is_written_once():

@@ -99,7 +99,7 @@ def test_the_split_search_pays_for_choosing_the_largest_split():
     assert not stats.split_search(params, noise).clear
     real = {t: float(rng.normal(scale=0.1)) + (1.0 if params["dropout"][t] < 0.5 else 0.0) for t in trials}
     found = stats.split_search(params, real)
-    assert found.clear and found.top.param == "dropout" and found.top.effect < -0.5
+    assert found.clear and found.top.param == "dropout" and found.top.effect < -0.5 and found.top.z < 0
     assert min(found.top.low_n, found.top.high_n) >= stats.MIN_SIDE_N
     # Fewer than 5 trials a side: nothing is searched.
     assert stats.split_search(params, {t: real[t] for t in range(8)}).top is None

@@ -161,6 +161,7 @@ class Band:
     n: int
     left_out: dict[int, float]  # trial number -> the middle of the band fitted without it
     hits: int  # left-out trials that scored at least their own momentum's test accuracy at that middle
+    unknown_size: bool = False  # curves without the val size: no band can be fitted
 
     @property
     def checked(self) -> int:
@@ -180,7 +181,8 @@ def bands(found: list[Pair]) -> list[Band]:
         (low, high), middle = fitted if fitted else ((None, None), None)
         hits = sum(p.scored[_index_at(p.curve, left_out[p.view.number])] >= p.scored[p.curve.own]
                    for p in group if p.view.number in left_out)
-        out.append(Band(min(steps), max(steps), low, high, middle, len(group), left_out, hits))
+        out.append(Band(min(steps), max(steps), low, high, middle, len(group), left_out, hits,
+                        any(p.curve.val_images is None for p in group)))
     return out
 
 
@@ -346,6 +348,12 @@ def recommendation_findings(scored: list[Options], complete: list[Options], chos
     effects = {name: effect_of(group, option) for name, group in groups.items()}
     lead = headline_effect(effects)
     effect = effects[lead]
+    if effect.n == 0:
+        out.append(Finding("headline_effect", "Held-out effect of a fix: not measured. These curves were recorded by "
+                           "an older gaplab, without PreciseBN's test accuracy or the val size a band needs; only the "
+                           "val-chosen grid momentum is scored on test (below), and it is never recommended.",
+                           split="test", scheme=HELD_OUT))
+        return out
     what = (OPTION_WORDS[option] if chosen != OWN
             else f"{OPTION_WORDS[PRECISE]} (not recommended: val did not prefer it)")
     out.append(Finding("headline_effect", f"{evaluated_as(option, fitted)}, the same weights scored "
@@ -453,6 +461,11 @@ def band_findings(fitted: list[Band], scored: list[Options]) -> list[Finding]:
     out = []
     by_number = {o.number: o for o in scored}
     for b in fitted:
+        if b.low is None and b.unknown_size:
+            out.append(Finding("band", f"For {_steps(b)} training steps no band is fitted: the curves do not record "
+                               "the val size (recorded by an older gaplab), so the noise of the val-best is unknown.",
+                               n=b.n, split="val", scheme="band fitted on val"))
+            continue
         if b.low is None:
             out.append(Finding("band", f"For {_steps(b)} training steps no run of grid momenta was within the noise of "
                                f"the val-best (one standard error of a val accuracy) for 3 in 4 of the {b.n} trials: "

@@ -41,6 +41,8 @@ class ThresholdSplit:
     high_n: int
     low_gap: float
     high_gap: float
+    # Mann-Whitney's z of the high side against the low one: the sign of "larger"/"smaller".
+    z: float = 0.0
 
     @property
     def effect(self) -> float:
@@ -229,7 +231,7 @@ def split_search(params: dict[str, dict[int, float]], outcome: dict[int, float],
     index = int(np.argmax(np.abs(z[0])))
     param, threshold, low, high = candidates[index]
     top = ThresholdSplit(param, threshold, len(low), len(high), float(np.median(observed[low])),
-                         float(np.median(observed[high])))
+                         float(np.median(observed[high])), float(z[0, index]))
     p_value = float((1 + np.sum(largest[1:] >= largest[0] - 1e-12)) / (1 + permutations))
     return SplitSearch(top, p_value, len(candidates), permutations)
 
@@ -298,8 +300,10 @@ def across_trial_split(params: dict[str, dict[int, float]], outcome: dict[int, f
                f"{fmt(top.low_gap)} (n={top.low_n}); p={search.p_value:.2g} for the largest of {search.candidates} "
                "splits")
     if search.clear:
-        text = (f"Higher {name} goes with a {'larger' if top.effect > 0 else 'smaller'} {what} (across trials, which "
-                f"differ in everything else too): {numbers}.")
+        # The direction is the searched statistic's (ranks), which the medians can contradict on lumpy data.
+        text = (f"Higher {name} goes with a {'larger' if top.z > 0 else 'smaller'} {what} (across trials, which "
+                f"differ in everything else too; a rank test, and TPE's trials are not independent draws): "
+                f"{numbers}.")
     else:
         text = f"No parameter clearly goes with the {what}: the largest split is {name} at {t}: {numbers}."
     return Finding("across_trial_split", text, top.effect, None, top.low_n + top.high_n, "", scheme, search.p_value)
