@@ -174,7 +174,7 @@ def band_figure(bands) -> bytes | None:
     ax.set_xlabel("training steps (log)")
     study_figures.momentum_axis(ax, study_figures.momentum_decades(m for b in drawn for m in (b.low, b.high)),
                                 which="y")
-    ax.set_title("Momenta within 1 point of the best for 3 in 4 trials")
+    ax.set_title("Momenta within one val standard error of the val-best for 3 in 4 trials")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()
