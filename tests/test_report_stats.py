@@ -7,6 +7,7 @@ binomial count over its images, as a model's accuracy at one momentum is.
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -164,7 +165,7 @@ def _correct(rng, accuracy: float, options: int, images: int, own: int, own_loss
     return np.where(rng.random((options, images)) < shared, base, fresh)
 
 
-def _control_view(rng, number: int, complete: bool, own_loss: float, shared: float):
+def _control_view(rng, number: int, complete: bool, own_loss: float, shared: float, train: float = 0.95):
     from gaplab.curve import MomentumCurve
     from study.report.views import TrialView
 
@@ -175,7 +176,7 @@ def _control_view(rng, number: int, complete: bool, own_loss: float, shared: flo
     test_right = _correct(rng, accuracy, options, TEST_IMAGES, own, own_loss, shared)
     test = test_right.mean(axis=1)
     differs = (test_right != test_right[own]).sum(axis=1)
-    train = 0.95
+    train = max(train, float(val.max()))  # fit's accuracy: at least what the model scores anywhere
     curve = MomentumCurve(
         own_momentum=CONTROL_GRID[own], momentum=CONTROL_GRID, val_accuracy=tuple(float(v) for v in val[:-1]),
         train_eval_accuracy=tuple(float(v) for v in val[:-1]), train_accuracy=train,
@@ -283,3 +284,28 @@ def test_each_way_of_letting_test_choose_fails_the_control(monkeypatch, target, 
               else abs(result[broken]) > sign_error)
     print(f"\n{target} replaced: {result}")
     assert failed, result
+
+
+def test_the_first_screen_says_first_when_the_effect_holds_only_for_trials_stopped_early():
+    from study.report import build, paired
+
+    rng = np.random.default_rng(5)
+    views = [_control_view(rng, i, i < 20, 0.0 if i < 20 else 0.15, SHARED) for i in range(40)]
+    found = paired.paired_findings(paired.with_curves(views), views)
+    screen = build.headline(found, True)
+    assert screen[0].startswith("The effect holds only for trials the pruner stopped early (+"), screen
+    assert "for the trials that trained to the end: " in screen[0] and screen[1].startswith("What to do: ")
+
+
+def test_the_first_screen_says_first_when_the_best_setting_has_no_gap():
+    from study.report import build, paired
+
+    rng = np.random.default_rng(6)
+    # Fit's train accuracy no higher than the best val accuracy anywhere on the curve: no gap to close.
+    views = [_control_view(rng, i, True, 0.0, SHARED, train=0.0) for i in range(10)]
+    found = paired.paired_findings(paired.with_curves(views), views)
+    screen = build.headline(found, True)
+    best = next(f for f in found if f.kind == "best_setting")
+    number = re.search(r"chosen on val: trial (\d+) ", best.text).group(1)
+    assert screen[0].startswith(f"The study's best setting (trial {number}, chosen on val) has no gap to close"), screen
+    assert "nan" not in best.text

@@ -226,11 +226,13 @@ def options(found: list[Pair], fitted: list[Band]) -> list[Options]:
 
 def recommend(scored: list[Options]) -> str:
     """The option val prefers across the trials: the largest median val gain over the own momentum, ties to the
-    larger mean gain, then to the earlier of RECOMMENDABLE; own when no option gains on val."""
+    larger mean gain, then to the earlier of RECOMMENDABLE; own when no option gains on val. Only options every
+    trial has compete (a band of some step groups only is not a rule for all), so all are judged on one set."""
     best, best_key = OWN, (0.0, 0.0)
     for option in RECOMMENDABLE:
         gains = [o.val[option] - o.val[OWN] for o in scored if option in o.val]
-        key = (median(gains), sum(gains) / len(gains)) if len(gains) >= stats.MIN_PAIRED_N else None
+        whole = len(gains) == len(scored) >= stats.MIN_PAIRED_N
+        key = (median(gains), sum(gains) / len(gains)) if whole else None
         if key is not None and key > best_key:
             best, best_key = option, key
     return best
@@ -497,7 +499,8 @@ def fixed(view: TrialView, by_number: dict[int, Options], option: str) -> tuple[
     if o is None or option not in o.test:
         return view.get("val_accuracy"), view.get("test_accuracy"), "as trained"
     how = {OWN: "at its own bn_momentum", GRID: "at its val-chosen momentum", PRECISE: "with PreciseBN",
-           BAND: f"at bn_momentum {fmt_param('bn_momentum', o.band_momentum or math.nan)}"}[option]
+           BAND: f"at bn_momentum {fmt_param('bn_momentum', o.band_momentum)}" if o.band_momentum is not None
+           else "as trained"}[option]
     return o.val[option], o.test[option], how
 
 
