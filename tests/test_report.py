@@ -737,7 +737,7 @@ def test_an_unreadable_curve_is_named_not_used():
 
 
 def test_fewer_than_six_trials_with_curves_state_no_paired_effect():
-    from study.report import paired
+    from study.report import paired, stats
 
     raw = _curve({"train": 0.9, "bn_momentum": 0.999, "steps": 100, "gap": 0.1, "mode_gap": 0.0,
                   "state": TrialState.COMPLETE}, "dropout")
@@ -750,6 +750,9 @@ def test_fewer_than_six_trials_with_curves_state_no_paired_effect():
     views.append(_curve_trial(5, raw))
     effect = next(f for f in paired.paired_findings(paired.with_curves(views), views) if f.kind == "option_grid")
     assert effect.n == 6 and effect.interval[0] > 0.15 and "scored +19.8 points on held-out images" in effect.text
+    # Below 6 values no interval is given (findings.json would hold NaN), and the sentence says why.
+    few = stats.median_interval([0.1, 0.2, 0.3])
+    assert paired.interval(few) is None and paired.interval_text(few) == "n=3, too few trials for a 95 % interval"
 
 
 def test_curves_with_test_accuracy_but_not_the_newer_fields_claim_only_what_they_can():

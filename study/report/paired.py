@@ -60,7 +60,14 @@ def held_out(view: TrialView) -> tuple[float, ...] | None:
 
 
 def interval_text(effect: stats.Effect) -> str:
+    if not math.isfinite(effect.low):
+        return f"n={effect.n}, too few trials for a 95 % interval"
     return f"95 % interval {points(effect.low)} to {points(effect.high)}, n={effect.n}"
+
+
+def interval(effect: stats.Effect) -> tuple[float, float] | None:
+    """The effect's interval for its Finding; None where n is too small for one (nothing is claimed)."""
+    return (effect.low, effect.high) if math.isfinite(effect.low) else None
 
 
 def choose(curve: MomentumCurve) -> int:
@@ -361,7 +368,7 @@ def recommendation_findings(scored: list[Options], complete: list[Options], chos
     out.append(Finding("headline_effect", f"{evaluated_as(option, fitted)}, the same weights scored "
                        f"{_signed(effect, 'held-out images')} over the {effect.n} trials of this search that trained "
                        f"to the end, one seed; {_clear_words(effect)}. Option: {what}.", effect.estimate,
-                       (effect.low, effect.high), effect.n, "test", HELD_OUT + "; fixed in advance: complete trials"))
+                       interval(effect), effect.n, "test", HELD_OUT + "; fixed in advance: complete trials"))
     secondary = {"pruned": "trials the pruner stopped early",
                  "short": f"complete trials with an EMA horizon (steps × (1 − bn_momentum)) below {middle:.3g}",
                  "long": f"complete trials with an EMA horizon of {middle:.3g} or more"}
@@ -376,13 +383,13 @@ def recommendation_findings(scored: list[Options], complete: list[Options], chos
         verdict = (f"clear after Holm's correction for {lines}" if claimed and e.direction
                    else f"no clear effect after Holm's correction for {lines}")
         out.append(Finding(f"secondary_{name}", f"Secondary, {secondary[name]}: {_signed(e, 'held-out images')}; "
-                           f"{verdict} (sign test p={p:.2g}).", e.estimate, (e.low, e.high), e.n, "test",
+                           f"{verdict} (sign test p={p:.2g}).", e.estimate, interval(e), e.n, "test",
                            HELD_OUT + "; secondary, Holm-corrected", p))
     if early_only:
         out.insert(0, Finding("first_screen_note", f"The effect holds only for trials the pruner stopped early "
                               f"({_signed(effects['pruned'], 'held-out images')}); for the trials that trained to the "
                               f"end: {_signed(effect, 'held-out images')}, {_clear_words(effect)}.", effect.estimate,
-                              (effect.low, effect.high), effect.n, "test", HELD_OUT))
+                              interval(effect), effect.n, "test", HELD_OUT))
     return out
 
 
@@ -395,12 +402,12 @@ def options_findings(complete: list[Options], fitted: list[Band]) -> list[Findin
             continue
         note = " (the grid momentum is chosen per trial on val, so it is never recommended)" if option == GRID else ""
         out.append(Finding(f"option_{option}", f"Against its own bn_momentum, {OPTION_WORDS[option]} scored "
-                           f"{_signed(e, 'held-out images')}; {_clear_words(e)}{note}.", e.estimate, (e.low, e.high),
+                           f"{_signed(e, 'held-out images')}; {_clear_words(e)}{note}.", e.estimate, interval(e),
                            e.n, "test", HELD_OUT))
     e = effect_of(complete, BAND, PRECISE)
     if e.n:
         out.append(Finding("option_band_vs_precise", f"Against PreciseBN, {OPTION_WORDS[BAND]} scored "
-                           f"{_signed(e, 'held-out images')}; {_clear_words(e)}.", e.estimate, (e.low, e.high), e.n,
+                           f"{_signed(e, 'held-out images')}; {_clear_words(e)}.", e.estimate, interval(e), e.n,
                            "test", HELD_OUT))
     return out
 
@@ -448,7 +455,7 @@ def gap_attribution(found: list[Pair], finished: list[TrialView]) -> list[Findin
             f"gap (train-mode vs inference-mode accuracy on training images: stale statistics, but also dropout and "
             f"fit's within-epoch drift) {shrinks(mode)} and the generalization gap {shrinks(general)}. The median "
             f"test gap at the own momentum is {fmt(gap_own)}; at the chosen momentum {fmt(median(rest.values()))}.")
-    out = [Finding("gap_part", text, part.estimate, (part.low, part.high), part.n, "test", HELD_OUT)]
+    out = [Finding("gap_part", text, part.estimate, interval(part), part.n, "test", HELD_OUT)]
     # Momentum cannot matter without batchnorm: there the whole gap is the rest.
     rest.update({v.number: v.get("train_accuracy") - v.get("test_accuracy") for v in finished if not v.batchnorm})
     params = {name: {v.number: v.params[name] for v in finished if v.number in rest and name in v.params}
