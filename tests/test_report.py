@@ -280,8 +280,8 @@ def test_paired_findings_score_the_val_chosen_momentum_on_held_out_images(moment
     assert keep.text.startswith("Drop batchnorm (chosen on val, with the fix applied): the best batchnorm trial (2, "
                                 "evaluated with PreciseBN) had val 0.918, the best trial without batchnorm (0) 0.920")
     assert "so it may be noise" in keep.text
-    assert report.headline[0] == ("What to do: Re-estimate the batchnorm statistics after training (PreciseBN) "
-                                  "(chosen on val across the trials that trained to the end).")
+    assert report.headline[0] == ("What to do (chosen on val across the trials that trained to the end): "
+                                  "re-estimate the batchnorm statistics after training (PreciseBN).")
     assert report.headline[1:3] == [effect.text, keep.text]
     assert "TPE's trials are not independent draws" in report.headline[3]
     assert not any("moves" in f.text for f in report.findings)

@@ -297,7 +297,7 @@ def test_the_first_screen_says_first_when_the_effect_holds_only_for_trials_stopp
     found = paired.paired_findings(paired.with_curves(views), views)
     screen = build.headline(found, True)
     assert screen[0].startswith("The effect holds only for trials the pruner stopped early (+"), screen
-    assert "for the trials that trained to the end: " in screen[0] and screen[1].startswith("What to do: ")
+    assert "for the trials that trained to the end: " in screen[0] and screen[1].startswith("What to do (chosen on val")
 
 
 def test_the_first_screen_says_first_when_the_best_setting_has_no_gap():

@@ -147,7 +147,7 @@ def headline(found: list[Finding], paired_curves: bool) -> list[str]:
         recommendation = by_kind["recommendation"].text
         do = recommendation[len("Recommendation: "):recommendation.index(". ")]
         lines = [f.text for f in found if f.kind == "first_screen_note"]
-        lines.append(f"What to do: {do[0].upper()}{do[1:]} (chosen on val across the trials that trained to the end).")
+        lines.append(f"What to do (chosen on val across the trials that trained to the end): {do}.")
         lines.append(effect.text)
         if "keep_batchnorm" in by_kind:
             lines.append(by_kind["keep_batchnorm"].text)
