@@ -70,7 +70,25 @@ def test_the_number_of_train_eval_images_reads_back_where_recorded():
     assert older.train_eval_images is None and "train_eval_images" not in older.as_dict()
 
 
+def test_precise_bn_on_test_the_split_sizes_and_the_differing_images_read_back_and_are_optional():
+    stored = _stored(val_images=40, test_images=60, test_differs_from_own=[9, 3, 2, 0])
+    stored["recalibrated"] = {**stored["recalibrated"], "test_accuracy": 0.8, "test_differs_from_own": 7}
+    curve = MomentumCurve.read(stored)
+    assert (curve.val_images, curve.test_images, curve.recalibrated_test_accuracy) == (40, 60, 0.8)
+    assert curve.test_differs_from_own == (9, 3, 2, 0) and curve.recalibrated_test_differs_from_own == 7
+    assert MomentumCurve.read(json.loads(json.dumps(curve.as_dict()))) == curve
+    older = MomentumCurve.read(_stored())
+    assert (older.val_images, older.test_images, older.recalibrated_test_accuracy, older.test_differs_from_own,
+            older.recalibrated_test_differs_from_own) == (None,) * 5
+    assert not {"val_images", "test_images", "test_differs_from_own"} & set(older.as_dict())
+    assert set(older.as_dict()["recalibrated"]) == {"val_accuracy", "train_eval_accuracy", "gap", "mode_gap"}
+
+
 @pytest.mark.parametrize(("changes", "message"), [
+    ({"test_images": 0}, "test_images is 0, not a positive whole number"),
+    ({"test_differs_from_own": [1, 2.5, 0, 0]}, "test_differs_from_own is not a list of whole numbers"),
+    ({"recalibrated": {"val_accuracy": 0.85, "train_eval_accuracy": 0.88, "gap": 0.05, "mode_gap": 0.02,
+                       "test_accuracy": "high"}}, "recalibrated test_accuracy is 'high', not a finite number"),
     ({"train_eval_images": 0}, "train_eval_images is 0, not a positive whole number"),
     ({"train_eval_images": 2.5}, "train_eval_images is 2.5, not a positive whole number"),
     ({"momentum": None}, "momentum is not a list of finite numbers"),

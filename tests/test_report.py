@@ -94,6 +94,7 @@ GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 
 
 TEST_IMAGES = 379
+VAL_IMAGES = 380
 
 
 def _curve(spec: dict, kind: str, held_out: bool = True) -> dict:
@@ -122,8 +123,18 @@ def _curve(spec: dict, kind: str, held_out: bool = True) -> dict:
             "recalibrated": {"val_accuracy": max(val), "train_eval_accuracy": max(train_eval),
                              "gap": train - max(val), "mode_gap": train - max(train_eval)}}
     if held_out:
-        # Held-out images score like val, one point lower, as whole counts of TEST_IMAGES images.
-        curve["test_accuracy"] = [round((v - 0.01) * TEST_IMAGES) / TEST_IMAGES for v in val]
+        # Held-out images score like val, one point lower, as whole counts of TEST_IMAGES images; a momentum
+        # classifies differently from the own one as many images as their accuracies differ by, plus 4.
+        test = [round((v - 0.01) * TEST_IMAGES) / TEST_IMAGES for v in val]
+        own = momenta.index(spec["bn_momentum"])
+        curve["test_accuracy"] = test
+        curve["test_images"], curve["val_images"] = TEST_IMAGES, VAL_IMAGES
+        curve["test_differs_from_own"] = [0 if i == own else round(abs(t - test[own]) * TEST_IMAGES) + 4
+                                          for i, t in enumerate(test)]
+        # PreciseBN's statistics match the final weights: it scores like the settled momenta.
+        recalibrated = round((max(val) - 0.01) * TEST_IMAGES) / TEST_IMAGES
+        curve["recalibrated"]["test_accuracy"] = recalibrated
+        curve["recalibrated"]["test_differs_from_own"] = round(abs(recalibrated - test[own]) * TEST_IMAGES) + 4
     return curve
 
 
@@ -229,36 +240,50 @@ def _finding(report, kind):
 def test_paired_findings_score_the_val_chosen_momentum_on_held_out_images(momentum_study):
     report = _report(momentum_study)
     kinds = [f.kind for f in report.findings]
-    assert kinds[:4] == ["best_setting", "smallest_gaps", "noise_floor", "paired_effect"]
+    assert kinds[:4] == ["best_setting", "smallest_gaps", "recommendation", "headline_effect"]
     assert _finding(report, "noise_floor").text.startswith(
         "Noise floor: one accuracy measured on the 379 held-out images has a standard error of about 2.4 points")
-    # Half the trials (horizon below the median, 25) lose 47 points to stale statistics, half nothing: the
-    # median over all is not clear, the short-horizon group's is.
-    overall = _finding(report, "paired_effect")
-    assert overall.split == "test" and overall.n == 14 and overall.interval[0] <= 0 < overall.interval[1]
-    assert "no clear effect, median +23.5 points of test accuracy" in overall.text
-    short, long = [f for f in report.findings if f.kind == "paired_effect_by_horizon"]
-    assert short.text.startswith("Trials with an EMA horizon (steps × (1 − bn_momentum)) below 25 (the study's median) "
-                                 "would have scored a median +47.0 points of test accuracy (95 % interval +47.0 to")
-    assert short.n == 7 and short.interval[0] > 0
-    assert "no clear effect, median 0.0 points" in long.text and long.n == 7
+    # Val chooses the fix: PreciseBN recovers what stale statistics cost (val gain: median 0, mean above 0), ties
+    # with the band on the median and wins on val's mean.
+    recommendation = _finding(report, "recommendation")
+    assert recommendation.split == "val" and recommendation.text.startswith(
+        "Recommendation: re-estimate the batchnorm statistics after training (PreciseBN). Chosen on val")
+    # The headline is fixed in advance: complete trials (12), whatever the subgroups' intervals say.
+    effect = _finding(report, "headline_effect")
+    assert effect.split == "test" and effect.n == 12 and effect.interval == (0.0, pytest.approx(0.47, abs=0.003))
+    assert effect.text.startswith("Evaluated with statistics re-estimated after training, the same weights scored "
+                                  "0.0 points on held-out images (95 % interval 0.0 to +47.0, n=12) over the 12 "
+                                  "trials of this search that trained to the end, one seed; no clear effect")
+    short, long = _finding(report, "secondary_short"), _finding(report, "secondary_long")
+    assert short.n == long.n == 6 and "after Holm's correction for 2 secondary lines" in short.text
+    assert short.p_value == pytest.approx(2 / 32)
+    # Every option against the own momentum, paired on test, and the band against PreciseBN.
+    assert {k for k in kinds if k.startswith("option_")} == {"option_grid", "option_band", "option_precise",
+                                                              "option_band_vs_precise"}
+    assert _finding(report, "option_band_vs_precise").interval == (0.0, 0.0)
     settled = _finding(report, "settled")
     assert settled.text.startswith("7 of 14 trials had settled at their own momentum")
-    # Momentum's part of the gap is the same gap at two momenta: the gain, split into mode and generalization gap.
-    split = _finding(report, "gap_part_split").text
+    # Momentum's part of the gap: one finding, worded as what shrinks.
+    part = _finding(report, "gap_part").text
+    assert "at the val-chosen momentum the test gap shrinks by 23.5 points" in part
     assert "the mode gap (train-mode vs inference-mode accuracy on training images: stale statistics, but also " \
-           "dropout and fit's within-epoch drift) changes by a median +24.0 points" in split
-    assert "what momentum leaves (the gap at the chosen momentum) is 0.04" in split
+           "dropout and fit's within-epoch drift) shrinks by 24.0 points" in part
+    assert "gap_part_split" not in kinds and not any("explains" in f.text for f in report.findings)
     rest = _finding(report, "across_trial_split")
     assert rest.text.startswith("No parameter clearly goes with the rest of the test gap") and rest.p_value > 0.05
     band = _finding(report, "band")
-    assert band.text.startswith("For 50–400 training steps use bn_momentum 0–0.9: held-out accuracy was within 1 "
-                                "point") and "14 of 14 trials were within 1 point of their best" in band.text
-    assert report.headline == [
-        "What closes the gap: training at the val-chosen bn_momentum (for 50–400 training steps: bn_momentum 0–0.9).",
-        "By how much: a median +47.0 points of held-out accuracy per trial (95 % interval +47.0 to +49.1, n=7) for "
-        "trials with an EMA horizon (steps × (1 − bn_momentum)) below 25.",
-        "How sure: clear, the interval excludes 0 over 7 trials (one seed). Noise floor: 2.4 points per accuracy."]
+    assert band.split == "val" and band.text.startswith(
+        "For 50–400 training steps the band is bn_momentum 0–0.9 (momenta within one val standard error of the "
+        "val-best for 3 in 4 of 14 trials; fitted on val). Fitted without each trial and scored on its held-out "
+        "images at the band's middle: against its own bn_momentum +23.5 points")
+    keep = _finding(report, "keep_batchnorm")
+    assert keep.text.startswith("Drop batchnorm (chosen on val, with the fix applied): the best batchnorm trial (2, "
+                                "evaluated with PreciseBN) had val 0.918, the best trial without batchnorm (0) 0.920")
+    assert "so it may be noise" in keep.text
+    assert report.headline[0] == ("What to do (chosen on val across the trials that trained to the end): "
+                                  "re-estimate the batchnorm statistics after training (PreciseBN).")
+    assert report.headline[1:3] == [effect.text, keep.text]
+    assert "TPE's trials are not independent draws" in report.headline[3]
     assert not any("moves" in f.text for f in report.findings)
     caveats = report.section("7.").bullets
     assert ("The pruner stopped 2 of 2 pruned trials with a curve (trials 14, 15) whose val accuracy at their best "
@@ -285,7 +310,8 @@ def test_a_study_without_curves_says_why_and_compares_across_trials(study_withou
     # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03: a perfect
     # separation, rare among shuffles even after paying for 9 candidate splits.
     assert split.text.startswith("Higher bn_momentum goes with a larger gap (across trials, which differ in "
-                                 "everything else too): trials with bn_momentum ≥ 0.9 had a median of 0.50 (n=7), "
+                                 "everything else too; a rank test, and TPE's trials are not independent draws): "
+                                 "trials with bn_momentum ≥ 0.9 had a median of 0.50 (n=7), "
                                  "with bn_momentum < 0.9 0.03 (n=7)"), split.text
     assert split.p_value < 0.01 and split.n == 14
     horizon = _finding(report, "across_trial_horizon").text
@@ -320,8 +346,9 @@ def test_curves_without_held_out_accuracy_are_labelled_optimistic_and_claim_noth
 def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     report = _report(dropout_study)
     # Every trial ran 1000 steps at bn_momentum <= 0.99: settled, so momentum gains nothing.
-    effect = _finding(report, "paired_effect")
-    assert effect.estimate == 0 and "no clear effect, median 0.0 points of test accuracy" in effect.text
+    effect = _finding(report, "option_grid")
+    assert effect.estimate == 0 and "scored 0.0 points on held-out images" in effect.text
+    assert "no clear effect: the interval includes 0" in effect.text
     assert _finding(report, "settled").text.startswith("14 of 14 trials had settled at their own momentum")
     rest = _finding(report, "across_trial_split")
     assert rest.text.startswith("Higher dropout goes with a smaller rest of the test gap (across trials"), rest.text
@@ -651,7 +678,7 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
                           "1 waiting).")
     assert "The study is still running: rerun the report when it has finished." in caveats
     # Trials without metrics change no number: the findings are those of the finished trials.
-    assert _finding(report, "paired_effect").n == 14
+    assert _finding(report, "gap_part").n == 14
 
 
 def test_an_interrupted_study_is_not_called_running(tmp_path):
@@ -712,20 +739,48 @@ def test_an_unreadable_curve_is_named_not_used():
         "empty or of different lengths; trial 2: test_accuracy is not a list of finite numbers).")
 
 
-def test_fewer_than_five_trials_with_curves_state_no_paired_effect():
-    from study.report import paired
+def test_fewer_than_six_trials_with_curves_state_no_paired_effect():
+    from study.report import paired, stats
 
     raw = _curve({"train": 0.9, "bn_momentum": 0.999, "steps": 100, "gap": 0.1, "mode_gap": 0.0,
                   "state": TrialState.COMPLETE}, "dropout")
-    views = [_curve_trial(n, raw) for n in range(4)]
+    views = [_curve_trial(n, raw) for n in range(5)]
     found = paired.paired_findings(paired.with_curves(views), views)
-    assert found[0].text == ("Only 4 trial(s) have momentum curves; at least 5 are needed, so no paired effect is "
+    assert found[0].text == ("Only 5 trial(s) have momentum curves; at least 6 are needed, so no paired effect is "
                              "stated.")
     assert not any(f.interval for f in found)
-    # A fifth trial: the effect is stated, with its interval (stale at 0.999 with 100 steps: 75 of 379 images).
-    views.append(_curve_trial(4, raw))
-    effect = next(f for f in paired.paired_findings(paired.with_curves(views), views) if f.kind == "paired_effect")
-    assert effect.n == 5 and effect.interval[0] > 0.15 and "would have scored a median +19.8 points" in effect.text
+    # A sixth trial: the effects are stated, with their intervals (stale at 0.999 with 100 steps: 75 of 379 images).
+    views.append(_curve_trial(5, raw))
+    effect = next(f for f in paired.paired_findings(paired.with_curves(views), views) if f.kind == "option_grid")
+    assert effect.n == 6 and effect.interval[0] > 0.15 and "scored +19.8 points on held-out images" in effect.text
+    # Below 6 values no interval is given (findings.json would hold NaN), and the sentence says why.
+    few = stats.median_interval([0.1, 0.2, 0.3])
+    assert paired.interval(few) is None and paired.interval_text(few) == "n=3, too few trials for a 95 % interval"
+
+
+def test_curves_with_test_accuracy_but_not_the_newer_fields_claim_only_what_they_can():
+    """Curves from the gaplab that first scored test per momentum: no PreciseBN on test, no image counts."""
+    from study.report import build, paired
+
+    raw = _curve({"train": 0.9, "bn_momentum": 0.999, "steps": 100, "gap": 0.1, "mode_gap": 0.0,
+                  "state": TrialState.COMPLETE}, "dropout")
+    for key in ("test_images", "val_images", "test_differs_from_own"):
+        del raw[key]
+    raw["recalibrated"] = {k: v for k, v in raw["recalibrated"].items() if k not in ("test_accuracy",
+                                                                                   "test_differs_from_own")}
+    views = [_curve_trial(n, raw) for n in range(8)]
+    found = paired.paired_findings(paired.with_curves(views), views)
+    by_kind = {f.kind: f for f in found}
+    assert by_kind["headline_effect"].text.startswith("Held-out effect of a fix: not measured. These curves were "
+                                                      "recorded by an older gaplab")
+    assert by_kind["headline_effect"].interval is None
+    assert by_kind["recommendation"].text.startswith("Recommendation: keep the trials' own bn_momentum.")
+    assert by_kind["noise_floor"].estimate is None and "settled" not in by_kind
+    assert by_kind["band"].text.endswith("so the noise of the val-best is unknown.")
+    assert by_kind["option_grid"].n == 8 and "option_precise" not in by_kind
+    screen = build.headline(found, True)
+    assert by_kind["headline_effect"].text in screen
+    assert not any("nan" in line or "n/a" in line for line in screen)
 
 
 def test_a_momentum_range_of_one_value_is_written_once():
@@ -757,15 +812,15 @@ def test_findings_json_is_the_source_of_the_finding_sentences(dropout_study, tmp
     markdown, page = (folder / "report.md").read_text(), (folder / "report.html").read_text()
     from study.report.render import md_escape
 
-    assert data["study"] == dropout_study["name"] and len(data["headline"]) == 3
+    assert data["study"] == dropout_study["name"] and len(data["headline"]) == 4
     for finding in data["findings"]:
         assert set(finding) == {"kind", "text", "estimate", "interval", "n", "split", "scheme", "p_value"}
         assert f"- {md_escape(finding['text'])}" in markdown
         assert html.escape(finding["text"], quote=True) in page
-    effect = next(f for f in data["findings"] if f["kind"] == "paired_effect")
-    assert effect["split"] == "test" and effect["n"] == 14 and len(effect["interval"]) == 2
+    effect = next(f for f in data["findings"] if f["kind"] == "headline_effect")
+    assert effect["split"] == "test" and effect["n"] == 12 and len(effect["interval"]) == 2
     low, high = effect["interval"]
-    assert f"95 % interval {low * 100:.1f} to {high * 100:.1f}, n=14" in effect["text"]
+    assert f"95 % interval {low * 100:.1f} to {high * 100:.1f}, n=12" in effect["text"]
     for line in data["headline"]:
         assert md_escape(line) in markdown
     # Wide tables scroll inside their own box.

@@ -315,6 +315,31 @@ def test_the_curve_holds_the_grid_and_own_momentum_with_gaps_and_the_recalibrate
     assert metrics["val_accuracy_at_best_momentum"] == max(curve["val_accuracy"])
 
 
+def test_the_curve_scores_precise_bn_on_test_and_counts_the_test_images_each_momentum_classifies_differently(
+        tiny_data):
+    from gaplab.metrics import accuracy, predict_classes, recalibrated_batchnorm
+    from gaplab.momentum import _grid_statistics, grid_layers, train_eval_subset
+
+    result = train(SMALL.replace(bn_momentum=0.97, momentum_grid=(0.0, 0.9, 0.99)), tiny_data)
+    curve = result.momentum_curve
+    assert (curve.val_images, curve.test_images) == (len(tiny_data.val.y), len(tiny_data.test.y))
+    model = result.model
+    model.compile()
+    own = predict_classes(model, tiny_data.test.x)
+    with _grid_statistics(grid_layers(model), 0):  # grid entry 0: momentum 0, the curve's first point
+        at_zero = predict_classes(model, tiny_data.test.x)
+    assert curve.test_differs_from_own[curve.own] == 0
+    assert curve.test_differs_from_own[0] == int(np.sum(at_zero != own))
+    picked = train_eval_subset(tiny_data.train.y, len(tiny_data.val.y), SMALL.seed)
+    with recalibrated_batchnorm(model, tiny_data.train.x[picked]):
+        precise = predict_classes(model, tiny_data.test.x)
+    assert curve.recalibrated_test_accuracy == accuracy(precise, tiny_data.test.y)
+    assert curve.recalibrated_test_differs_from_own == int(np.sum(precise != own))
+    stored = curve.as_dict()
+    assert stored["recalibrated"]["test_accuracy"] == curve.recalibrated_test_accuracy
+    assert stored["test_images"] == len(tiny_data.test.y)
+
+
 def test_momenta_closer_than_the_curves_resolution_are_one_point_the_own_one(tiny_data):
     result = train(SMALL.replace(bn_momentum=0.90005, momentum_grid=(0.5, 0.9)), tiny_data)
     assert result.momentum_curve.momentum == (0.5, 0.90005)

@@ -5,7 +5,10 @@ Keras-free, so the report reads curves with the same class the trainer writes th
 
 * `MomentumCurve`: val, train-eval and (from this version on) test accuracy per momentum, sorted
   by momentum, with fit's train accuracy and the recalibrated (PreciseBN) point, and how many
-  training images train-eval was measured on (`train_eval_images`, where recorded); `read` and
+  training images train-eval was measured on (`train_eval_images`, where recorded). Newer curves
+  also hold PreciseBN's test accuracy, the val and test image counts, and per momentum how many
+  test images it classifies differently from the own momentum (what the error of a difference of
+  two accuracies on the same images needs); all optional on read, for curves stored before. `read` and
   `as_dict` are the momentum_curve.json format (`study.contract.MOMENTUM_CURVE_ATTR`); `own` and
   `best` are indices into the lists.
 * `momentum_step(m)`: round(1000 · log10(1 / (1 − m))), the curve's resolution: momenta with the
@@ -25,7 +28,9 @@ from typing import Any
 # The lists every stored curve has, one entry per momentum.
 LIST_KEYS = ("momentum", "val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
 # Lists that curves stored before they were measured lack.
-OPTIONAL_LIST_KEYS = ("test_accuracy",)
+OPTIONAL_LIST_KEYS = ("test_accuracy", "test_differs_from_own")
+# Image counts that curves stored before they were recorded lack.
+OPTIONAL_COUNT_KEYS = ("train_eval_images", "val_images", "test_images")
 RECALIBRATED_KEYS = ("val_accuracy", "train_eval_accuracy", "gap", "mode_gap")
 # Stored gaps are train accuracy minus another accuracy, each a float64 written to JSON exactly;
 # this is far above float rounding and far below one image of any split.
@@ -53,6 +58,11 @@ class MomentumCurve:
     subset of the training split that train-eval (every point, the own and recalibrated ones
     included) was measured on, and recalibration estimated its statistics from; None for curves
     stored before it was recorded, which measured it on the whole training split.
+
+    `recalibrated_test_accuracy`: test accuracy after PreciseBN re-estimated the statistics at the
+    final weights; `val_images`, `test_images`: the sizes of those splits; `test_differs_from_own`:
+    per momentum, how many test images it classifies differently from the own momentum (0 at the own
+    point), and `recalibrated_test_differs_from_own` the same for PreciseBN. None on older curves.
     """
 
     own_momentum: float
@@ -64,6 +74,11 @@ class MomentumCurve:
     recalibrated_train_eval_accuracy: float
     test_accuracy: tuple[float, ...] | None = None
     train_eval_images: int | None = None
+    val_images: int | None = None
+    test_images: int | None = None
+    recalibrated_test_accuracy: float | None = None
+    test_differs_from_own: tuple[int, ...] | None = None
+    recalibrated_test_differs_from_own: int | None = None
 
     @classmethod
     def read(cls, raw: Any) -> MomentumCurve:
@@ -81,9 +96,15 @@ class MomentumCurve:
         recalibrated = raw["recalibrated"]
         if not isinstance(recalibrated, dict) or not all(_is_number(recalibrated.get(k)) for k in RECALIBRATED_KEYS):
             raise ValueError(f"recalibrated is not an object of finite numbers {', '.join(RECALIBRATED_KEYS)}")
-        images = raw.get("train_eval_images")
-        if images is not None and (not isinstance(images, int) or isinstance(images, bool) or images < 1):
-            raise ValueError(f"train_eval_images is {images!r}, not a positive whole number")
+        counts = {key: _count(raw.get(key), key, smallest=1) for key in OPTIONAL_COUNT_KEYS}
+        differs = lists.get("test_differs_from_own")
+        if differs is not None and not all(d.is_integer() and d >= 0 for d in differs):
+            raise ValueError("test_differs_from_own is not a list of whole numbers of at least 0")
+        recalibrated_test = recalibrated.get("test_accuracy")
+        if recalibrated_test is not None and not _is_number(recalibrated_test):
+            raise ValueError(f"recalibrated test_accuracy is {recalibrated_test!r}, not a finite number")
+        recalibrated_differs = _count(recalibrated.get("test_differs_from_own"), "recalibrated test_differs_from_own",
+                                      smallest=0)
         train_accuracy = lists["val_accuracy"][0] + lists["gap"][0]
         for gap, accuracy, name in (("gap", "val_accuracy", "val"), ("mode_gap", "train_eval_accuracy", "train-eval")):
             if any(abs(train_accuracy - a - g) > _GAP_TOLERANCE for a, g in zip(lists[accuracy], lists[gap])):
@@ -97,11 +118,16 @@ class MomentumCurve:
             recalibrated_val_accuracy=float(recalibrated["val_accuracy"]),
             recalibrated_train_eval_accuracy=float(recalibrated["train_eval_accuracy"]),
             test_accuracy=lists.get("test_accuracy"),
-            train_eval_images=images,
+            train_eval_images=counts["train_eval_images"],
+            val_images=counts["val_images"],
+            test_images=counts["test_images"],
+            recalibrated_test_accuracy=None if recalibrated_test is None else float(recalibrated_test),
+            test_differs_from_own=None if differs is None else tuple(int(d) for d in differs),
+            recalibrated_test_differs_from_own=recalibrated_differs,
         )
 
     def as_dict(self) -> dict[str, object]:
-        """The curve as momentum_curve.json holds it (`test_accuracy` and `train_eval_images` only where known)."""
+        """The curve as momentum_curve.json holds it (the optional fields only where known)."""
         stored: dict[str, object] = {
             "own_momentum": self.own_momentum,
             "momentum": list(self.momentum),
@@ -118,8 +144,16 @@ class MomentumCurve:
         }
         if self.test_accuracy is not None:
             stored["test_accuracy"] = list(self.test_accuracy)
-        if self.train_eval_images is not None:
-            stored["train_eval_images"] = self.train_eval_images
+        if self.test_differs_from_own is not None:
+            stored["test_differs_from_own"] = list(self.test_differs_from_own)
+        for key in OPTIONAL_COUNT_KEYS:
+            if getattr(self, key) is not None:
+                stored[key] = getattr(self, key)
+        recalibrated = stored["recalibrated"]
+        if self.recalibrated_test_accuracy is not None:
+            recalibrated["test_accuracy"] = self.recalibrated_test_accuracy
+        if self.recalibrated_test_differs_from_own is not None:
+            recalibrated["test_differs_from_own"] = self.recalibrated_test_differs_from_own
         return stored
 
     @property
@@ -151,6 +185,14 @@ class MomentumCurve:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value: Any, key: str, smallest: int) -> int | None:
+    """A stored whole number of at least `smallest`, or None where absent."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < smallest):
+        raise ValueError(f"{key} is {value!r}, not a {'positive ' if smallest else ''}whole number"
+                         + ("" if smallest else " of at least 0"))
+    return value
 
 
 def _numbers(values: Any, key: str) -> tuple[float, ...]:

@@ -7,7 +7,9 @@ and a model whose BN layers track moving statistics for a grid of momenta beside
 same weights, same steps, only the momentum differs.
 
 * `measure_curve(...)`: the curve of a trained model, after training: val, train-eval and test
-  accuracy per momentum (the grid plus the run's own), as a `gaplab.curve.MomentumCurve`.
+  accuracy per momentum (the grid plus the run's own), as a `gaplab.curve.MomentumCurve`, with
+  PreciseBN's test accuracy, the split sizes and, per momentum, how many test images it classifies
+  differently from the own momentum (`test_by_momentum`).
   Train-eval is measured on `train_eval_subset` of the training split, at every point (the own one
   included, so the curve's points compare with each other on the same images).
 * `BestMomentumValidation`: a Keras callback that adds, at the epochs asked, the val accuracy at
@@ -93,6 +95,28 @@ def accuracies_by_momentum(
     return momenta, per_split
 
 
+def test_by_momentum(
+    model: keras.Model, own_momentum: float, grid: tuple[float, ...], split: tuple[np.ndarray, np.ndarray],
+    own_predicted: np.ndarray | None = None, batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[list[float], list[float], list[int]]:
+    """Sorted momenta, the accuracy on `split` at each, and how many of its images each classifies differently
+    from the own momentum: two accuracies on the same images differ by noise of about sqrt(differing) / images,
+    not by the error of one accuracy. `own_predicted`: the classes already predicted at the own statistics."""
+    layers = grid_layers(model)
+    _check_grid(layers, grid)
+    x, y = split
+    momenta, predicted = [], []
+    for momentum, index in _curve_points(own_momentum, tuple(grid)):
+        momenta.append(momentum)
+        if index is None and own_predicted is not None:
+            predicted.append(np.asarray(own_predicted))
+            continue
+        with _grid_statistics(layers, index):
+            predicted.append(predict_classes(model, x, batch_size))
+    own = predicted[next(i for i, (_, index) in enumerate(_curve_points(own_momentum, tuple(grid))) if index is None)]
+    return momenta, [accuracy(p, y) for p in predicted], [int(np.sum(p != own)) for p in predicted]
+
+
 def climb_to_best(momenta: list[float], starts: tuple[int, ...], measure: Callable[[int], float],
                   known: dict[int, float] | None = None) -> tuple[int, dict[int, float]]:
     """A best point of the sorted curve `momenta`, measuring as few as the climbs need: (its index, what was measured).
@@ -158,6 +182,7 @@ def measure_curve(
     splits: dict[str, tuple[np.ndarray, np.ndarray]], own: dict[str, float | None],
     train_accuracy: float, recalibrated: tuple[float, float],
     val_by_momentum: tuple[list[float], list[float]] | None = None, batch_size: int = EVAL_BATCH_SIZE,
+    own_test_predicted: np.ndarray | None = None, recalibrated_test_predicted: np.ndarray | None = None,
 ) -> MomentumCurve:
     """The momentum curve of a trained model.
 
@@ -166,10 +191,12 @@ def measure_curve(
     (reused, not predicted again; None: not measured). `val_by_momentum`: (momenta, val accuracies)
     of a pass at these very weights and statistics (`BestMomentumValidation.last`), reused instead
     of another val pass at every momentum. `recalibrated` is the (train-eval on the same subset,
-    val) accuracy after PreciseBN recalibration on that subset. `batch_size`: see
+    val) accuracy after PreciseBN recalibration on that subset, and `recalibrated_test_predicted` the
+    test classes it predicts (None: PreciseBN is not scored on test). `own_test_predicted`: the test
+    classes at the own statistics where already predicted. `batch_size`: see
     `gaplab.metrics.eval_batch_size`.
     """
-    names = ("train", "val", "test") if val_by_momentum is None else ("train", "test")
+    names = ("train", "val") if val_by_momentum is None else ("train",)
     momenta, measured = accuracies_by_momentum(
         model, own_momentum, grid, [splits[name] for name in names], own=[own[name] for name in names],
         batch_size=batch_size)
@@ -178,6 +205,16 @@ def measure_curve(
         if list(val_by_momentum[0]) != momenta:
             raise ValueError(f"the reused val pass has momenta {val_by_momentum[0]}, not the curve's {momenta}")
         by_name["val"] = list(val_by_momentum[1])
+    x_test, y_test = splits["test"]
+    # Outside `_grid_statistics` the model holds its own statistics.
+    own_classes = (np.asarray(own_test_predicted) if own_test_predicted is not None
+                   else predict_classes(model, x_test, batch_size))
+    _, by_name["test"], differs = test_by_momentum(model, own_momentum, grid, (x_test, y_test), own_classes,
+                                                   batch_size)
+    recalibrated_test = recalibrated_differs = None
+    if recalibrated_test_predicted is not None:
+        recalibrated_test = accuracy(recalibrated_test_predicted, y_test)
+        recalibrated_differs = int(np.sum(np.asarray(recalibrated_test_predicted) != own_classes))
     return MomentumCurve(
         own_momentum=float(own_momentum),
         momentum=tuple(float(m) for m in momenta),
@@ -188,7 +225,13 @@ def measure_curve(
         recalibrated_train_eval_accuracy=float(recalibrated[0]),
         test_accuracy=tuple(by_name["test"]),
         train_eval_images=len(splits["train"][1]),
+        val_images=len(splits["val"][1]),
+        test_images=len(y_test),
+        recalibrated_test_accuracy=recalibrated_test,
+        test_differs_from_own=tuple(differs),
+        recalibrated_test_differs_from_own=recalibrated_differs,
     )
+
 
 
 class BestMomentumValidation(keras.callbacks.Callback):

@@ -364,8 +364,10 @@ def train(
                 val_recal = accuracy(predict_classes(model, data.val.x, eval_batch), data.val.y)
                 train_eval_recal = (accuracy(predict_classes(model, subset[0], eval_batch), subset[1])
                                     if tracks_grid else None)
+                # PreciseBN scored on test too: the report compares it with the momenta on held-out images.
+                test_recal_predicted = (predict_classes(model, data.test.x, eval_batch) if tracks_grid else None)
         else:
-            val_recal = val_acc
+            val_recal, test_recal_predicted = val_acc, None
         curve, curve_seconds = None, 0.0
         if tracks_grid:
             curve_started = time.perf_counter()
@@ -378,7 +380,8 @@ def train(
                      "test": test_acc},
                 train_accuracy=train_acc, recalibrated=(train_eval_recal, val_recal),
                 val_by_momentum=last_pass[1:] if last_pass and last_pass[0] == epochs_run else None,
-                batch_size=eval_batch)
+                batch_size=eval_batch, own_test_predicted=test_predicted,
+                recalibrated_test_predicted=test_recal_predicted)
             curve_seconds = time.perf_counter() - curve_started
     eval_seconds = time.perf_counter() - started
     started = time.perf_counter()

@@ -38,10 +38,12 @@ def build_report(study, client, ui_url: str | None = None) -> Report:
     # With momentum curves the findings are paired (same weights, only momentum differs); without,
     # they compare trials, which differ in everything at once.
     with_curves = paired.with_curves(finished)
-    found = [Finding("best_setting", best_setting(best), split="val", scheme="best objective value")]
-    found += smallest_gaps(finished)
-    found += (paired.paired_findings(with_curves, finished) if with_curves
-              else across_trial_findings(finished, paired.missing_curves(finished)))
+    rest = (paired.paired_findings(with_curves, finished) if with_curves
+            else across_trial_findings(finished, paired.missing_curves(finished)))
+    # With held-out curves the best setting carries the recommended fix (paired.batchnorm_findings).
+    best_found = next((f for f in rest if f.kind == "best_setting"), None) or Finding(
+        "best_setting", best_setting(best), split="val", scheme="best objective value")
+    found = [best_found, *smallest_gaps(finished), *(f for f in rest if f.kind != "best_setting")]
     settings = study.user_attrs.get(contract.SETTINGS_ATTR) or {}
     sections = [Section(SECTION_TITLES[0], bullets=[finding.text for finding in found])]
     sections.append(Section(SECTION_TITLES[1], paragraphs=[
@@ -74,10 +76,11 @@ def build_report(study, client, ui_url: str | None = None) -> Report:
                                "trial and the seed presets are labelled. A drop at high momentum often means the "
                                "statistics had too few steps at that momentum to catch up with the weights, but "
                                "differences within the noise floor (1. Findings) are noise.",
-        "momentum_band.png": "For each group of trials with similar step counts: the momenta whose held-out "
-                             "accuracy was within 1 point of the curve's best (held-out accuracy at its val-chosen "
-                             "momentum) for 3 in 4 trials (shaded), with the group's size and leave-one-out hits. "
-                             "Only the steps the study ran are shown.",
+        "momentum_band.png": "For each group of trials with similar step counts: the momenta whose val accuracy "
+                             "was within one val standard error of the trial's val-best for 3 in 4 trials (shaded; "
+                             "fitted on val), with the group's size and leave-one-trial-out hits (trials that scored "
+                             "at least their own momentum's held-out accuracy at the middle of the band fitted "
+                             "without them). Only the steps the study ran are shown.",
         "params.png": "Each point is a finished trial; momentum is shown as 1 − bn_momentum on a log axis.",
         "ema_horizon.png": "Horizon = training steps × (1 − bn_momentum); left of the red line the running "
                            "statistics have seen less than one time constant of updates.",
@@ -136,31 +139,34 @@ def smallest_gaps(finished: list[TrialView]) -> list[Finding]:
 
 
 def headline(found: list[Finding], paired_curves: bool) -> list[str]:
-    """Three lines for the first screen: what closes the gap, by how much, how sure."""
-    effects = [f for f in found if f.kind in ("paired_effect", "paired_effect_by_horizon")]
-    band = next((f for f in found if f.kind == "band" and f.interval), None)
-    split = next((f for f in found if f.kind == "across_trial_split"), None)
-    floor = next((f for f in found if f.kind == "noise_floor" and f.estimate), None)
-    noise = f" Noise floor: {floor.estimate * 100:.1f} points per accuracy." if floor else ""
+    """The first screen: what to do, what it measured on held-out images, whether to keep batchnorm, how sure.
+
+    Every choice behind it was made on val or fixed in advance (`study.report.paired`); it only reads the
+    findings. What would change what a reader does comes first: a best setting with no gap, an effect that
+    holds only for trials stopped early.
+    """
+    by_kind = {f.kind: f for f in found}
+    effects = [f for f in found if f.kind == "paired_effect"]
+    effect = by_kind.get("headline_effect")
+    split = by_kind.get("across_trial_split")
+    floor = by_kind.get("noise_floor")
+    noise = f" Noise floor: {floor.estimate * 100:.1f} points per accuracy." if floor and floor.estimate else ""
+    if paired_curves and effect is not None:
+        recommendation = by_kind["recommendation"].text
+        do = recommendation[len("Recommendation: "):recommendation.index(". ")]
+        lines = [f.text for f in found if f.kind == "first_screen_note"]
+        lines.append(f"What to do (chosen on val across the trials that trained to the end): {do}.")
+        lines.append(effect.text)
+        if "keep_batchnorm" in by_kind:
+            lines.append(by_kind["keep_batchnorm"].text)
+        lines.append("How sure: one seed; the interval is the median's order-statistic interval (exact binomial "
+                     "coverage), and TPE's trials are not independent draws, so read it as approximate." + noise)
+        return lines
     if paired_curves and effects and effects[0].estimate is not None:
-        if effects[0].split != "test":
-            return ["What closes the gap: unknown; the momentum curves predate held-out accuracy per momentum.",
-                    f"By how much: a median {points(effects[0].estimate)} points of val accuracy per trial, "
-                    f"n={effects[0].n} (optimistic: chosen and scored on val, so never negative).",
-                    "How sure: not at all; rerun the study with the current gaplab for held-out numbers."]
-        clear = next((f for f in effects if f.interval and f.n >= 5 and f.interval[0] > 0), None)
-        shown = clear or effects[0]
-        amount = (f"By how much: a median {points(shown.estimate)} points of held-out accuracy per trial (95 % "
-                  f"interval {points(shown.interval[0])} to {points(shown.interval[1])}, n={shown.n})")
-        if clear is None:
-            return ["What closes the gap: nothing clearly; moving bn_momentum to the val-chosen grid momentum shows "
-                    "no clear effect.", amount + ".", f"How sure: the interval includes 0.{noise}"]
-        # A horizon group's sentence starts with who it is about: "Trials with an EMA horizon ... (the study's median)".
-        who = ("" if clear.kind == "paired_effect"
-               else " for t" + clear.text[1:clear.text.index(" (the study's median)")])
-        rule = f" ({band.text.split(':')[0].replace('For ', 'for ').replace(' use ', ': ')})" if band else ""
-        return [f"What closes the gap: training at the val-chosen bn_momentum{rule}.", amount + who + ".",
-                f"How sure: clear, the interval excludes 0 over {clear.n} trials (one seed).{noise}"]
+        return ["What closes the gap: unknown; the momentum curves predate held-out accuracy per momentum.",
+                f"By how much: a median {points(effects[0].estimate)} points of val accuracy per trial, "
+                f"n={effects[0].n} (optimistic: chosen and scored on val, so never negative).",
+                "How sure: not at all; rerun the study with the current gaplab for held-out numbers."]
     if paired_curves and effects:
         return ["What closes the gap: not stated.", effects[0].text, "How sure: too few trials with momentum curves."]
     if split is not None and split.p_value is not None and split.p_value < 0.05:

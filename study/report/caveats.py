@@ -74,7 +74,8 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | No
             out.append(line)
     if counts[TrialState.PRUNED]:
         out.append("Pruned trials are measured at the epoch where they stopped, so their gap and accuracies "
-                   "come from fewer epochs than complete trials.")
+                   "come from fewer epochs than complete trials; the headline effect leaves them out, and they are "
+                   "a secondary line of their own.")
     if best is not None and not best.preset:  # a preset's values are fixed, not sampled from the range
         for name in SEARCHED:
             edge = _edge(best, name)

@@ -203,7 +203,7 @@ def band_figure(bands) -> bytes | None:
     ax.xaxis.set_minor_formatter(FuncFormatter(
         lambda x, _: f"{x:g}" if x > 0 and round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
     study_figures.momentum_axis(ax, decades, which="y")
-    ax.set_title("Momenta within 1 point of the best held-out accuracy for 3 in 4 trials")
+    ax.set_title("Momenta within one val standard error of the val-best for 3 in 4 trials")
     ax.grid(alpha=0.3)
     ax.legend(handles=[Patch(color="C2", alpha=0.4, label="band: momenta to train at"),
                        Patch(facecolor="none", edgecolor="0.6", hatch="//", label="step group without a band")],

@@ -1,8 +1,10 @@
 """The statistics the findings share, as plain functions of numbers (testable without a study):
 
 * paired effects: `paired_gain` (held-out accuracy at the val-chosen momentum minus at the own one),
-  `median_interval` (median over trials with a seeded bootstrap interval), `images_counted` and
-  `noise_floor` (the standard error of one accuracy);
+  `median_interval` (median over trials with its distribution-free interval: order statistics, exact
+  binomial coverage; the one interval every claimed effect uses), `sign_test` and `holm` (secondary
+  claims), `noise_floor` (the standard error of one accuracy) and `difference_noise` (of two accuracies
+  on the same images, from how many images they classify differently);
 * across trials: `split_search`, the largest threshold split over several parameters with a
   permutation test that repeats the whole search, and `across_trial_split`, its sentence;
 * the momentum band: `near_best`, `band`, `band_middle`, `leave_one_out_hits`.
@@ -10,12 +12,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from statistics import median
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import binom, binomtest, rankdata
 
 from study.report.document import Finding
 from study.report.views import fmt, fmt_param
@@ -38,6 +41,8 @@ class ThresholdSplit:
     high_n: int
     low_gap: float
     high_gap: float
+    # Mann-Whitney's z of the high side against the low one: the sign of "larger"/"smaller".
+    z: float = 0.0
 
     @property
     def effect(self) -> float:
@@ -57,9 +62,9 @@ def _candidate_thresholds(param: str, values: list[float]) -> list[float]:
 
 
 # ---------------------------------------------------------------- paired effects and their intervals
-# A paired effect is stated only from this many trials, and only when its interval excludes 0.
-MIN_PAIRED_N = 5
-BOOTSTRAP_RESAMPLES = 2_000
+# A paired effect is stated only from this many trials, and only when its interval excludes 0: the fewest
+# trials whose order-statistic interval reaches 95 % (at n=5 even [min, max] covers the median only 93.75 %).
+MIN_PAIRED_N = 6
 CONFIDENCE = 0.95
 # Across-trial splits: trials needed on each side, and shuffles in the permutation test.
 MIN_SIDE_N = 5
@@ -72,28 +77,79 @@ BAND_SHARE = 0.75
 
 @dataclass(frozen=True)
 class Effect:
-    """A median over trials with its bootstrap interval; `clear` when n is enough and the interval excludes 0."""
+    """A median over trials with its order-statistic interval; `clear` when n is enough and the interval excludes 0.
+
+    `coverage`: the interval's exact probability of holding the true median, for any continuous distribution
+    (at least that with ties); NaN where no interval reaches CONFIDENCE (n < MIN_PAIRED_N).
+    """
 
     estimate: float
     low: float
     high: float
     n: int
+    coverage: float = math.nan
 
     @property
     def clear(self) -> bool:
         return self.n >= MIN_PAIRED_N and (self.low > 0 or self.high < 0)
 
+    @property
+    def direction(self) -> int:
+        """+1 or -1 for a clear effect, 0 for none."""
+        return 0 if not self.clear else (1 if self.low > 0 else -1)
 
-def median_interval(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> Effect:
-    """The median of `values` and its 95 % percentile-bootstrap interval over them (seeded)."""
+
+@functools.cache
+def order_statistic_rank(n: int, confidence: float = CONFIDENCE) -> tuple[int, float]:
+    """(k, coverage): the interval from the k-th smallest to the k-th largest of n values holds the median with
+    probability 1 − 2·P(B ≤ k − 1), B ~ Binomial(n, 1/2); k is the largest with that at least `confidence`
+    (0, NaN: none does)."""
+    k = 0
+    while k + 1 <= (n + 1) // 2 and 2 * binom.cdf(k, n, 0.5) <= 1 - confidence:
+        k += 1
+    return (k, float(1 - 2 * binom.cdf(k - 1, n, 0.5))) if k else (0, math.nan)
+
+
+def median_intervals(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise medians of `samples` (repetitions × n) and their order-statistic intervals (NaN when n is too
+    small for one): the vectorised form of `median_interval`, which calls it."""
+    ordered = np.sort(np.asarray(samples, dtype=float), axis=1)
+    n = ordered.shape[1]
+    k, _ = order_statistic_rank(n, confidence)
+    middle = np.median(ordered, axis=1) if n else np.full(len(ordered), math.nan)
+    if not k:
+        nan = np.full(len(ordered), math.nan)
+        return middle, nan, nan
+    return middle, ordered[:, k - 1], ordered[:, n - k]
+
+
+def median_interval(values, confidence: float = CONFIDENCE) -> Effect:
+    """The median of the finite `values` and its distribution-free interval (`order_statistic_rank`)."""
     data = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
     if data.size == 0:
         return Effect(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    medians = np.median(data[rng.integers(0, data.size, size=(resamples, data.size))], axis=1)
-    tail = (1 - CONFIDENCE) / 2
-    low, high = np.quantile(medians, [tail, 1 - tail])
-    return Effect(float(np.median(data)), float(low), float(high), int(data.size))
+    middle, low, high = median_intervals(data[None, :], confidence)
+    return Effect(float(middle[0]), float(low[0]), float(high[0]), int(data.size),
+                  order_statistic_rank(int(data.size), confidence)[1])
+
+
+def sign_test(values) -> float:
+    """Two-sided exact sign test of a zero median (zeros dropped): the p-value Holm's correction needs."""
+    data = [v for v in values if math.isfinite(v) and v != 0]
+    if not data:
+        return 1.0
+    return float(binomtest(sum(v > 0 for v in data), len(data), 0.5).pvalue)
+
+
+def holm(p_values: list[float], level: float = 1 - CONFIDENCE) -> list[bool]:
+    """Which of the hypotheses Holm's step-down procedure rejects at family-wise `level`, in the given order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    rejected = [False] * len(p_values)
+    for rank, i in enumerate(order):
+        if p_values[i] > level / (len(p_values) - rank):
+            break
+        rejected[i] = True
+    return rejected
 
 
 def chosen_index(val_accuracy, momentum) -> int:
@@ -109,23 +165,19 @@ def paired_gain(scored, val_accuracy, momentum, own: int) -> float:
     return scored[chosen_index(val_accuracy, momentum)] - scored[own]
 
 
-def images_counted(accuracies) -> int | None:
-    """How many images the accuracies were measured on: the smallest count that makes every accuracy a whole
-    number of images (float32 rounding allowed); None when no count up to 100,000 does."""
-    values = np.asarray([a for a in accuracies if math.isfinite(a)], dtype=float)
-    if values.size < 3:
-        return None
-    counts = np.arange(1, 100_001, dtype=float)[:, None]
-    scaled = values[None, :] * counts
-    fits = np.all(np.abs(scaled - np.round(scaled)) <= 6e-8 * counts + 1e-9, axis=1)
-    return int(np.argmax(fits)) + 1 if fits.any() else None
-
-
 def noise_floor(accuracy: float, images: int | None) -> float:
     """The standard error of one accuracy near `accuracy` measured on `images` images (NaN when unknown)."""
     if not images or not math.isfinite(accuracy):
         return math.nan
     return math.sqrt(accuracy * (1 - accuracy) / images)
+
+
+def difference_noise(differing: int | None, images: int | None) -> float:
+    """The standard error of the difference of two accuracies on the same `images` when `differing` of them are
+    classified differently: only those can move it, each by ±1 (McNemar); NaN when unknown."""
+    if not images or differing is None:
+        return math.nan
+    return math.sqrt(differing) / images
 
 
 # ---------------------------------------------------------------- across-trial splits, permutation-tested
@@ -179,7 +231,7 @@ def split_search(params: dict[str, dict[int, float]], outcome: dict[int, float],
     index = int(np.argmax(np.abs(z[0])))
     param, threshold, low, high = candidates[index]
     top = ThresholdSplit(param, threshold, len(low), len(high), float(np.median(observed[low])),
-                         float(np.median(observed[high])))
+                         float(np.median(observed[high])), float(z[0, index]))
     p_value = float((1 + np.sum(largest[1:] >= largest[0] - 1e-12)) / (1 + permutations))
     return SplitSearch(top, p_value, len(candidates), permutations)
 
@@ -248,8 +300,10 @@ def across_trial_split(params: dict[str, dict[int, float]], outcome: dict[int, f
                f"{fmt(top.low_gap)} (n={top.low_n}); p={search.p_value:.2g} for the largest of {search.candidates} "
                "splits")
     if search.clear:
-        text = (f"Higher {name} goes with a {'larger' if top.effect > 0 else 'smaller'} {what} (across trials, which "
-                f"differ in everything else too): {numbers}.")
+        # The direction is the searched statistic's (ranks), which the medians can contradict on lumpy data.
+        text = (f"Higher {name} goes with a {'larger' if top.z > 0 else 'smaller'} {what} (across trials, which "
+                f"differ in everything else too; a rank test, and TPE's trials are not independent draws): "
+                f"{numbers}.")
     else:
         text = f"No parameter clearly goes with the {what}: the largest split is {name} at {t}: {numbers}."
     return Finding("across_trial_split", text, top.effect, None, top.low_n + top.high_n, "", scheme, search.p_value)
