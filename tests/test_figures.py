@@ -163,7 +163,8 @@ def test_the_band_figure_shows_a_one_momentum_band_and_a_group_without_one(monke
     from study.report.paired import Band
 
     drawn = _drawn(monkeypatch)
-    band_figure([Band(12, 162, 0.0, 0.0, 9, 8, 9), Band(220, 1105, None, None, 9, 0, 0)])
+    band_figure([Band(12, 162, 0.0, 0.0, 0.0, 9, dict.fromkeys(range(9), 0.0), 8),
+                 Band(220, 1105, None, None, None, 9, {}, 0)])
     ax = drawn[0].axes[0]
     box = next(c for c in ax.collections if isinstance(c, PolyCollection))
     low, high = box.get_paths()[0].vertices[:, 1].min(), box.get_paths()[0].vertices[:, 1].max()

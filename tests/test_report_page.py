@@ -132,7 +132,7 @@ def _trial(number: int, preset: str | None, batchnorm: bool, with_curve: bool, o
     return TrialView(number, TrialState.COMPLETE, preset, batchnorm, params, attrs, 0.6, {})
 
 
-def test_below_five_trials_with_curves_the_first_screen_says_how_many_more_and_how(monkeypatch):
+def test_below_six_complete_trials_with_curves_the_first_screen_says_how_many_more_and_how(monkeypatch):
     from study.report import paired
     from study.report.next_steps import trials_needed
 
@@ -143,13 +143,16 @@ def test_below_five_trials_with_curves_the_first_screen_says_how_many_more_and_h
                 "prune_on": "own_momentum"}
     lines = trials_needed(views, paired.with_curves(views), "trash 64", settings)
     assert lines == [
-        "Trials needed: a paired answer needs 5 finished trials with batchnorm and a momentum curve; this study has 3 "
-        "of 5 finished (the first 4 trials are the seed's presets, 2 of them without batchnorm, so at least 7 trials "
-        "in all). So far, held-out accuracy at the val-chosen momentum minus at the trial's own: trial 2 +25.0, "
-        "trial 3 0.0, trial 4 0.0 points (no interval below 5 trials). Add 2 with: gaplab-study --trials 7 "
+        "Trials needed: a paired answer needs 6 trials with batchnorm and a momentum curve that trained to the end "
+        "(not pruned); this study has 3, of 5 finished (the first 4 trials are the seed's presets, 2 of them without "
+        "batchnorm, so at least 8 trials in all). So far, held-out accuracy at the val-chosen momentum minus at the "
+        "trial's own: trial 2 +25.0, trial 3 0.0, trial 4 0.0 points (no interval below 6 trials). Add 3 with: "
+        "gaplab-study --trials 8 "
         "--study_name 'trash 64' --data_dir 'my photos' --image_size 64 --epochs 6 --seed 0 --prune_on own_momentum "
         "(and the --storage it used, if not the default)."]
     views += [_trial(5, None, True, True), _trial(6, None, True, True)]
+    assert len(trials_needed(views, paired.with_curves(views), "trash 64", settings)) == 1
+    views += [_trial(7, None, True, True)]
     assert trials_needed(views, paired.with_curves(views), "trash 64", settings) == []
 
 
@@ -169,9 +172,10 @@ def test_the_report_shows_what_more_trials_would_answer_below_the_headline(tmp_p
     for key, value in study.user_attrs.items():
         small.set_user_attr(key, value)
     report = _report({**info, "storage": storage})
-    assert report.next_steps and report.next_steps[0].startswith("Trials needed: a paired answer needs 5 finished "
-                                                                 "trials with batchnorm and a momentum curve; this "
-                                                                 "study has 3 of 5 finished")
+    assert report.next_steps and report.next_steps[0].startswith("Trials needed: a paired answer needs 6 trials "
+                                                                 "with batchnorm and a momentum curve that trained "
+                                                                 "to the end (not pruned); this study has 3, of 5 "
+                                                                 "finished")
     page, markdown = to_html(report), to_markdown(report)
     assert page.index('<div class="headline">') < page.index('<p class="next">Trials needed') < page.index(
         '<ul class="summary">')

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shlex
 
+from optuna.trial import TrialState
+
 from study import contract
 from study.cli import command
 from study.report import stats
@@ -55,9 +57,10 @@ def retrain(best: TrialView | None, settings: dict) -> list[tuple[str, str]]:
 
 def trials_needed(views: list[TrialView], with_curves: list[TrialView], study_name: str,
                   settings: dict) -> list[str]:
-    """Below the headline, while fewer than stats.MIN_PAIRED_N finished batchnorm trials have momentum curves:
-    what those trials show so far, how many more a paired answer needs, and the command that adds them."""
-    have, need = len(with_curves), stats.MIN_PAIRED_N
+    """Below the headline, while fewer than stats.MIN_PAIRED_N batchnorm trials with momentum curves trained to the
+    end (the trials the headline effect is over): what the trials with curves show so far, how many more a paired
+    answer needs, and the command that adds them."""
+    have, need = sum(v.state == TrialState.COMPLETE for v in with_curves), stats.MIN_PAIRED_N
     if have >= need:
         return []
     finished = sum(v.state in contract.FINISHED_STATES for v in views)
@@ -79,8 +82,9 @@ def trials_needed(views: list[TrialView], with_curves: list[TrialView], study_na
         flags += ["--pruner", str(settings["pruner"])]
     if settings.get("prune_on") not in (None, contract.DEFAULT_PRUNE_ON):
         flags += ["--prune_on", str(settings["prune_on"])]
-    return [f"Trials needed: a paired answer needs {need} finished trials with batchnorm and a momentum curve; this "
-            f"study has {have} of {finished} finished (the first 4 trials are the seed's presets, "
+    return [f"Trials needed: a paired answer needs {need} trials with batchnorm and a momentum curve that trained to "
+            f"the end (not pruned); this study has {have}, of {finished} finished (the first 4 trials are the seed's "
+            f"presets, "
             f"{PRESETS_WITHOUT_BATCHNORM} of them without batchnorm, so at least {need + PRESETS_WITHOUT_BATCHNORM} "
             f"trials in all).{shown} Add {need - have} with: {shlex.join([*command('study.run').split(), *flags])} "
             "(and the --storage it used, if not the default)."]
