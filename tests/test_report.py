@@ -883,3 +883,14 @@ def test_run_ids_link_to_the_tracking_servers_ui(momentum_study):
     report.section("6.").tables[0] = table
     assert f"[{cell.text}]({cell.url})" in to_markdown(report)
     assert f'<a href="{cell.url}">{cell.text}</a>' in to_html(report)
+
+
+def test_findings_json_writes_a_number_that_is_not_finite_as_null():
+    from study.report.document import Finding, Report
+    from study.report.render import to_findings_json
+
+    finding = Finding(kind="paired_effect", text="x", estimate=float("nan"), interval=(float("-inf"), 0.02), n=3)
+    report = Report(study_name="s", summary=[], headline=["h"], findings=[finding], sections=[])
+    data = json.loads(to_findings_json(report))
+    assert data["findings"][0]["estimate"] is None
+    assert data["findings"][0]["interval"] == [None, 0.02]

@@ -223,10 +223,11 @@ def to_findings_json(report: Report) -> str:
     for finding in report.findings:
         row = dataclasses.asdict(finding)
         row["estimate"], row["p_value"] = number(finding.estimate), number(finding.p_value)
-        row["interval"] = list(finding.interval) if finding.interval else None
+        row["interval"] = [number(end) for end in finding.interval] if finding.interval else None
         findings.append(row)
+    # allow_nan=False: NaN is not JSON, and a reader such as JSON.parse or jq would refuse the whole file.
     return json.dumps({"study": report.study_name, "headline": report.headline, "findings": findings},
-                      indent=2, ensure_ascii=False) + "\n"
+                      indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
 
 def to_html(report: Report) -> str:
