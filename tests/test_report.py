@@ -383,7 +383,10 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     assert len(decomposition.rows) == len(specs)  # the failed trial has no metrics
     first = decomposition.rows[4]
     assert str(first[0]) == "4" and first[6] == specs[4]["gap"] and first[9] == specs[4]["val"]
-    assert decomposition.columns[11:] == ["val-chosen momentum", "test at own momentum", "test at chosen momentum"]
+    assert decomposition.columns[11:] == ["val-chosen momentum", "test at own momentum", "test at chosen momentum",
+                                          "test recalibrated"]
+    # PreciseBN scores like the settled momenta: the fixture's best val less one point, in whole test images.
+    assert first[14] == round((max(_curve(specs[4], "momentum")["val_accuracy"]) - 0.01) * TEST_IMAGES) / TEST_IMAGES
     top = report.section("6.").tables[0]
     assert top.rows[0][-1]  # MLflow run id
     importance = report.section("4.")

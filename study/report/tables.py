@@ -50,20 +50,21 @@ def decomposition_table(views: list[TrialView], link=lambda run_id: None) -> Tab
             continue
         before, after = v.get("val_accuracy"), v.get("val_accuracy_recalibrated")
         curve = v.curve if v.batchnorm else None
-        paired = [None, None, None]
+        paired = [None, None, None, None]
         if curve:
             chosen = stats.chosen_index(curve.val_accuracy, curve.momentum)
             held = curve.test_accuracy or (None,) * len(curve.momentum)
-            paired = [curve.momentum[chosen], held[curve.own], held[chosen]]
+            paired = [curve.momentum[chosen], held[curve.own], held[chosen], curve.recalibrated_test_accuracy]
         url = link(v.run_id) if v.run_id else None
         rows.append([Link(str(v.number), url) if url else v.number, v.state.name, v.preset or "",
                      v.momentum if v.batchnorm else "no BN", v.get("steps"), v.horizon if v.batchnorm else math.nan,
                      v.get("gap"), v.get("mode_gap"), v.get("generalization_gap"), before, after, *paired])
     return Table(["trial", "state", "preset", "bn_momentum", "steps", "EMA horizon", "gap", "mode gap",
                   "generalization gap", "val", "val recalibrated", "val-chosen momentum", "test at own momentum",
-                  "test at chosen momentum"], rows,
+                  "test at chosen momentum", "test recalibrated"], rows,
                  "gap = mode gap + generalization gap (on val); EMA horizon = steps × (1 − bn_momentum); the chosen "
-                 "momentum is the momentum curve's highest val accuracy (same weights), scored on test; – where the "
+                 "momentum is the momentum curve's highest val accuracy (same weights), scored on test; test "
+                 "recalibrated: the same weights with statistics re-estimated after training (PreciseBN); – where the "
                  "curve predates held-out accuracy per momentum. Trial numbers open the trial's run in the MLflow UI.",
                  digits={"EMA horizon": 1})
 
