@@ -50,19 +50,10 @@ def headings(text: str, pattern: str) -> list[tuple[int, str]]:
 
 
 def _distributions():
-    import optuna
 
     from study import space
 
-    return {
-        space.MOMENTUM_PARAM: optuna.distributions.IntDistribution(
-            space.to_optuna("bn_momentum", space.MOMENTUM_RANGE[1]),
-            space.to_optuna("bn_momentum", space.MOMENTUM_RANGE[0]), log=True),
-        "batch_size": optuna.distributions.CategoricalDistribution(space.BATCH_SIZES),
-        space.DROPOUT_PARAM: optuna.distributions.IntDistribution(
-            *(space.to_optuna("dropout", bound) for bound in space.DROPOUT_RANGE)),
-        "depth": optuna.distributions.IntDistribution(1, 5),
-    }
+    return {param.optuna_name: param.distribution() for param in space.PARAMS}
 
 
 def _specs(kind: str) -> list[dict]:
@@ -206,9 +197,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, cur
             attrs[contract.BEST_MOMENTUM_METRIC] = curve["momentum"][best]
             attrs[contract.VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC] = curve["val_accuracy"][best]
         # As Optuna stores them (study.space): no momentum without batchnorm, integer permille and percent.
-        searched = ("bn_momentum", "batch_size", "dropout", "depth") if spec["batchnorm"] else \
-            ("batch_size", "dropout", "depth")
-        params = {space.optuna_name(name): space.to_optuna(name, spec[name]) for name in searched}
+        params = {p.optuna_name: p.to_optuna(spec[p.name]) for p in space.PARAMS if p.exists(spec["batchnorm"])}
         distributions = {param: dist for param, dist in _distributions().items() if param in params}
         complete = spec["state"] == TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(

@@ -196,10 +196,14 @@ def test_the_best_setting_is_a_command_to_copy(registered_study):
     (_, command), = retrain(best, settings)
     argv = shlex.split(command)
     assert argv[:2] == ["python", "-c"]
-    assert argv[2] == ("from gaplab import TrainConfig, load_image_folder, train; data = load_image_folder("
-                       "\"/data/it's here\", 48, seed=7); result = train(TrainConfig(depth=2, batchnorm=False, "
-                       "dropout=0.5, batch_size=32, image_size=48, epochs=3, seed=7), data); "
-                       "print(result.final_metrics())")
+    data, config = re.search(r"data = (.*?); result = train\(TrainConfig\((.*?)\), data\)", argv[2]).groups()
+    assert data == "load_image_folder(\"/data/it's here\", 48, seed=7)"
+    # The preset's own values, the study's settings, and no momentum without batchnorm.
+    assert dict(item.split("=") for item in config.split(", ")) == {
+        "depth": "2", "batchnorm": "False", "dropout": "0.5", "batch_size": "32", "image_size": "48", "epochs": "3",
+        "seed": "7"}
+    assert argv[2].startswith("from gaplab import TrainConfig, load_image_folder, train; ")
+    assert argv[2].endswith("; print(result.final_metrics())")
 
 
 @pytest.mark.slow
