@@ -12,9 +12,8 @@ from optuna.trial import TrialState
 
 from gaplab import curve
 
-# The searched parameters under their public names (Optuna calls bn_momentum's complement
-# `one_minus_bn_momentum_permille` and dropout `dropout_percent`; see study.space).
-SEARCHED = ("bn_momentum", "batch_size", "dropout", "depth")
+# The searched parameters, their names and how Optuna stores them, are declared in study.space
+# (`space.PARAMS`, `space.names()`).
 
 # What `--trials` counts, and what the report treats as measured.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -1,4 +1,11 @@
-"""The search space, declared once. `suggest(trial, base)` is the only code that samples it.
+"""The search space, each parameter declared once (`PARAMS`); `suggest(trial, base)` is the only code that samples it.
+
+A `Param` holds everything about one searched parameter: its public name (the `TrainConfig` field, MLflow
+param and report name), its range and scale, the integer Optuna stores for it, whether it exists without
+batchnorm, whether the seed's presets fix it, and how the report plots and writes it. Sampling
+(`suggest`), the presets' Optuna params, the MLflow params, the names the report reads (`names()`), its
+parameter figures and tables all read `PARAMS` when they run, so a parameter added there (and to the
+library's `TrainConfig`) reaches the study, MLflow and the report.
 
 | name        | range                        | Optuna parameter (what Optuna stores)                   |
 |-------------|------------------------------|---------------------------------------------------------|
@@ -29,108 +36,199 @@ a trial's `preset` user attribute marks them, and they are never pruned.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import optuna
 
 from gaplab.config import PRESETS, TrainConfig
 from study.contract import FINISHED_STATES, PRESET_ATTR
 
-MOMENTUM_RANGE = (0.5, 0.999)
-BATCH_SIZES = (8, 16, 32, 64, 128, 256)
-DROPOUT_RANGE = (0.0, 0.6)
-DEPTH_RANGE = (1, 5)
-MOMENTUM_PARAM = "one_minus_bn_momentum_permille"
-DROPOUT_PARAM = "dropout_percent"
-# Public name -> (Optuna parameter, public units per Optuna unit) for the parameters Optuna
-# holds as integers; bn_momentum's integer counts 1 - momentum.
-_SCALED = {"bn_momentum": (MOMENTUM_PARAM, 1000), "dropout": (DROPOUT_PARAM, 100)}
 
-
-def depth_choices(image_size: int) -> list[int]:
+def depth_choices(image_size: int, depth_range: tuple[int, int]) -> list[int]:
+    """The depths in `depth_range` that `image_size` leaves room for; ValueError if none."""
     from gaplab.model import allowed_depths  # imports Keras; the report reads this module without it
 
-    allowed = [d for d in allowed_depths(image_size) if DEPTH_RANGE[0] <= d <= DEPTH_RANGE[1]]
+    allowed = [d for d in allowed_depths(image_size) if depth_range[0] <= d <= depth_range[1]]
     if not allowed:
-        raise ValueError(f"image_size={image_size} allows no conv block of depth {DEPTH_RANGE[0]}-{DEPTH_RANGE[1]}; "
+        raise ValueError(f"image_size={image_size} allows no conv block of depth {depth_range[0]}-{depth_range[1]}; "
                          "use a larger image_size.")
     return allowed
 
 
+@dataclass(frozen=True)
+class Param:
+    """One searched parameter. `name` is the `TrainConfig` field it sets, and its name everywhere but Optuna.
+
+    Sampled from `choices`, or from the integers `low`..`high` give in stored units: Optuna stores
+    `per_unit` integers per public unit (1000: permille, 100: percent; 1: the value itself) of the value, or
+    of 1 − value where `complement`, under `stored_as` (default `name`). `log`: sampled on a log scale.
+    `limit(base)` narrows the stored range for a base config (depth: what the image size allows).
+    `batchnorm_only`: no such parameter for a model without batchnorm. `preset_sets`: the seed's presets
+    (`gaplab.config.PRESETS`) fix it to their own value; otherwise they take the base config's.
+    In the report: plotted on a `scale` ("linear", "log" or "log2") as the value, or as 1 − value where
+    `complement`; `whole`: written as a whole number.
+    """
+
+    name: str
+    low: float = 0.0
+    high: float = 0.0
+    choices: tuple = ()
+    log: bool = False
+    per_unit: int = 1
+    complement: bool = False
+    stored_as: str = ""
+    limit: Callable[[TrainConfig, tuple[int, int]], tuple[int, int]] | None = None
+    batchnorm_only: bool = False
+    preset_sets: bool = True
+    scale: str = "linear"
+    whole: bool = False
+
+    def __post_init__(self):
+        if not self.choices and not all(float(self.to_optuna(bound)).is_integer() for bound in (self.low, self.high)):
+            raise ValueError(f"{self.name}: the range {self.low}-{self.high} is not whole in stored units; set "
+                             "per_unit so Optuna samples integers.")
+
+    @property
+    def optuna_name(self) -> str:
+        return self.stored_as or self.name
+
+    @property
+    def scaled(self) -> bool:
+        return self.per_unit != 1 or self.complement
+
+    @property
+    def label(self) -> str:
+        """What the report's axes call it: the value plotted."""
+        return f"1 − {self.name}" if self.complement else self.name
+
+    def to_public(self, stored: float) -> float:
+        """The public value of a stored one (exact: 5 permille -> 0.995, 35 percent -> 0.35)."""
+        if self.complement:
+            return (self.per_unit - round(stored)) / self.per_unit
+        return stored / self.per_unit if self.per_unit != 1 else stored
+
+    def to_optuna(self, value: float) -> float:
+        """The stored value of a public one; ValueError if the value is off the sampled step."""
+        if not self.scaled:
+            return value
+        stored = round((1.0 - value if self.complement else value) * self.per_unit)
+        if self.to_public(stored) != value:
+            raise ValueError(f"{self.name}={value} is not on the search space's step of 1/{self.per_unit}; use a "
+                             f"value with at most {len(str(self.per_unit)) - 1} decimals.")
+        return stored
+
+    def stored_range(self, base: TrainConfig) -> tuple[int, int]:
+        low, high = sorted((self.to_optuna(self.low), self.to_optuna(self.high)))
+        return self.limit(base, (low, high)) if self.limit else (low, high)
+
+    def distribution(self, base: TrainConfig | None = None) -> optuna.distributions.BaseDistribution:
+        """What Optuna samples it from (for `base`'s limits; None: the declared range)."""
+        if self.choices:
+            return optuna.distributions.CategoricalDistribution(self.choices)
+        low, high = (self.stored_range(base) if base is not None
+                     else sorted((self.to_optuna(self.low), self.to_optuna(self.high))))
+        return optuna.distributions.IntDistribution(low, high, log=self.log)
+
+    def sample(self, trial: optuna.Trial, base: TrainConfig) -> float:
+        """The trial's public value of this parameter."""
+        if self.choices:
+            return trial.suggest_categorical(self.optuna_name, self.choices)
+        low, high = self.stored_range(base)
+        return self.to_public(trial.suggest_int(self.optuna_name, low, high, log=self.log))
+
+    def exists(self, batchnorm: bool) -> bool:
+        return batchnorm or not self.batchnorm_only
+
+
+def _depths(base: TrainConfig, stored: tuple[int, int]) -> tuple[int, int]:
+    depths = depth_choices(base.image_size, stored)
+    return depths[0], depths[-1]
+
+
+# The searched parameters, in the order the report lists them and `suggest` samples them. The order is part of
+# what a seed reproduces (TPE draws them in turn): it is the order the documented studies were run with.
+PARAMS: tuple[Param, ...] = (
+    Param("bn_momentum", 0.5, 0.999, log=True, per_unit=1000, complement=True,
+          stored_as="one_minus_bn_momentum_permille", batchnorm_only=True, scale="log"),
+    Param("dropout", 0.0, 0.6, per_unit=100, stored_as="dropout_percent"),
+    Param("batch_size", choices=(8, 16, 32, 64, 128, 256), preset_sets=False, scale="log2", whole=True),
+    Param("depth", 1, 5, limit=_depths, whole=True),
+)
+
+
+def names() -> tuple[str, ...]:
+    """The searched parameters' public names, in `PARAMS` order."""
+    return tuple(param.name for param in PARAMS)
+
+
+def param(name: str) -> Param:
+    """The declaration of the parameter with this public or Optuna name."""
+    return next(p for p in PARAMS if name in (p.name, p.optuna_name))
+
+
 def optuna_name(name: str) -> str:
     """The Optuna parameter behind a public parameter name."""
-    return _SCALED[name][0] if name in _SCALED else name
+    return next((p.optuna_name for p in PARAMS if p.name == name), name)
 
 
-def public_name(param: str) -> str:
+def public_name(stored: str) -> str:
     """The public name of an Optuna parameter."""
-    return next((name for name, (scaled, _) in _SCALED.items() if scaled == param), param)
+    return next((p.name for p in PARAMS if p.optuna_name == stored), stored)
 
 
-def to_public(param: str, value: float) -> float:
+def to_public(stored: str, value: float) -> float:
     """The public value of an Optuna parameter's value (exact: 5 permille -> 0.995, 35 percent -> 0.35)."""
-    if param == MOMENTUM_PARAM:
-        return momentum_from(value)
-    # Only the integer parameters are scaled: a study from before them stored `dropout` itself.
-    name = public_name(param)
-    return value / _SCALED[name][1] if name != param else value
+    declared = next((p for p in PARAMS if p.optuna_name == stored), None)
+    # Only the stored names are scaled: a study from before the integers stored `dropout` itself.
+    return declared.to_public(value) if declared else value
 
 
 def to_optuna(name: str, value: float) -> float:
     """The Optuna value of a public value; ValueError if the value is off the sampled step."""
-    if name not in _SCALED:
-        return value
-    units = _SCALED[name][1]
-    scaled = round((1.0 - value if name == "bn_momentum" else value) * units)
-    if to_public(optuna_name(name), scaled) != value:
-        raise ValueError(f"{name}={value} is not on the search space's step of 1/{units}; use a value with at most "
-                         f"{len(str(units)) - 1} decimals.")
-    return scaled
+    declared = next((p for p in PARAMS if p.name == name), None)
+    return declared.to_optuna(value) if declared else value
+
+
+# The two stored names other code asks for: whether a trial has momentum, and the old studies' dropout.
+MOMENTUM_PARAM = param("bn_momentum").optuna_name
+DROPOUT_PARAM = param("dropout").optuna_name
 
 
 def momentum_from(permille: int) -> float:
     """bn_momentum from the sampled `one_minus_bn_momentum_permille`."""
-    return (1000 - round(permille)) / 1000
+    return param("bn_momentum").to_public(permille)
 
 
 def public_params(params: dict[str, object]) -> dict[str, object]:
     """A trial's Optuna params under their public names and in public units."""
-    return {public_name(param): to_public(param, value) for param, value in params.items()}
+    return {public_name(stored): to_public(stored, value) for stored, value in params.items()}
 
 
 def logged_params(config: TrainConfig) -> dict[str, object]:
-    """A trial's config as MLflow params: every field, but no momentum for a model without batchnorm."""
+    """A trial's config as MLflow params: every field, but none of the parameters its model does not have."""
     params = config.as_params()
-    if not config.batchnorm:
-        del params["bn_momentum"]
+    for declared in PARAMS:
+        if not declared.exists(config.batchnorm):
+            del params[declared.name]
     return params
 
 
 def _optuna_params(config: TrainConfig) -> dict[str, object]:
-    searched = {"batch_size": config.batch_size, "dropout": config.dropout, "depth": config.depth}
-    if config.batchnorm:
-        searched["bn_momentum"] = config.bn_momentum
-    return {optuna_name(name): to_optuna(name, value) for name, value in searched.items()}
+    return {p.optuna_name: p.to_optuna(getattr(config, p.name)) for p in PARAMS if p.exists(config.batchnorm)}
 
 
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The trial's config: `base` (fixed settings) with the searched values filled in.
 
-    Without batchnorm no momentum is sampled; the config keeps `base`'s, which the model ignores.
+    A parameter the model does not have (momentum without batchnorm) is not sampled; the config keeps
+    `base`'s value, which the model ignores.
     """
-    depths = depth_choices(base.image_size)
     preset = trial.user_attrs.get(PRESET_ATTR)
     if preset is not None:
         # Fixed params were enqueued with the preset's values; batchnorm is not searched.
         base = base.replace(batchnorm=PRESETS[preset].batchnorm)
-    if base.batchnorm:
-        permille = trial.suggest_int(MOMENTUM_PARAM, round((1.0 - MOMENTUM_RANGE[1]) * 1000),
-                                     round((1.0 - MOMENTUM_RANGE[0]) * 1000), log=True)
-        base = base.replace(bn_momentum=momentum_from(permille))
-    percent = trial.suggest_int(DROPOUT_PARAM, round(DROPOUT_RANGE[0] * 100), round(DROPOUT_RANGE[1] * 100))
-    return base.replace(
-        batch_size=trial.suggest_categorical("batch_size", BATCH_SIZES),
-        dropout=to_public(DROPOUT_PARAM, percent),
-        depth=trial.suggest_int("depth", depths[0], depths[-1]),
-    )
+    return base.replace(**{p.name: p.sample(trial, base) for p in PARAMS if p.exists(base.batchnorm)})
 
 
 def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
@@ -146,8 +244,7 @@ def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
     missing = [name for name in PRESETS if name not in present]
     for name in missing:
         preset = PRESETS[name]
-        searched_or_fixed = ("depth", "batchnorm", "bn_momentum", "dropout")
-        config = base.replace(**{field: getattr(preset, field) for field in searched_or_fixed})
-        study.enqueue_trial(_optuna_params(config), user_attrs={PRESET_ATTR: name})
+        fixed = {p.name: getattr(preset, p.name) for p in PARAMS if p.preset_sets}
+        study.enqueue_trial(_optuna_params(base.replace(batchnorm=preset.batchnorm, **fixed)),
+                            user_attrs={PRESET_ATTR: name})
     return missing
-

@@ -26,7 +26,6 @@ from study.contract import (
     PARENT_RUN_ID_ATTR,
     PRESET_ATTR,
     RUN_ID_ATTR,
-    SEARCHED,
 )
 from study.importance import IMPORTANCE_TARGETS, param_importances
 
@@ -34,7 +33,7 @@ from study.importance import IMPORTANCE_TARGETS, param_importances
 def trials_table(study: optuna.Study):
     """One row per trial; params under their public names and units (params_bn_momentum, params_dropout)."""
     frame = study.trials_dataframe(attrs=("number", "value", "state", "params", "user_attrs", "duration"))
-    for param in (space.MOMENTUM_PARAM, space.DROPOUT_PARAM):
+    for param in (p.optuna_name for p in space.PARAMS if p.scaled):
         column = "params_" + param
         if column in frame:
             frame[column] = frame[column].map(lambda value, param=param: space.to_public(param, value),
@@ -47,7 +46,7 @@ def trials_table(study: optuna.Study):
 def best_values(best: optuna.trial.FrozenTrial) -> dict[str, float]:
     """The best trial's searched values by public name; no bn_momentum where it has no batchnorm."""
     values = space.public_params(best.params)
-    return {name: float(values[name]) for name in SEARCHED if name in values}
+    return {name: float(values[name]) for name in space.names() if name in values}
 
 
 def log_study_summary(study: optuna.Study, study_name: str) -> None:
@@ -125,7 +124,7 @@ def _best_trial_line(best: optuna.trial.FrozenTrial, experiment_id: str) -> str:
            else run_name)
     preset = f", preset {attrs[PRESET_ATTR]}" if attrs.get(PRESET_ATTR) else ""
     values = best_values(best)
-    params = ", ".join(f"{name} {values[name]:g}" for name in SEARCHED if name in values)
+    params = ", ".join(f"{name} {values[name]:g}" for name in space.names() if name in values)
     if "bn_momentum" not in values:
         params += ", no batchnorm"
     return (f"**Best: trial {best.number}** ({run}{preset}): val_accuracy {best.value:.4f} (the objective), "

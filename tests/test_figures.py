@@ -180,16 +180,16 @@ def test_parallel_coordinates_draw_one_line_per_finished_trial(monkeypatch):
 
     from optuna.trial import TrialState
 
-    from study.report.figures import PARALLEL_AXES, parallel_figure
+    from study.report.figures import parallel_axes, parallel_figure
 
     drawn = _drawn(monkeypatch)
     views = [_view(0, TrialState.COMPLETE, 0.05, momentum=0.5), _view(1, TrialState.PRUNED, 0.4, momentum=0.999),
              _view(2, TrialState.COMPLETE, 0.1, batchnorm=False)]
     parallel_figure(views)
     ax = drawn[0].axes[0]
-    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == len(PARALLEL_AXES)]
+    lines = [line for line in ax.get_lines() if len(line.get_xdata()) == len(parallel_axes())]
     assert len(lines) == 3 and sorted(line.get_linestyle() for line in lines) == ["-", "-", "--"]
     # The trial without batchnorm has no momentum: its line starts at batch_size.
     assert sum(math.isnan(line.get_ydata()[0]) for line in lines) == 1
-    assert [tick.get_text() for tick in ax.get_xticklabels()] == [label for label, *_ in PARALLEL_AXES]
+    assert [tick.get_text() for tick in ax.get_xticklabels()] == [label for label, *_ in parallel_axes()]
     assert parallel_figure(views[:1]) is None  # one trial has nothing to compare

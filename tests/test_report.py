@@ -26,24 +26,34 @@ from study import contract
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
 CLASSES = ["cat", XSS, "dog|pipe"]
-SECTION_HEADINGS = ("1. Findings", "2. Seed presets", "3. Gap decomposition", "4. Parameter importance",
-                    "5. Figures", "6. Top trials", "7. Caveats")
+# The report's sections, by name and title, in their order: their numbers are their places here.
+SECTIONS = {"findings": "Findings", "seed_presets": "Seed presets", "decomposition": "Gap decomposition",
+            "importance": "Parameter importance", "figures": "Figures", "top_trials": "Top trials",
+            "caveats": "Caveats"}
+NUMBERED_TITLES = [(number, title) for number, title in enumerate(SECTIONS.values(), 1)]
+NUMBER = r"[-−+]?\d+(?:\.\d+)?"
+
+
+def numbers(text: str) -> list[float]:
+    """The numbers in a sentence, in order, with their signs (− or + as written)."""
+    return [float(found.replace("−", "-")) for found in re.findall(NUMBER, text)]
+
+
+def records(table) -> list[dict]:
+    """A report table's rows as {column name: cell}."""
+    return [dict(zip(table.columns, row, strict=True)) for row in table.rows]
+
+
+def headings(text: str, pattern: str) -> list[tuple[int, str]]:
+    """The numbered section headings in a page: (number, title) for each match of `pattern`'s "N. title" group."""
+    return [(int(number), title) for number, title in re.findall(pattern, text, re.M)]
 
 
 def _distributions():
-    import optuna
 
     from study import space
 
-    return {
-        space.MOMENTUM_PARAM: optuna.distributions.IntDistribution(
-            space.to_optuna("bn_momentum", space.MOMENTUM_RANGE[1]),
-            space.to_optuna("bn_momentum", space.MOMENTUM_RANGE[0]), log=True),
-        "batch_size": optuna.distributions.CategoricalDistribution(space.BATCH_SIZES),
-        space.DROPOUT_PARAM: optuna.distributions.IntDistribution(
-            *(space.to_optuna("dropout", bound) for bound in space.DROPOUT_RANGE)),
-        "depth": optuna.distributions.IntDistribution(1, 5),
-    }
+    return {param.optuna_name: param.distribution() for param in space.PARAMS}
 
 
 def _specs(kind: str) -> list[dict]:
@@ -187,9 +197,7 @@ def build_study(root: Path, kind: str, study_name: str, class_names=CLASSES, cur
             attrs[contract.BEST_MOMENTUM_METRIC] = curve["momentum"][best]
             attrs[contract.VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC] = curve["val_accuracy"][best]
         # As Optuna stores them (study.space): no momentum without batchnorm, integer permille and percent.
-        searched = ("bn_momentum", "batch_size", "dropout", "depth") if spec["batchnorm"] else \
-            ("batch_size", "dropout", "depth")
-        params = {space.optuna_name(name): space.to_optuna(name, spec[name]) for name in searched}
+        params = {p.optuna_name: p.to_optuna(spec[p.name]) for p in space.PARAMS if p.exists(spec["batchnorm"])}
         distributions = {param: dist for param, dist in _distributions().items() if param in params}
         complete = spec["state"] == TrialState.COMPLETE
         study.add_trial(optuna.trial.create_trial(
@@ -241,95 +249,100 @@ def test_paired_findings_score_the_val_chosen_momentum_on_held_out_images(moment
     report = _report(momentum_study)
     kinds = [f.kind for f in report.findings]
     assert kinds[:4] == ["best_setting", "smallest_gaps", "recommendation", "headline_effect"]
-    assert _finding(report, "noise_floor").text.startswith(
-        "Noise floor: one accuracy measured on the 379 held-out images has a standard error of about 2.4 points")
+    floor = _finding(report, "noise_floor")
+    assert floor.n == TEST_IMAGES and floor.estimate == pytest.approx(0.024, abs=5e-4)
+    assert numbers(floor.text)[:2] == [TEST_IMAGES, 2.4] and "held-out images" in floor.text
     # Val chooses the fix: PreciseBN recovers what stale statistics cost (val gain: median 0, mean above 0), ties
     # with the band on the median and wins on val's mean.
     recommendation = _finding(report, "recommendation")
-    assert recommendation.split == "val" and recommendation.text.startswith(
-        "Recommendation: re-estimate the batchnorm statistics after training (PreciseBN). Chosen on val")
+    assert recommendation.split == "val" and recommendation.n == 12
+    assert "re-estimate the batchnorm statistics after training (PreciseBN)" in recommendation.text
     # The headline is fixed in advance: complete trials (12), whatever the subgroups' intervals say.
     effect = _finding(report, "headline_effect")
     assert effect.split == "test" and effect.n == 12 and effect.interval == (0.0, pytest.approx(0.47, abs=0.003))
-    assert effect.text.startswith("Evaluated with statistics re-estimated after training, the same weights scored "
-                                  "0.0 points on held-out images (95 % interval 0.0 to +47.0, n=12) over the 12 "
-                                  "trials of this search that trained to the end, one seed; no clear effect")
+    # The sentence: 0.0 points (interval 0.0 to +47.0, n=12) over 12 trials, scored with PreciseBN, no clear effect.
+    assert numbers(effect.text)[:5] == [0.0, 95, 0.0, 47.0, 12] and "n=12" in effect.text
+    assert "PreciseBN" in effect.text and "no clear effect" in effect.text
     short, long = _finding(report, "secondary_short"), _finding(report, "secondary_long")
-    assert short.n == long.n == 6 and "after Holm's correction for 2 secondary lines" in short.text
+    assert short.n == long.n == 6 and "Holm's correction for 2 secondary lines" in short.text
     assert short.p_value == pytest.approx(2 / 32)
     # Every option against the own momentum, paired on test, and the band against PreciseBN.
     assert {k for k in kinds if k.startswith("option_")} == {"option_grid", "option_band", "option_precise",
                                                               "option_band_vs_precise"}
     assert _finding(report, "option_band_vs_precise").interval == (0.0, 0.0)
     settled = _finding(report, "settled")
-    assert settled.text.startswith("7 of 14 trials had settled at their own momentum")
+    assert (settled.estimate, settled.n) == (0.5, 14) and numbers(settled.text)[:2] == [7, 14]
     # Momentum's part of the gap: one finding, worded as what shrinks.
-    part = _finding(report, "gap_part").text
-    assert "at the val-chosen momentum the test gap shrinks by 23.5 points" in part
-    assert "the mode gap (train-mode vs inference-mode accuracy on training images: stale statistics, but also " \
-           "dropout and fit's within-epoch drift) shrinks by 24.0 points" in part
+    part = _finding(report, "gap_part")
+    assert part.estimate == pytest.approx(0.235, abs=5e-4) and part.n == 14
+    assert re.search(r"test gap shrinks by 23\.5 points", part.text)
+    assert re.search(r"the mode gap \(.*\) shrinks by 24\.0 points", part.text)
+    part = part.text
     assert "gap_part_split" not in kinds and not any("explains" in f.text for f in report.findings)
     rest = _finding(report, "across_trial_split")
-    assert rest.text.startswith("No parameter clearly goes with the rest of the test gap") and rest.p_value > 0.05
+    assert rest.text.startswith("No parameter clearly goes with") and rest.p_value > 0.05
     band = _finding(report, "band")
-    assert band.split == "val" and band.text.startswith(
-        "For 50–400 training steps the band is bn_momentum 0–0.9 (momenta within one val standard error of the "
-        "val-best for 3 in 4 of 14 trials; fitted on val). Fitted without each trial and scored on its held-out "
-        "images at the band's middle: against its own bn_momentum +23.5 points")
+    assert band.split == "val" and band.interval == (0.0, 0.9) and band.n == 14
+    # For 50–400 steps the band is 0–0.9, 3 in 4 of 14 trials; left out in turn, +23.5 points against the own momentum.
+    assert numbers(band.text)[:7] == [50, 400, 0, 0.9, 3, 4, 14] and "+23.5 points" in band.text
     keep = _finding(report, "keep_batchnorm")
-    assert keep.text.startswith("Drop batchnorm (chosen on val, with the fix applied): the best batchnorm trial (2, "
-                                "evaluated with PreciseBN) had val 0.918, the best trial without batchnorm (0) 0.920")
-    assert "so it may be noise" in keep.text
-    assert report.headline[0] == ("What to do (chosen on val across the trials that trained to the end): "
-                                  "re-estimate the batchnorm statistics after training (PreciseBN).")
+    # Drop batchnorm: trial 2 (batchnorm, PreciseBN) val 0.918 against trial 0 (none) 0.920, within the noise.
+    assert keep.text.startswith("Drop batchnorm") and keep.n == 2
+    assert numbers(keep.text)[:4] == [2, 0.918, 0, 0.920] and "may be noise" in keep.text
+    assert report.headline[0].startswith("What to do") and report.headline[0].endswith(
+        "re-estimate the batchnorm statistics after training (PreciseBN).")
     assert report.headline[1:3] == [effect.text, keep.text]
     assert "TPE's trials are not independent draws" in report.headline[3]
     assert not any("moves" in f.text for f in report.findings)
-    caveats = report.section("7.").bullets
-    assert ("The pruner stopped 2 of 2 pruned trials with a curve (trials 14, 15) whose val accuracy at their best "
-            "momentum was at or above the median of the 12 complete trials") in "\n".join(caveats)
+    caveats = report.section("caveats").bullets
+    pruned = next(line for line in caveats if line.startswith("The pruner stopped"))
+    # 2 of 2 pruned trials (14, 15) scored at or above the median of the 12 complete ones at their best momentum.
+    assert numbers(pruned)[:5] == [2, 2, 14, 15, 12]
     assert not any("have no momentum curve" in line for line in caveats)
     figure = next(f for f in report.figures if f.filename == "momentum_curves.png")
     assert figure.png.startswith(b"\x89PNG")
-    decomposition = report.section("3.").tables[0]
-    seed_bn = next(row for row in decomposition.rows if row[2] == "seed-bn")
+    decomposition = records(report.section("decomposition").tables[0])
+    seed_bn = next(row for row in decomposition if row["preset"] == "seed-bn")
     # Chosen on val: 0.9; held out, 47 points better there than at its own momentum 0.99.
-    assert seed_bn[11] == 0.9 and seed_bn[13] - seed_bn[12] == pytest.approx(0.47, abs=0.003)
+    assert seed_bn["bn_momentum"] == 0.99 and seed_bn["val-chosen momentum"] == 0.9
+    assert seed_bn["test at chosen momentum"] - seed_bn["test at own momentum"] == pytest.approx(0.47, abs=0.003)
 
 
 def test_a_study_without_curves_says_why_and_compares_across_trials(study_without_curves):
     report = _report(study_without_curves)
     texts = [f.text for f in report.findings]
-    assert texts[2].startswith(
-        "Paired momentum effect: not measured. Of 14 finished batchnorm trials, 14 have no momentum curve (trial user "
-        "attribute momentum_curve): they were run before gaplab measured every model at a grid of momenta")
+    missing = next(text for text in texts if text.startswith("Paired momentum effect: not measured."))
+    assert numbers(missing)[:2] == [14, 14] and contract.MOMENTUM_CURVE_ATTR in missing
     assert "momentum_curves.png" not in {f.filename for f in report.figures}
-    assert any(line.startswith("Figure 'Momentum curves' is left out: no finished batchnorm trial has a momentum curve")
-               for line in report.section("7.").bullets)
+    left_out = next(line for line in report.section("caveats").bullets
+                    if line.startswith("Figure 'Momentum curves' is left out"))
+    # It points to the findings by their heading, numbered by the section's place.
+    assert "no finished batchnorm trial has a momentum curve" in left_out and left_out.endswith("(see 1. Findings).")
     split = _finding(report, "across_trial_split")
     # 6 searched high-momentum trials + seed-bn (0.99) at gap 0.5; 6 low + seed-final (0.8) at 0.03: a perfect
     # separation, rare among shuffles even after paying for 9 candidate splits.
-    assert split.text.startswith("Higher bn_momentum goes with a larger gap (across trials, which differ in "
-                                 "everything else too; a rank test, and TPE's trials are not independent draws): "
-                                 "trials with bn_momentum ≥ 0.9 had a median of 0.50 (n=7), "
-                                 "with bn_momentum < 0.9 0.03 (n=7)"), split.text
+    assert split.text.startswith("Higher bn_momentum goes with a larger gap (across trials"), split.text
+    # bn_momentum ≥ 0.9: median 0.50 (n=7); below: 0.03 (n=7).
+    assert re.search(r"bn_momentum ≥ 0\.9 had a median of 0\.50 \(n=7\), with bn_momentum < 0\.9 0\.03 \(n=7\)",
+                     split.text), split.text
     assert split.p_value < 0.01 and split.n == 14
     horizon = _finding(report, "across_trial_horizon").text
     assert "below 3 had a median gap of 0.50 (n=7)" in horizon and "it was 0.03 (n=7)" in horizon
     momentum = _finding(report, "across_trial_momentum").text
-    assert momentum.startswith("High bn_momentum with short training goes with a wider gap: trials with "
-                               "bn_momentum ≥ 0.95 and at most 50 steps"), momentum
+    assert momentum.startswith("High bn_momentum with short training goes with a wider gap"), momentum
+    assert re.search(r"bn_momentum ≥ 0\.95 and at most 50 steps", momentum), momentum
     assert not any(" moves " in text for text in texts)
     recal = _finding(report, "recalibration").text
-    assert recal.startswith("PreciseBN re-estimates batchnorm's statistics on the training data at the final weights")
-    assert "for trials with bn_momentum ≥ 0.95, +40.0 points (95 % interval +40.0 to +40.0, n=7)." in recal
+    assert recal.startswith("PreciseBN re-estimates")
+    high = recal[recal.index("for trials with bn_momentum ≥ 0.95"):]
+    assert numbers(high)[:5] == [0.95, 40.0, 95, 40.0, 40.0] and "n=7" in high
     # Best: the highest val among complete trials.
     specs = study_without_curves["specs"]
     best = max((i for i, s in enumerate(specs) if s["state"] == TrialState.COMPLETE), key=lambda i: specs[i]["val"])
     assert f"Best setting: trial {best} " in texts[0]
     assert f"val accuracy {specs[best]['val']:.3f} and test accuracy {specs[best]['test']:.3f}" in texts[0]
-    assert report.headline[0].startswith("What goes with a smaller gap (across trials, not paired): Higher "
-                                         "bn_momentum goes with a larger gap")
+    assert report.headline[0].startswith("What goes with a smaller gap (across trials, not paired)")
+    assert split.text in report.headline[0]
 
 
 def test_curves_without_held_out_accuracy_are_labelled_optimistic_and_claim_nothing(tmp_path):
@@ -339,8 +352,7 @@ def test_curves_without_held_out_accuracy_are_labelled_optimistic_and_claim_noth
     assert all("optimistic: chosen and scored on val" in f.text or f.kind == "gap_part_split" for f in paired)
     assert not any(f.kind in ("band", "noise_floor", "settled") for f in report.findings)
     assert not any("would have scored" in f.text or "explains" in f.text for f in report.findings)
-    assert report.headline[0] == ("What closes the gap: unknown; the momentum curves predate held-out accuracy per "
-                                  "momentum.")
+    assert report.headline[0].startswith("What closes the gap: unknown") and "predate held-out" in report.headline[0]
 
 
 def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
@@ -365,42 +377,48 @@ def test_findings_name_dropout_when_dropout_drives_the_gap(dropout_study):
     assert (float(match[4]), int(match[5])) == (pytest.approx(statistics.median(low), abs=0.006), len(low))
     # Only momentum 0.999 (1000 steps x 0.001 = 1) is stale: the band is every grid momentum up to 0.995.
     assert _finding(report, "band").interval == (0.0, 0.995)
-    assert not any("pruner stopped" in line for line in report.section("7.").bullets)
+    assert not any("pruner stopped" in line for line in report.section("caveats").bullets)
 
 
 def test_tables_carry_the_stored_numbers(momentum_study):
     from gaplab.config import SEED_RESULTS
 
     report = _report(momentum_study)
-    seed = report.section("2.").tables[0]
-    assert [row[0] for row in seed.rows] == list(SEED_RESULTS)
+    seed = report.section("seed_presets").tables[0]
+    ours = [column for column in seed.columns if column.endswith(" here")]
+    theirs = [column for column in seed.columns if column.startswith("seed's ")]
+    assert len(ours) == len(theirs) == 3
+    assert [row["preset"] for row in records(seed)] == list(SEED_RESULTS)
     specs = momentum_study["specs"]
-    for row in seed.rows:
-        spec = next(s for s in specs if s.get("preset") == row[0])
-        assert row[2:5] == [spec["train"], spec["val"], spec["test"]]
-        assert tuple(row[5:]) == SEED_RESULTS[row[0]]
-    decomposition = report.section("3.").tables[0]
-    assert len(decomposition.rows) == len(specs)  # the failed trial has no metrics
-    first = decomposition.rows[4]
-    assert str(first[0]) == "4" and first[6] == specs[4]["gap"] and first[9] == specs[4]["val"]
-    assert decomposition.columns[11:] == ["val-chosen momentum", "test at own momentum", "test at chosen momentum",
-                                          "test recalibrated"]
+    for row in records(seed):
+        spec = next(s for s in specs if s.get("preset") == row["preset"])
+        assert [row[column] for column in ours] == [spec["train"], spec["val"], spec["test"]]
+        assert tuple(row[column] for column in theirs) == SEED_RESULTS[row["preset"]]
+    decomposition = records(report.section("decomposition").tables[0])
+    assert len(decomposition) == len(specs)  # the failed trial has no metrics
+    fourth = next(row for row in decomposition if str(row["trial"]) == "4")
+    assert (fourth["gap"], fourth["val"]) == (specs[4]["gap"], specs[4]["val"])
+    assert {"val-chosen momentum", "test at own momentum", "test at chosen momentum", "test recalibrated"} <= set(
+        decomposition[0])
     # PreciseBN scores like the settled momenta: the fixture's best val less one point, in whole test images.
-    assert first[14] == round((max(_curve(specs[4], "momentum")["val_accuracy"]) - 0.01) * TEST_IMAGES) / TEST_IMAGES
-    top = report.section("6.").tables[0]
-    assert top.rows[0][-1]  # MLflow run id
-    importance = report.section("4.")
+    best_val = max(_curve(specs[4], "momentum")["val_accuracy"])
+    assert fourth["test recalibrated"] == round((best_val - 0.01) * TEST_IMAGES) / TEST_IMAGES
+    top = records(report.section("top_trials").tables[0])
+    assert re.fullmatch(r"[0-9a-f]{32}", str(top[0]["MLflow run id"]))
+    importance = report.section("importance")
     assert "fANOVA" in importance.paragraphs[0]
-    assert {row[0] for row in importance.tables[0].rows} == {"bn_momentum", "batch_size", "dropout", "depth"}
-    caveats = "\n".join(report.section("7.").bullets)
+    assert {row["parameter"] for row in records(importance.tables[0])} == {"bn_momentum", "batch_size", "dropout",
+                                                                        "depth"}
+    caveats = "\n".join(report.section("caveats").bullets)
     assert "complete, 2 pruned, 1 failed" in caveats
     assert "re-run the best setting" in caveats
     assert {f.filename for f in report.figures} == {"momentum_curves.png", "momentum_band.png", "params.png",
                                                    "ema_horizon.png", "momentum_batch.png", "parallel.png",
                                                    "learning_curves.png", "confusion_matrix.png"}
     # One count of trials, the same in the summary and the caveats.
-    assert report.summary[2] == "Trials: 17 (14 complete, 2 pruned, 1 failed)"
-    assert report.section("7.").bullets[0] == "Trials: 17 (14 complete, 2 pruned, 1 failed)."
+    counts = next(line for line in report.summary if line.startswith("Trials: "))
+    assert numbers(counts) == [17, 14, 2, 1] and "2 pruned" in counts
+    assert report.section("caveats").bullets[0] == counts + "."
     assert all(f.png.startswith(b"\x89PNG") for f in report.figures)
 
 
@@ -422,7 +440,7 @@ def test_cli_writes_report_logs_it_and_leaves_the_study_unchanged(momentum_study
     for name in ("report.md", "report.html", "params.png", "ema_horizon.png", "confusion_matrix.png"):
         assert (folder / name).is_file(), name
     markdown = (folder / "report.md").read_text()
-    assert all(f"## {heading}" in markdown for heading in SECTION_HEADINGS)
+    assert headings(markdown, r"^## (\d+)\. (.+)$") == NUMBERED_TITLES
     client = MlflowClient(momentum_study["tracking"])
     logged = {a.path for a in client.list_artifacts(momentum_study["parent"], "report")}
     assert {"report/report.html", "report/report.md", "report/params.png"} <= logged
@@ -581,8 +599,7 @@ def test_html_renders_in_headless_chromium(dropout_study, tmp_path):
     page = next((tmp_path / "out").glob("*/report.html"))
     dom = _chromium_run(binary, tmp_path / "profile-dom", "--dump-dom", page.as_uri())
     assert dom.returncode == 0, dom.stderr[-2000:]
-    for heading in SECTION_HEADINGS:
-        assert f"<h2>{heading}</h2>" in dom.stdout
+    assert headings(dom.stdout, r"<h2>(\d+)\. ([^<]+)</h2>") == NUMBERED_TITLES
     # The hostile class name is text in the DOM, never an element.
     assert "&lt;img src=x onerror=alert(1)&gt;" in dom.stdout and "onerror=alert(1)>" not in dom.stdout.replace(
         "&gt;", "")
@@ -610,8 +627,7 @@ def test_end_to_end_study_then_report(tmp_path):
     folder = next((tmp_path / "reports").iterdir())
     markdown = (folder / "report.md").read_text()
     page = (folder / "report.html").read_text()
-    for heading in SECTION_HEADINGS:
-        assert f"## {heading}" in markdown and f"<h2>{heading}</h2>" in page
+    assert headings(markdown, r"^## (\d+)\. (.+)$") == headings(page, r"<h2>(\d+)\. ([^<]+)</h2>") == NUMBERED_TITLES
     import optuna
     from mlflow.tracking import MlflowClient
 
@@ -675,10 +691,11 @@ def test_a_study_that_is_still_running_is_reported_with_a_caveat(tmp_path):
     study.ask()  # a trial in progress, as another process leaves it
     study.enqueue_trial({"batch_size": 32})
     report = _report(info)
-    caveats = report.section("7. Caveats").bullets
+    caveats = report.section("caveats").bullets
     finished = len(info["specs"])
-    assert caveats[0] == (f"Trials: {finished + 3} ({finished - 2} complete, 2 pruned, 1 failed, 1 running, "
-                          "1 waiting).")
+    # All trials, then complete, pruned, failed, running, waiting.
+    assert numbers(caveats[0]) == [finished + 3, finished - 2, 2, 1, 1, 1]
+    assert "1 running" in caveats[0] and "1 waiting" in caveats[0]
     assert "The study is still running: rerun the report when it has finished." in caveats
     # Trials without metrics change no number: the findings are those of the finished trials.
     assert _finding(report, "gap_part").n == 14
@@ -690,7 +707,7 @@ def test_an_interrupted_study_is_not_called_running(tmp_path):
     info = build_study(tmp_path / "interrupted", "momentum", "interrupted-study")
     study = optuna.load_study(study_name=info["name"], storage=info["storage"])
     study.enqueue_trial({"batch_size": 32})  # queued, and no process runs the study
-    caveats = _report(info).section("7. Caveats").bullets
+    caveats = _report(info).section("caveats").bullets
     assert caveats[0].endswith("1 failed, 1 waiting).")
     assert not any("still running" in line for line in caveats)
     assert any(line.startswith("1 trial(s) are queued but none is running: the study was interrupted")
@@ -704,14 +721,12 @@ def test_a_best_value_at_the_edge_of_its_range_asks_to_widen_it():
     params = {"bn_momentum": 0.999, "batch_size": 8, "dropout": 0.3, "depth": 5}
     best = TrialView(7, TrialState.COMPLETE, None, True, params, {}, 0.9, _distributions())
     edges = [line for line in caveats([best], best, "0", []) if "edge" in line]
-    assert edges == [
-        "The best trial's bn_momentum = 0.999 is at the upper edge of its search range (0.5 to 0.999): widen "
-        "the range to see whether the optimum lies beyond it.",
-        "The best trial's batch_size = 8 is at the lower edge of its search range (8, 16, 32, 64, 128, 256): "
-        "widen the range to see whether the optimum lies beyond it.",
-        "The best trial's depth = 5 is at the upper edge of its search range (1 to 5): widen the range to see "
-        "whether the optimum lies beyond it.",
-    ]
+    found = [re.search(r"(\w+) = ([0-9.]+) is at the (lower|upper) edge of its search range \(([^)]*)\)", line)
+             for line in edges]
+    assert [match.groups() for match in found] == [("bn_momentum", "0.999", "upper", "0.5 to 0.999"),
+                                                   ("batch_size", "8", "lower", "8, 16, 32, 64, 128, 256"),
+                                                   ("depth", "5", "upper", "1 to 5")]
+    assert all("widen the range" in line for line in edges)
 
 
 def _curve_trial(number: int, raw: dict, steps: float = 100.0):
@@ -749,8 +764,7 @@ def test_fewer_than_six_trials_with_curves_state_no_paired_effect():
                   "state": TrialState.COMPLETE}, "dropout")
     views = [_curve_trial(n, raw) for n in range(5)]
     found = paired.paired_findings(paired.with_curves(views), views)
-    assert found[0].text == ("Only 5 trial(s) have momentum curves; at least 6 are needed, so no paired effect is "
-                             "stated.")
+    assert numbers(found[0].text) == [5, 6] and "no paired effect is stated" in found[0].text
     assert not any(f.interval for f in found)
     # A sixth trial: the effects are stated, with their intervals (stale at 0.999 with 100 steps: 75 of 379 images).
     views.append(_curve_trial(5, raw))
@@ -781,7 +795,7 @@ def test_curves_with_test_accuracy_but_not_the_newer_fields_claim_only_what_they
     assert by_kind["noise_floor"].estimate is None and "settled" not in by_kind
     assert by_kind["band"].text.endswith("so the noise of the val-best is unknown.")
     assert by_kind["option_grid"].n == 8 and "option_precise" not in by_kind
-    screen = build.headline(found, True)
+    screen = build.headline(found, True, titles={})
     assert by_kind["headline_effect"].text in screen
     assert not any("nan" in line or "n/a" in line for line in screen)
 
@@ -800,12 +814,12 @@ def test_the_seed_caveat_reads_the_study_settings_and_falls_back_to_the_parent_r
 
     info = build_study(tmp_path / "s", "momentum", "seeded")
     # A study written before the settings were stored: the parent run's param (0) is used.
-    assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("7.").bullets)
+    assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("caveats").bullets)
     study = optuna.load_study(study_name=info["name"], storage=info["storage"])
     study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 7})
-    assert any("Every trial ran once (seed 7)" in line for line in _report(info).section("7.").bullets)
+    assert any("Every trial ran once (seed 7)" in line for line in _report(info).section("caveats").bullets)
     study.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0})  # stored as a number: 0 is a seed too
-    assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("7.").bullets)
+    assert any("Every trial ran once (seed 0)" in line for line in _report(info).section("caveats").bullets)
 
 
 def test_findings_json_is_the_source_of_the_finding_sentences(dropout_study, tmp_path):
@@ -848,7 +862,7 @@ def test_the_pruned_caveat_reads_the_studys_prune_on(momentum_study, tmp_path):
     info = build_study(tmp_path / "p", "momentum", "pruned-on")
     stored = optuna.load_study(study_name=info["name"], storage=info["storage"])
     stored.set_user_attr(contract.SETTINGS_ATTR, {"seed": 0, "prune_on": "best_momentum"})
-    text = next(line for line in _report(info).section("7.").bullets if line.startswith("The pruner stopped"))
+    text = next(line for line in _report(info).section("caveats").bullets if line.startswith("The pruner stopped"))
     assert "The study already pruned on the val accuracy at the best momentum" in text
     assert "keeps such trials" not in text
 
@@ -878,12 +892,12 @@ def test_run_ids_link_to_the_tracking_servers_ui(momentum_study):
     views = trial_views(study)
     links = mlflow_links(study, client, [v.run_id for v in views])
     table = tables.top_table(views, links.run)
-    cell = table.rows[0][-1]
+    cell = records(table)[0]["MLflow run id"]
     experiment = client.get_run(cell.text).info.experiment_id
     assert isinstance(cell, Link)
     assert cell.url == f"http://mlflow.example.org:5000/#/experiments/{experiment}/runs/{cell.text}"
     assert links.served_by == ""  # a server is its own UI: nothing to start
-    report.section("6.").tables[0] = table
+    report.section("top_trials").tables[0] = table
     assert f"[{cell.text}]({cell.url})" in to_markdown(report)
     assert f'<a href="{cell.url}">{cell.text}</a>' in to_html(report)
 

@@ -214,7 +214,7 @@ def _control(n: int, reps: int, seed: int, own_loss: float = 0.0, shared: float 
         trials = n + (n // 2 if pruned is None else pruned)
         views = [_control_view(rng, i, i < n, own_loss, shared) for i in range(trials)]
         found = paired.paired_findings(paired.with_curves(views), views)
-        screen = build.headline(found, True)
+        screen = build.headline(found, True, titles={})
         by_kind = {f.kind: f for f in found}
         assert by_kind["headline_effect"].text in screen
         clear += any(words in by_kind["headline_effect"].text for words in ("; clear: ", "; clearly worse: "))
@@ -295,7 +295,7 @@ def test_the_first_screen_says_first_when_the_effect_holds_only_for_trials_stopp
     rng = np.random.default_rng(5)
     views = [_control_view(rng, i, i < 20, 0.0 if i < 20 else 0.15, SHARED) for i in range(40)]
     found = paired.paired_findings(paired.with_curves(views), views)
-    screen = build.headline(found, True)
+    screen = build.headline(found, True, titles={})
     assert screen[0].startswith("The effect holds only for trials the pruner stopped early (+"), screen
     assert "for the trials that trained to the end: " in screen[0] and screen[1].startswith("What to do (chosen on val")
 
@@ -307,7 +307,7 @@ def test_the_first_screen_says_first_when_the_best_setting_has_no_gap():
     # Fit's train accuracy no higher than the best val accuracy anywhere on the curve: no gap to close.
     views = [_control_view(rng, i, True, 0.0, SHARED, train=0.0) for i in range(10)]
     found = paired.paired_findings(paired.with_curves(views), views)
-    screen = build.headline(found, True)
+    screen = build.headline(found, True, titles={})
     best = next(f for f in found if f.kind == "best_setting")
     number = re.search(r"chosen on val: trial (\d+) ", best.text).group(1)
     assert screen[0].startswith(f"The study's best setting (trial {number}, chosen on val) has no gap to close"), screen

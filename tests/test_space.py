@@ -12,6 +12,7 @@ from gaplab.config import PRESETS, TrainConfig
 from study import dashboard, space
 from study.contract import BATCHNORM_ATTR, PRESET_ATTR
 from study.importance import param_importances
+from tests.conftest import load_study, run_mocked
 
 BASE = TrainConfig(image_size=16, epochs=1)
 WITHOUT_BATCHNORM = {name for name, preset in PRESETS.items() if not preset.batchnorm}
@@ -140,3 +141,59 @@ def test_the_study_s_smallest_image_size_is_the_first_where_every_preset_fits():
     for name, preset in PRESETS.items():
         model = build_model(preset.replace(image_size=MIN_STUDY_IMAGE_SIZE), num_classes=2)
         assert model.output_shape == (None, 2), name
+
+
+# A parameter the seed's study does not search, declared as every searched parameter is: stored as an integer
+# count of 1/10000 (so Optuna stores what MLflow logs), sampled on a log scale, drawn on a log axis.
+LEARNING_RATE = space.Param("learning_rate", 0.0001, 0.003, log=True, per_unit=10000,
+                            stored_as="learning_rate_per_10000", scale="log")
+
+
+@pytest.fixture
+def learning_rate_searched(monkeypatch):
+    """The search space with learning_rate added, in its one place: `space.PARAMS`."""
+    monkeypatch.setattr(space, "PARAMS", (*space.PARAMS, LEARNING_RATE))
+    return LEARNING_RATE
+
+
+def test_a_parameter_declared_once_reaches_the_study_mlflow_and_the_report(mock_study, learning_rate_searched):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from study.contract import PARENT_RUN_ID_ATTR, RUN_ID_ATTR
+    from study.report import build_report, figures
+    from study.report.next_steps import retrain
+    from study.report.views import trial_views
+
+    assert run_mocked(["--trials", "8", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
+    study = load_study(mock_study)
+    client = MlflowClient()
+    # The study: Optuna samples and stores the integer, the trainer gets the value, MLflow logs that value.
+    stored = {t.number: t.params["learning_rate_per_10000"] for t in study.trials}
+    assert len(stored) == 8 and all(1 <= value <= 30 for value in stored.values())
+    assert len(set(stored.values())) > 2, "the sampler explores the new parameter"
+    # The presets keep their own learning rate (gaplab.config.PRESETS: 0.001).
+    assert {stored[t.number] for t in study.trials if PRESET_ATTR in t.user_attrs} == {10}
+    for trial in study.trials:
+        logged = client.get_run(trial.user_attrs[RUN_ID_ATTR]).data.params
+        assert logged["learning_rate"] == str(stored[trial.number] / 10000)
+    parent = client.get_run(study.user_attrs[PARENT_RUN_ID_ATTR])
+    assert parent.data.metrics["best_learning_rate"] == stored[study.best_trial.number] / 10000
+    with open(mlflow.artifacts.download_artifacts(run_id=parent.info.run_id, artifact_path="trials.csv")) as table:
+        header = table.readline().strip().split(",")
+    assert "params_learning_rate" in header and "params_learning_rate_per_10000" not in header
+    # The report: the trials' parameters, the best setting's command, one more column of the parameter figure and
+    # one more axis of the parallel coordinates.
+    report = build_report(study, client)
+    views = {v.number: v for v in trial_views(study)}
+    assert all(v.params["learning_rate"] == stored[n] / 10000 for n, v in views.items())
+    top = report.section("top_trials").tables[0]
+    described = [dict(zip(top.columns, row))["parameters"] for row in top.rows]
+    assert described and all("learning_rate 0.0" in text for text in described)
+    best = views[study.best_trial.number]
+    (_, command), = retrain(best, {"image_size": 16, "epochs": 1, "seed": 0})
+    assert f"learning_rate={best.params['learning_rate']:g}" in command
+    assert [label for label, *_ in figures.parallel_axes()][-3] == "learning_rate"
+    png = next(f.png for f in report.figures if f.filename == "params.png")
+    width = int.from_bytes(png[16:20], "big")  # the PNG header's width: 3.25 inches of 100 px per parameter
+    assert width == round(3.25 * len(space.PARAMS) * 100) == 1625

@@ -464,7 +464,7 @@ def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
     assert run_mocked(["--trials", "3", *args]) == 0
     study = load_study(mock_study)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["WAITING"]
-    caveats = build_report(study, MlflowClient()).sections[-1].bullets
+    caveats = build_report(study, MlflowClient()).section("caveats").bullets
     assert not any("interrupted" in line for line in caveats), caveats
     assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
             "study.run with a larger --trials to train it.") in caveats

@@ -47,6 +47,7 @@ run's weights once another training of its architecture starts.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import statistics
@@ -266,6 +267,66 @@ class TrainResult:
         }
 
 
+@dataclass
+class _Monitors:
+    """The callbacks train() runs ahead of the caller's, in the order fit calls them."""
+
+    timer: _EpochTimer
+    validation: _Validation
+    terminate_on_nan: keras.callbacks.TerminateOnNaN
+    # After validation (it reads val_accuracy) and before the caller's callbacks (they read what
+    # it adds to each epoch's logs). None without a momentum grid or without best_momentum_at_epoch.
+    grid: BestMomentumValidation | None
+
+    def callbacks(self) -> list[keras.callbacks.Callback]:
+        # The timer's epochs end before validation: epoch times are training alone.
+        return [self.timer, self.validation, self.terminate_on_nan, *([self.grid] if self.grid else [])]
+
+
+@dataclass
+class _Fitted:
+    """What fit left: the history under the project's names and whether training diverged."""
+
+    history: dict[str, list[float]]
+    epochs: int
+    steps: int
+    diverged: bool
+
+
+@dataclass
+class _Measured:
+    """The trained model's accuracies and confusions; all NaN (and no curve) when training diverged."""
+
+    train_accuracy: float
+    train_eval_accuracy: float
+    val_accuracy: float
+    test_accuracy: float
+    val_accuracy_recalibrated: float
+    confusion_val: np.ndarray
+    confusion_test: np.ndarray
+    curve: MomentumCurve | None = None
+    curve_seconds: float = 0.0
+
+    @classmethod
+    def diverged(cls, num_classes: int) -> _Measured:
+        nan = float("nan")
+        empty = np.zeros((num_classes, num_classes), dtype=np.int64)
+        return cls(nan, nan, nan, nan, nan, empty, empty)
+
+
+class _Stopwatch:
+    """Seconds per named phase: `with stopwatch("fit_seconds"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+
+
 def train(
     config: TrainConfig,
     data: Dataset,
@@ -283,6 +344,44 @@ def train(
     `gaplab.momentum.BestMomentumValidation`). The model is prepared by `compiled_models`
     (default: `gaplab.compiled.default_models`).
     """
+    _check(config, data)
+    stopwatch = _Stopwatch()
+    with stopwatch("data_seconds"):
+        batches = _seeded_batches(config, data)
+    with stopwatch("build_seconds"):
+        model = (default_models if compiled_models is None else compiled_models).prepared(config, data.num_classes)
+    eval_batch = eval_batch_size(len(data.val.y))
+    monitors = _monitors(model, config, data, eval_batch, best_momentum_at_epoch, best_momentum_search)
+    with stopwatch("fit_seconds"):
+        history = _fit(model, batches, config, monitors.callbacks() + list(callbacks), verbose)
+    fitted = _outcome(model, history)
+    with stopwatch("eval_seconds"):
+        measured = _measure(model, config, data, fitted, monitors, eval_batch)
+    with stopwatch("copy_seconds"):
+        trained_values, trained_weights = _trained_copy(model)
+    return TrainResult(
+        config=config,
+        class_names=data.class_names,
+        history=fitted.history,
+        epochs=fitted.epochs,
+        steps=fitted.steps,
+        diverged=fitted.diverged,
+        stopped_early=fitted.epochs < config.epochs and not fitted.diverged,
+        train_accuracy=measured.train_accuracy,
+        train_eval_accuracy=measured.train_eval_accuracy,
+        val_accuracy=measured.val_accuracy,
+        test_accuracy=measured.test_accuracy,
+        val_accuracy_recalibrated=measured.val_accuracy_recalibrated,
+        confusion_val=measured.confusion_val,
+        confusion_test=measured.confusion_test,
+        timings=_timings(stopwatch.seconds, monitors, measured),
+        momentum_curve=measured.curve,
+        trained_values=trained_values,
+        trained_weights=trained_weights,
+    )
+
+
+def _check(config: TrainConfig, data: Dataset) -> None:
     if config.image_size != data.image_size:
         raise ConfigError(
             f"image_size={config.image_size} does not match the data's {data.image_size} px images; "
@@ -290,145 +389,126 @@ def train(
         )
     config.validate()
 
-    started = time.perf_counter()
+
+def _seeded_batches(config: TrainConfig, data: Dataset) -> FullBatches:
     enable_compilation_cache()
     keras.utils.set_random_seed(config.seed)
-    x_train, y_train = data.train.x, data.train.y
-    batches = FullBatches(x_train, y_train, config.batch_size, config.seed)
-    data_seconds = time.perf_counter() - started
+    return FullBatches(data.train.x, data.train.y, config.batch_size, config.seed)
 
-    started = time.perf_counter()
-    model = (default_models if compiled_models is None else compiled_models).prepared(config, data.num_classes)
-    build_seconds = time.perf_counter() - started
 
-    timer = _EpochTimer()
-    eval_batch = eval_batch_size(len(data.val.y))
-    validation = _Validation(data.val.x, data.val.y, eval_batch)
+def _monitors(model: keras.Model, config: TrainConfig, data: Dataset, eval_batch: int,
+              best_momentum_at_epoch: Callable[[int], bool] | None, best_momentum_search: str) -> _Monitors:
     terminate_on_nan = keras.callbacks.TerminateOnNaN()
     # Let Keras check each step's loss off the training thread (on backends that allow it, JAX): a
     # batch hook that is not async-safe makes the loop wait for every step, a sync per step on a GPU.
     terminate_on_nan.async_safe = True
-    # After validation (it reads val_accuracy) and before the caller's callbacks (they read what
-    # it adds to each epoch's logs).
-    tracks_grid = bool(grid_layers(model))
-    grid_validation = ([BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y,
-                                               at_epoch=best_momentum_at_epoch, final_epoch=config.epochs,
-                                               search=best_momentum_search, batch_size=eval_batch)]
-                       if tracks_grid and best_momentum_at_epoch is not None else [])
-    started = time.perf_counter()
-    fitted = model.fit(
+    grid = (BestMomentumValidation(config.bn_momentum, config.momentum_grid, data.val.x, data.val.y,
+                                   at_epoch=best_momentum_at_epoch, final_epoch=config.epochs,
+                                   search=best_momentum_search, batch_size=eval_batch)
+            if grid_layers(model) and best_momentum_at_epoch is not None else None)
+    return _Monitors(_EpochTimer(), _Validation(data.val.x, data.val.y, eval_batch), terminate_on_nan, grid)
+
+
+def _fit(model: keras.Model, batches: FullBatches, config: TrainConfig,
+         callbacks: list[keras.callbacks.Callback], verbose: int) -> keras.callbacks.History:
+    return model.fit(
         batches,
         epochs=config.epochs,
         # FullBatches shuffles, from the config's seed; Keras's own shuffle of batch order is not seeded.
         shuffle=False,
         verbose=verbose,
-        # The timer's epochs end before validation: epoch times are training alone.
-        callbacks=[timer, validation, terminate_on_nan, *grid_validation, *callbacks],
+        callbacks=callbacks,
     )
-    fit_seconds = time.perf_counter() - started
 
+
+def _outcome(model: keras.Model, fitted: keras.callbacks.History) -> _Fitted:
     history = {ours: [float(v) for v in fitted.history.get(theirs, [])] for theirs, ours in _KERAS_NAMES.items()
                if theirs in fitted.history or ours in EPOCH_METRICS}
-    epochs_run = len(history["train_loss"])
     diverged = not all(math.isfinite(v) for v in history["train_loss"]) or not all(
         np.all(np.isfinite(w)) for w in model.get_weights()
     )
-    steps = int(model.optimizer.iterations.numpy())
+    return _Fitted(history, len(history["train_loss"]), int(model.optimizer.iterations.numpy()), diverged)
 
-    started = time.perf_counter()
-    num_classes = data.num_classes
-    if diverged:
-        nan = float("nan")
-        train_acc = train_eval = val_acc = test_acc = val_recal = nan
-        curve, curve_seconds = None, 0.0
-        empty = np.zeros((num_classes, num_classes), dtype=np.int64)
-        confusion_val = confusion_test = empty
-    else:
-        train_acc = history["train_accuracy"][-1]
-        train_eval = accuracy(predict_classes(model, x_train, eval_batch), y_train)
-        # The last validation pass ran at these very weights and statistics: callbacks only read
-        # the model (the grid's pass restores the statistics it swaps in).
-        val_predicted = (validation.predicted if validation.predicted is not None
-                         else predict_classes(model, data.val.x, eval_batch))
-        test_predicted = predict_classes(model, data.test.x, eval_batch)
-        val_acc = accuracy(val_predicted, data.val.y)
-        test_acc = accuracy(test_predicted, data.test.y)
-        confusion_val = confusion_matrix(val_predicted, data.val.y, num_classes)
-        confusion_test = confusion_matrix(test_predicted, data.test.y, num_classes)
-        # Recalibration and the curve's train-eval points share one subset: a pass per BN layer
-        # over the whole split cost 3-4 val passes per layer at the default 70/15/15 split.
-        has_batchnorm = bool(batchnorm_layers(model))
-        subset = _train_eval_subset(data, config.seed) if has_batchnorm else None
-        if has_batchnorm:
-            with recalibrated_batchnorm(model, subset[0], eval_batch):
-                val_recal = accuracy(predict_classes(model, data.val.x, eval_batch), data.val.y)
-                train_eval_recal = (accuracy(predict_classes(model, subset[0], eval_batch), subset[1])
-                                    if tracks_grid else None)
-                # PreciseBN scored on test too: the report compares it with the momenta on held-out images.
-                test_recal_predicted = (predict_classes(model, data.test.x, eval_batch) if tracks_grid else None)
-        else:
-            val_recal, test_recal_predicted = val_acc, None
-        curve, curve_seconds = None, 0.0
+
+def _measure(model: keras.Model, config: TrainConfig, data: Dataset, fitted: _Fitted, monitors: _Monitors,
+             eval_batch: int) -> _Measured:
+    """Accuracies on every split at the trained weights, PreciseBN's, and the momentum curve."""
+    if fitted.diverged:
+        return _Measured.diverged(data.num_classes)
+    train_eval = accuracy(predict_classes(model, data.train.x, eval_batch), data.train.y)
+    # The last validation pass ran at these very weights and statistics: callbacks only read
+    # the model (the grid's pass restores the statistics it swaps in).
+    val_predicted = (monitors.validation.predicted if monitors.validation.predicted is not None
+                     else predict_classes(model, data.val.x, eval_batch))
+    test_predicted = predict_classes(model, data.test.x, eval_batch)
+    measured = _Measured(
+        train_accuracy=fitted.history["train_accuracy"][-1],
+        train_eval_accuracy=train_eval,
+        val_accuracy=accuracy(val_predicted, data.val.y),
+        test_accuracy=accuracy(test_predicted, data.test.y),
+        val_accuracy_recalibrated=float("nan"),
+        confusion_val=confusion_matrix(val_predicted, data.val.y, data.num_classes),
+        confusion_test=confusion_matrix(test_predicted, data.test.y, data.num_classes),
+    )
+    tracks_grid = bool(grid_layers(model))
+    if not batchnorm_layers(model):
+        measured.val_accuracy_recalibrated = measured.val_accuracy
+        return measured
+    # Recalibration and the curve's train-eval points share one subset: a pass per BN layer
+    # over the whole split cost 3-4 val passes per layer at the default 70/15/15 split.
+    subset = _train_eval_subset(data, config.seed)
+    with recalibrated_batchnorm(model, subset[0], eval_batch):
+        measured.val_accuracy_recalibrated = accuracy(predict_classes(model, data.val.x, eval_batch), data.val.y)
         if tracks_grid:
-            curve_started = time.perf_counter()
-            last_pass = grid_validation[0].last if grid_validation else None
-            # Val chooses the best momentum; test accuracy at each momentum is for scoring that choice.
-            curve = measure_curve(
-                model, config.bn_momentum, config.momentum_grid,
-                splits={"train": subset, "val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)},
-                own={"train": train_eval if len(subset[1]) == len(y_train) else None, "val": val_acc,
-                     "test": test_acc},
-                train_accuracy=train_acc, recalibrated=(train_eval_recal, val_recal),
-                val_by_momentum=last_pass[1:] if last_pass and last_pass[0] == epochs_run else None,
-                batch_size=eval_batch, own_test_predicted=test_predicted,
-                recalibrated_test_predicted=test_recal_predicted)
-            curve_seconds = time.perf_counter() - curve_started
-    eval_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+            train_eval_recal = accuracy(predict_classes(model, subset[0], eval_batch), subset[1])
+            # PreciseBN scored on test too: the report compares it with the momenta on held-out images.
+            test_recal_predicted = predict_classes(model, data.test.x, eval_batch)
+    if tracks_grid:
+        started = time.perf_counter()
+        last_pass = monitors.grid.last if monitors.grid else None
+        # Val chooses the best momentum; test accuracy at each momentum is for scoring that choice.
+        measured.curve = measure_curve(
+            model, config.bn_momentum, config.momentum_grid,
+            splits={"train": subset, "val": (data.val.x, data.val.y), "test": (data.test.x, data.test.y)},
+            own={"train": train_eval if len(subset[1]) == len(data.train.y) else None,
+                 "val": measured.val_accuracy, "test": measured.test_accuracy},
+            train_accuracy=measured.train_accuracy,
+            recalibrated=(train_eval_recal, measured.val_accuracy_recalibrated),
+            val_by_momentum=last_pass[1:] if last_pass and last_pass[0] == fitted.epochs else None,
+            batch_size=eval_batch, own_test_predicted=test_predicted,
+            recalibrated_test_predicted=test_recal_predicted)
+        measured.curve_seconds = time.perf_counter() - started
+    return measured
+
+
+def _trained_copy(model: keras.Model) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The model's variables as NumPy arrays, and its weights as the same arrays in `get_weights()` order."""
     trained_values = variable_values(model)
     value_of = {id(variable): value for variable, value in zip(model.variables, trained_values)}
-    trained_weights = [value_of[id(weight)] for weight in model.weights]
-    copy_seconds = time.perf_counter() - started
+    return trained_values, [value_of[id(weight)] for weight in model.weights]
 
-    epoch_seconds = timer.seconds
-    timings = {
-        "data_seconds": data_seconds,
-        "build_seconds": build_seconds,
-        "fit_seconds": fit_seconds,
-        "eval_seconds": eval_seconds,
+
+def _timings(phases: dict[str, float], monitors: _Monitors, measured: _Measured) -> dict[str, float]:
+    epoch_seconds = monitors.timer.seconds
+    grid = monitors.grid
+    return {
+        "data_seconds": phases["data_seconds"],
+        "build_seconds": phases["build_seconds"],
+        "fit_seconds": phases["fit_seconds"],
+        "eval_seconds": phases["eval_seconds"],
         # Within fit_seconds: the per-epoch validation passes.
-        "validation_seconds": validation.seconds,
+        "validation_seconds": monitors.validation.seconds,
         "first_epoch_seconds": epoch_seconds[0] if epoch_seconds else float("nan"),
         # Training alone, without validation. The first epoch includes tracing and compiling the
         # train step; later ones do not.
         "steady_epoch_seconds": statistics.median(epoch_seconds[1:]) if len(epoch_seconds) > 1 else float("nan"),
         "epochs_seconds": sum(epoch_seconds),
         # Part of fit_seconds: the per-epoch val passes at the grid's momenta.
-        "grid_validation_seconds": sum(grid_validation[0].seconds) if grid_validation else 0.0,
+        "grid_validation_seconds": sum(grid.seconds) if grid else 0.0,
         # How many val passes those were (a climb measures a few momenta, the last epoch every one).
-        "grid_validation_passes": float(sum(grid_validation[0].points_measured)) if grid_validation else 0.0,
+        "grid_validation_passes": float(sum(grid.points_measured)) if grid else 0.0,
         # Part of eval_seconds: the curve's passes after training.
-        "momentum_curve_seconds": curve_seconds,
+        "momentum_curve_seconds": measured.curve_seconds,
         # Copying the trained model's variables into the result (see `TrainResult.model`).
-        "copy_seconds": copy_seconds,
+        "copy_seconds": phases["copy_seconds"],
     }
-    return TrainResult(
-        config=config,
-        class_names=data.class_names,
-        history=history,
-        epochs=epochs_run,
-        steps=steps,
-        diverged=diverged,
-        stopped_early=epochs_run < config.epochs and not diverged,
-        train_accuracy=train_acc,
-        train_eval_accuracy=train_eval,
-        val_accuracy=val_acc,
-        test_accuracy=test_acc,
-        val_accuracy_recalibrated=val_recal,
-        confusion_val=confusion_val,
-        confusion_test=confusion_test,
-        timings=timings,
-        momentum_curve=curve,
-        trained_values=trained_values,
-        trained_weights=trained_weights,
-    )

@@ -7,7 +7,7 @@ import math
 
 from optuna.trial import TrialState
 
-from study.contract import SEARCHED
+from study import space
 from study.report import paired
 from study.report.tables import trial_counts
 from study.report.views import TrialView, fmt_param
@@ -16,31 +16,28 @@ from study.report.views import finished as finished_trials
 
 def _edge(view: TrialView, name: str) -> str | None:
     """'lower'/'upper' when the best value sits at the edge of the range it was sampled from."""
-    from study import space
-
-    dist = view.distributions.get(space.optuna_name(name))
+    declared = space.param(name)
+    dist = view.distributions.get(declared.optuna_name)
     value = view.params.get(name)
     if value is None or dist is None:
         return None
-    value = space.to_optuna(name, value)  # compare in the sampled space: 1 - momentum in permille, dropout in percent
+    value = declared.to_optuna(value)  # compare in the sampled space: 1 - momentum in permille, dropout in percent
     if hasattr(dist, "choices"):
         choices = sorted(dist.choices)
         return "lower" if value == choices[0] else "upper" if value == choices[-1] else None
     low, high = dist.low, dist.high
-    if name == "depth":
+    if declared.whole:
         return "lower" if value <= low else "upper" if value >= high else None
     scale = (lambda x: math.log(x)) if getattr(dist, "log", False) and low > 0 else (lambda x: x)
     position = (scale(value) - scale(low)) / (scale(high) - scale(low)) if high > low else 0.5
     edge = "lower" if position <= 0.05 else "upper" if position >= 0.95 else None
-    if edge and name == "bn_momentum":  # 1 - momentum's lower edge is momentum's upper edge
+    if edge and declared.complement:  # 1 - momentum's lower edge is momentum's upper edge
         edge = "upper" if edge == "lower" else "lower"
     return edge
 
 
 def _range_text(view: TrialView, name: str) -> str:
     """The range `name` was sampled from; only for parameters `_edge` found a distribution for."""
-    from study import space
-
     dist = view.distributions[space.optuna_name(name)]
     if hasattr(dist, "choices"):
         return ", ".join(str(c) for c in dist.choices)
@@ -77,7 +74,7 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | No
                    "come from fewer epochs than complete trials; the headline effect leaves them out, and they are "
                    "a secondary line of their own.")
     if best is not None and not best.preset:  # a preset's values are fixed, not sampled from the range
-        for name in SEARCHED:
+        for name in space.names():
             edge = _edge(best, name)
             if edge:
                 out.append(f"The best trial's {name} = {fmt_param(name, best.params[name])} is at the {edge} edge of "

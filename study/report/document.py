@@ -11,17 +11,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from study.report.links import UiLinks
 
-SECTION_TITLES = (
-    "1. Findings",
-    "2. Seed presets",
-    "3. Gap decomposition",
-    "4. Parameter importance",
-    "5. Figures",
-    "6. Top trials",
-    "7. Caveats",
-)
-
-
 @dataclass
 class Finding:
     """One finding: its sentence and the numbers behind it (`findings.json` holds these, the pages render them).
@@ -75,6 +64,10 @@ class FigureImage:
 
 @dataclass
 class Section:
+    """One part of the report. `name` is how code and tests find it; its number is its place in the report's
+    list of sections (`headings`), never written by hand."""
+
+    name: str
     title: str
     paragraphs: list[str] = field(default_factory=list)
     bullets: list[str] = field(default_factory=list)
@@ -101,5 +94,10 @@ class Report:
     def figures(self) -> list[FigureImage]:
         return [figure for section in self.sections for figure in section.figures]
 
-    def section(self, title_prefix: str) -> Section:
-        return next(s for s in self.sections if s.title.startswith(title_prefix))
+    def section(self, name: str) -> Section:
+        return next(s for s in self.sections if s.name == name)
+
+
+def headings(sections: list[Section]) -> dict[str, str]:
+    """Each section's heading by its name: its number, from its place in `sections` (from 1), then its title."""
+    return {section.name: f"{number}. {section.title}" for number, section in enumerate(sections, 1)}

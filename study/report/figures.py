@@ -6,10 +6,12 @@ the confusion-matrix and learning-curve figures the report shares with the trial
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from matplotlib.cm import ScalarMappable
@@ -17,7 +19,7 @@ from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
 from study import figures as study_figures
-from study.contract import SEARCHED
+from study import space
 from study.report.views import TrialView
 
 
@@ -37,29 +39,39 @@ def params_figure(finished: list[TrialView]) -> bytes | None:
     if not finished:
         return None
 
-    names = SEARCHED
-    figure = Figure(figsize=(13, 6))
-    axes = figure.subplots(2, 4, sharey="row")
-    for column, name in enumerate(names):
-        subset = [v for v in finished if name in v.params and (name != "bn_momentum" or v.batchnorm)]
+    params = space.PARAMS
+    # One column per parameter, about 3.25 inches each (13 inches for the four of the seed's study).
+    figure = Figure(figsize=(3.25 * len(params), 6))
+    axes = figure.subplots(2, len(params), sharey="row", squeeze=False)
+    for column, param in enumerate(params):
+        subset = [v for v in finished if param.name in v.params and param.exists(v.batchnorm)]
         for row, target in enumerate(("gap", "val_accuracy")):
             ax = axes[row][column]
-            xs = [1 - v.params[name] if name == "bn_momentum" else v.params[name] for v in subset]
-            ax.scatter(xs, [v.get(target) for v in subset], c=_state_colours(subset), s=28, alpha=0.8)
-            if name == "bn_momentum":
-                ax.set_xscale("log")
-                ax.set_xlabel("1 − bn_momentum (log)")
-            elif name == "batch_size":
-                ax.set_xscale("log", base=2)
-                ax.set_xlabel("batch_size (log2)")
-            else:
-                ax.set_xlabel(name)
+            ax.scatter([plotted(param, v) for v in subset], [v.get(target) for v in subset],
+                       c=_state_colours(subset), s=28, alpha=0.8)
+            _axis(ax, param)
             if column == 0:
                 ax.set_ylabel("gap (train − val)" if target == "gap" else "val accuracy")
             ax.grid(alpha=0.3)
     figure.suptitle("Gap and val accuracy per parameter (blue complete, orange pruned)")
     figure.tight_layout()
     return _png(figure)
+
+
+def plotted(param: space.Param, view: TrialView) -> float:
+    """The value a figure plots for a trial: 1 − value for a complement (momentum), NaN where it has none."""
+    if param.name not in view.params or not param.exists(view.batchnorm):
+        return math.nan
+    value = view.params[param.name]
+    return 1 - value if param.complement else value
+
+
+def _axis(ax, param: space.Param) -> None:
+    if param.scale == "log2":
+        ax.set_xscale("log", base=2)
+    elif param.scale == "log":
+        ax.set_xscale("log")
+    ax.set_xlabel(param.label + {"log": " (log)", "log2": " (log2)"}.get(param.scale, ""))
 
 
 def horizon_figure(finished: list[TrialView]) -> bytes | None:
@@ -212,16 +224,13 @@ def band_figure(bands) -> bytes | None:
     return _png(figure)
 
 
-# The parallel-coordinates figure's axes: (label, value of a trial view, log scale).
-PARALLEL_AXES = (
-    ("1 − bn_momentum", lambda v: 1 - v.params["bn_momentum"] if v.batchnorm and "bn_momentum" in v.params
-     else math.nan, True),
-    ("batch_size", lambda v: v.params.get("batch_size", math.nan), True),
-    ("dropout", lambda v: v.params.get("dropout", math.nan), False),
-    ("depth", lambda v: v.params.get("depth", math.nan), False),
-    ("gap", lambda v: v.get("gap"), False),
-    ("val accuracy", lambda v: v.get("val_accuracy"), False),
-)
+def parallel_axes() -> list[tuple[str, Callable[[TrialView], float], bool]]:
+    """The parallel-coordinates figure's axes: (label, value of a trial view, log scale); each searched parameter,
+    then gap and val accuracy."""
+    return [*((p.label, functools.partial(plotted, p), p.scale != "linear") for p in space.PARAMS),
+            ("gap", lambda v: v.get("gap"), False), ("val accuracy", lambda v: v.get("val_accuracy"), False)]
+
+
 PARALLEL_CAPTION = ("One line per finished trial across its searched values, gap and val accuracy; colour is the "
                     "gap (darker: smaller), complete trials solid, pruned dashed; trials without batchnorm have no "
                     "momentum and start at batch_size. Each axis runs from its smallest to its largest value in the "
@@ -229,7 +238,7 @@ PARALLEL_CAPTION = ("One line per finished trial across its searched values, gap
 
 
 def parallel_figure(finished: list[TrialView]) -> bytes | None:
-    """Parallel coordinates: every finished trial as one line across PARALLEL_AXES, coloured by its gap."""
+    """Parallel coordinates: every finished trial as one line across `parallel_axes()`, coloured by its gap."""
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -239,7 +248,7 @@ def parallel_figure(finished: list[TrialView]) -> bytes | None:
     if len(trials) < 2:
         return None
     columns = []
-    for label, value, log in PARALLEL_AXES:
+    for label, value, log in parallel_axes():
         raw = [value(v) for v in trials]
         scaled = [math.log(x) if log and x > 0 else (x if not log else math.nan) for x in raw]
         finite = [x for x in scaled if math.isfinite(x)]

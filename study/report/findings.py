@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from statistics import median
 
-from study.contract import SEARCHED
+from study import space
 from study.report import stats
 from study.report.document import Finding
 from study.report.stats import HIGH_MOMENTUM, HORIZON_THRESHOLD, LOW_MOMENTUM, MIN_EFFECT, MIN_SIDE_N
@@ -90,8 +90,8 @@ def across_trial_findings(finished: list[TrialView], missing: str | None) -> lis
                    "depth, steps and pruning; rerun the study with the current gaplab for paired findings.")]
     # Momentum only matters where there is batchnorm; the no-BN presets are left out of its split.
     gap = {v.number: v.get("gap") for v in finished}
-    params = {name: {v.number: v.params[name] for v in finished
-                     if name in v.params and (v.batchnorm or name != "bn_momentum")} for name in SEARCHED}
+    params = {p.name: {v.number: v.params[p.name] for v in finished if p.name in v.params and p.exists(v.batchnorm)}
+              for p in space.PARAMS}
     out.append(stats.across_trial_split(params, gap, "gap"))
     with_bn = [v for v in finished if v.batchnorm]
     out.append(Finding("across_trial_momentum", momentum_finding(with_bn), scheme="across trials, medians"))

@@ -8,7 +8,7 @@ import shlex
 
 from optuna.trial import TrialState
 
-from study import contract
+from study import contract, space
 from study.cli import command
 from study.report import stats
 from study.report.views import TrialView, fmt_param, points
@@ -18,7 +18,7 @@ PRESETS_WITHOUT_BATCHNORM = 2
 
 
 def _number(name: str, value: float) -> str:
-    return fmt_param(name, value) if name in ("batch_size", "depth") else f"{value:g}"
+    return fmt_param(name, value) if name in space.names() and space.param(name).whole else f"{value:g}"
 
 
 def retrain(best: TrialView | None, settings: dict) -> list[tuple[str, str]]:
@@ -30,11 +30,8 @@ def retrain(best: TrialView | None, settings: dict) -> list[tuple[str, str]]:
     from gaplab.config import PRESETS, TrainConfig
 
     base = PRESETS.get(best.preset or "", TrainConfig())
-    values = {"depth": best.params.get("depth", base.depth), "batchnorm": best.batchnorm}
-    if best.batchnorm:
-        values["bn_momentum"] = best.params.get("bn_momentum", base.bn_momentum)
-    values["dropout"] = best.params.get("dropout", base.dropout)
-    values["batch_size"] = best.params.get("batch_size", base.batch_size)
+    values = {"batchnorm": best.batchnorm, **{p.name: best.params.get(p.name, getattr(base, p.name))
+                                              for p in space.PARAMS if p.exists(best.batchnorm)}}
     missing = [name for name in ("image_size", "epochs", "seed") if name not in settings]
     for name in ("image_size", "epochs", "seed"):
         values[name] = settings.get(name, getattr(TrainConfig(), name))

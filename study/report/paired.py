@@ -28,14 +28,12 @@ from statistics import median
 from optuna.trial import TrialState
 
 from gaplab.curve import MomentumCurve, momentum_step
-from study import contract
+from study import contract, space
 from study.report import stats
 from study.report.document import Finding
 from study.report.findings import recalibration_finding
 from study.report.views import TrialView, describe, fmt, fmt_param, points
 
-# What goes with the rest of the gap: the searched parameters other than momentum.
-REST_PARAMS = tuple(name for name in contract.SEARCHED if name != "bn_momentum")
 HELD_OUT = "paired: chosen on val, scored on test"
 OPTIMISTIC = "optimistic: chosen and scored on val"
 # The options every batchnorm trial is scored at. "grid" is never recommended: its val accuracy is the
@@ -459,7 +457,7 @@ def gap_attribution(found: list[Pair], finished: list[TrialView]) -> list[Findin
     # Momentum cannot matter without batchnorm: there the whole gap is the rest.
     rest.update({v.number: v.get("train_accuracy") - v.get("test_accuracy") for v in finished if not v.batchnorm})
     params = {name: {v.number: v.params[name] for v in finished if v.number in rest and name in v.params}
-              for name in REST_PARAMS}
+              for name in space.names() if name != "bn_momentum"}  # what goes with the rest: all but momentum
     out.append(stats.across_trial_split(params, rest, "rest of the test gap"))
     return out
 

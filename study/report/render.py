@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from study.report.document import Link, Report, Table
+from study.report.document import Link, Report, Table, headings
 from study.report.links import RUN_ID
 
 
@@ -118,8 +118,9 @@ def to_markdown(report: Report) -> str:
         lines.append("- In the MLflow UI: " + " · ".join(_md_cell(link, None, runs) for link in overview)
                      + (f". {md_escape(note)}" if note else ""))
     lines.append("")
+    titles = headings(report.sections)
     for section in report.sections:
-        lines += [f"## {md_escape(section.title)}", ""]
+        lines += [f"## {md_escape(titles[section.name])}", ""]
         for paragraph in section.paragraphs:
             lines += [_md_text(paragraph, runs), ""]
         if section.bullets:
@@ -246,11 +247,12 @@ def to_html(report: Report) -> str:
             f'<a href="{e(link.url)}">{e(link.text)}</a>' for link in overview) + (f". {e(note)}" if note else "")
             + "</li>")
     parts.append("</ul>")
-    for index, section in enumerate(report.sections, 1):
-        parts.append(f'<section id="section-{index}"><h2>{e(section.title)}</h2>')
+    titles = headings(report.sections)
+    for section in report.sections:
+        parts.append(f'<section id="{e(section.name)}"><h2>{e(titles[section.name])}</h2>')
         parts += [f"<p>{_html_text(p, runs)}</p>" for p in section.paragraphs]
         if section.bullets:
-            css = ' class="findings"' if index == 1 else ""
+            css = ' class="findings"' if section.name == "findings" else ""
             parts += [f"<ul{css}>"] + [f"<li>{_html_text(b, runs)}</li>" for b in section.bullets] + ["</ul>"]
         for table in section.tables:
             digits = _column_digits(table)

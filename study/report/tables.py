@@ -7,7 +7,7 @@ import math
 from optuna.trial import TrialState
 
 from study.report import stats
-from study.report.document import SECTION_TITLES, Link, Section, Table
+from study.report.document import Link, Section, Table
 from study.report.views import TrialView, complete_by_value, describe
 
 
@@ -73,7 +73,7 @@ def importance_section(study) -> Section:
     from study.importance import IMPORTANCE_TARGETS, param_importances
 
     result = param_importances(study)
-    section = Section(SECTION_TITLES[3])
+    section = Section("importance", "Parameter importance")
     left_out = result.get("without_batchnorm_left_out", 0)
     section.paragraphs.append(
         f"Evaluator: {result['evaluator']}, over {result.get('trials', 0)} finished (complete or pruned) trials "

@@ -15,8 +15,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from gaplab.curve import MomentumCurve
-from study import contract
-from study.contract import SEARCHED
+from study import contract, space
 
 
 def _is_number(value: Any) -> bool:
@@ -75,21 +74,16 @@ class TrialView:
 
 def trial_views(study) -> list[TrialView]:
     from gaplab.config import PRESETS
-    from study import space
 
     views = []
     for trial in study.get_trials(deepcopy=False):
         preset = trial.user_attrs.get(contract.PRESET_ATTR)
-        params: dict[str, float] = {}
+        public = space.public_params(trial.params)
+        params: dict[str, float] = {name: public[name] for name in space.names() if name in public}
+        # The momentum it trained with, where stored, over the one derived from Optuna's complement.
         momentum = trial.user_attrs.get(contract.BN_MOMENTUM_ATTR)
-        if momentum is None and space.MOMENTUM_PARAM in trial.params:
-            momentum = space.momentum_from(trial.params[space.MOMENTUM_PARAM])
         if momentum is not None:
             params["bn_momentum"] = float(momentum)
-        public = space.public_params(trial.params)
-        for name in SEARCHED:
-            if name != "bn_momentum" and name in public:
-                params[name] = public[name]
         # Studies written before the batchnorm attribute existed: presets are the only BN-less trials.
         inferred = PRESETS[preset].batchnorm if preset in PRESETS else True
         batchnorm = trial.user_attrs.get(contract.BATCHNORM_ATTR, inferred)
@@ -129,12 +123,12 @@ def points(value: float) -> str:
 
 
 def fmt_param(name: str, value: float) -> str:
-    if name in ("batch_size", "depth"):
+    if name in space.names() and space.param(name).whole:
         return str(int(value)) if float(value).is_integer() else f"{value:g}"
     return f"{value:.3g}"
 
 
 def describe(view: TrialView) -> str:
     """The trial's searched values; momentum only where there is batchnorm for it to act on."""
-    return ", ".join(f"{name} {fmt_param(name, view.params[name])}" for name in SEARCHED
-                     if name in view.params and (view.batchnorm or name != "bn_momentum"))
+    return ", ".join(f"{p.name} {fmt_param(p.name, view.params[p.name])}" for p in space.PARAMS
+                     if p.name in view.params and p.exists(view.batchnorm))
