@@ -1,4 +1,5 @@
-"""One fast test per MLflow or Optuna internal, or non-obvious behaviour, that the study relies on.
+"""One fast test per MLflow, Optuna or optuna-dashboard internal, or non-obvious behaviour, that the study
+relies on.
 
 Each test names the module that relies on it. An upgrade that renames a private attribute, moves a
 module or changes what a call does fails here first, with the name of what broke, rather than
@@ -9,6 +10,7 @@ somewhere deep in a study run. CI runs this file again on the newest allowed MLf
 from __future__ import annotations
 
 import io
+import json
 import os
 import sqlite3
 import time
@@ -281,3 +283,73 @@ def test_fanova_on_added_trials_is_deterministic_for_a_seed():
     first = importances()
     assert first == importances()
     assert set(first) == {"a", "b"} and first["a"] > first["b"] and sum(first.values()) == pytest.approx(1)
+
+
+# ---------------------------------------------------------------- optuna-dashboard
+
+
+def _dashboard_get(storage, path: str) -> dict:
+    """GET `path` from optuna-dashboard's JSON API over `storage`, as its page asks it, in this process."""
+    from wsgiref.util import setup_testing_defaults
+
+    dashboard = pytest.importorskip("optuna_dashboard")
+    environ: dict = {}
+    setup_testing_defaults(environ)
+    environ.update(PATH_INFO=path, REQUEST_METHOD="GET")
+    status = []
+    body = b"".join(dashboard.wsgi(storage)(environ, lambda code, headers, exc_info=None: status.append(code)))
+    assert status == ["200 OK"], (status, body[:300])
+    return json.loads(body)
+
+
+def test_the_dashboard_shows_the_note_objective_name_and_attributes_the_study_writes(tmp_path):
+    """study.describe writes optuna-dashboard's note in its storage format (optuna_dashboard._note) without
+    importing it; the dashboard's study page shows it, the objective's name and the explaining user attributes."""
+    from study import describe
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    describe.describe_study(study, "best_momentum")
+    page = _dashboard_get(storage, f"/api/studies/{study._study_id}")
+    assert page["note"] == {"version": 1, "body": describe.note("best_momentum")}
+    assert page["objective_names"] == ["val_accuracy"]
+    shown = {attr["key"]: attr["value"] for attr in page["user_attrs"]}
+    assert shown[describe.MOMENTUM_ATTR] == describe.momentum_mapping()
+    from optuna_dashboard import get_note, save_note
+
+    assert get_note(study) == describe.note("best_momentum")
+    save_note(study, "a user's edit")  # the dashboard's own writer: describe_study rewrites it, one version on
+    describe.describe_study(study, "own_momentum")
+    assert _dashboard_get(storage, f"/api/studies/{study._study_id}")["note"] == {
+        "version": 3, "body": describe.note("own_momentum")}
+
+
+def test_the_report_s_dashboard_importances_are_the_dashboard_s(tmp_path):
+    """study.importance.dashboard_importances computes what optuna-dashboard's importance chart shows: over the
+    complete trials only (pruned ones left out, presets without batchnorm in), PED-ANOVA, higher is better."""
+    import numpy as np
+
+    from study import space
+    from study.importance import dashboard_importances
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.create_study(storage=storage, direction="maximize")
+    rng = np.random.default_rng(0)
+    bn = {space.MOMENTUM_PARAM: optuna.distributions.IntDistribution(1, 500, log=True),
+          "batch_size": optuna.distributions.CategoricalDistribution([8, 16, 32]),
+          space.DROPOUT_PARAM: optuna.distributions.IntDistribution(0, 50)}
+    no_bn = {name: dist for name, dist in bn.items() if name != space.MOMENTUM_PARAM}
+    for i in range(26):
+        distributions = no_bn if i < 2 else bn
+        params = {space.MOMENTUM_PARAM: int(rng.integers(1, 500)), "batch_size": int(rng.choice([8, 16, 32])),
+                  space.DROPOUT_PARAM: int(rng.integers(0, 51))}
+        state = optuna.trial.TrialState.PRUNED if i % 5 == 4 else optuna.trial.TrialState.COMPLETE
+        study.add_trial(optuna.trial.create_trial(
+            params={k: v for k, v in params.items() if k in distributions}, distributions=distributions,
+            value=float(params[space.DROPOUT_PARAM] / 50 + 0.1 * rng.random()) if state.name == "COMPLETE" else None,
+            intermediate_values={1: 0.5}, state=state))
+    shown = _dashboard_get(storage, f"/api/studies/{study._study_id}/param_importances")["param_importances"][0]
+    ours = dashboard_importances(study)
+    assert ours["trials"] == 21
+    assert ours["val_accuracy"] == pytest.approx({space.public_name(p["name"]): p["importance"] for p in shown})
+    assert max(ours["val_accuracy"], key=ours["val_accuracy"].get) == "dropout"
