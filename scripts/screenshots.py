@@ -38,6 +38,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -291,7 +292,7 @@ def write_study_paragraph(record: dict) -> None:
     ui = ROOT / "docs" / "ui.md"
     text = ui.read_text()
     start, end = text.index(STUDY_BEGIN) + len(STUDY_BEGIN), text.index(STUDY_END)
-    ui.write_text(text[:start] + "\n" + study_paragraph(record) + "\n" + text[end:])
+    ui.write_text(text[:start] + "\n" + textwrap.fill(study_paragraph(record), 100) + "\n" + text[end:])
 
 
 def main(argv: list[str] | None = None) -> int:
