@@ -8,7 +8,7 @@ Each `--repo` is a checkout of this project. For each, in the order given (`--ro
 whole order, so two checkouts alternate), it runs the study in a fresh temporary folder with that
 checkout's own code (PYTHONPATH), as `mlflow run REPO --env-manager local ARGS` (the default
 entry point) or, with `--python`, `python -m study.run ARGS`, and times the command. It then reads
-the `timing/*` metrics of every trial run from the study's MLflow store and prints, per checkout:
+the timing metrics (`system/timing/*`) of every trial run from the study's MLflow store and prints, per checkout:
 
 * training epochs: the trials' `epochs_seconds`, compile included (the yardstick);
 * measurements: everything in `fit_seconds` that is not a training epoch (the per-epoch val pass,
@@ -33,6 +33,8 @@ from pathlib import Path
 
 TIMINGS = ("epochs_seconds", "fit_seconds", "validation_seconds", "grid_validation_seconds", "eval_seconds",
            "momentum_curve_seconds", "data_seconds", "build_seconds", "copy_seconds")
+# Where a trial run's timings are (study.contract.TIMING_METRIC_PREFIX), and where older checkouts put them.
+TIMING_PREFIXES = ("system/timing/", "timing/")
 
 
 def run_study(repo: Path, args: list[str], use_python: bool, folder: Path) -> tuple[float, float]:
@@ -49,16 +51,21 @@ def run_study(repo: Path, args: list[str], use_python: bool, folder: Path) -> tu
 
 
 def trial_timings(folder: Path) -> list[dict[str, float]]:
-    """The `timing/*` metrics of every trial run in `folder`'s MLflow store (runs without them are left out), and
-    when each run started (`start`, time.time()), in that order."""
+    """The timing metrics (`system/timing/*`, or `timing/*` from older checkouts) of every trial run in `folder`'s
+    MLflow store (runs without them are left out), and when each run started (`start`, time.time()), in that
+    order."""
     import mlflow
 
     client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     experiments = client.search_experiments()
     runs = client.search_runs([e.experiment_id for e in experiments], max_results=50_000)
-    trials = [{"start": run.info.start_time / 1000, **{name: run.data.metrics.get(f"timing/{name}", 0.0)
-                                                         for name in TIMINGS}}
-              for run in runs if "timing/epochs_seconds" in run.data.metrics]
+    trials = []
+    for run in runs:
+        # A checkout older than the System metrics tab's prefix logged them under "timing/".
+        prefix = next((p for p in TIMING_PREFIXES if f"{p}epochs_seconds" in run.data.metrics), None)
+        if prefix is not None:
+            trials.append({"start": run.info.start_time / 1000,
+                           **{name: run.data.metrics.get(f"{prefix}{name}", 0.0) for name in TIMINGS}})
     return sorted(trials, key=lambda trial: trial["start"])
 
 

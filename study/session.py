@@ -35,7 +35,7 @@ from mlflow.exceptions import MlflowException
 from gaplab import device
 from gaplab.data import DEFAULT_IMAGES, Dataset, generate_shapes, load_image_folder
 from gaplab.trainer import TrainResult
-from study import contract, dashboard, space, stopping, summary, tracking, workers, writer
+from study import contract, describe, space, stopping, summary, tracking, workers, writer
 from study.cli import UsageError, fail
 from study.objective import Objective
 from study.settings import Settings, default_study_name
@@ -155,7 +155,7 @@ def open_study(settings: Settings, data: Dataset, training_device: str,
     name = settings.study_name or default_study_name(data.name, settings.base.image_size)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=sampler, pruner=make_pruner(settings.pruner, settings.base.epochs))
-    dashboard.describe_study(study, settings.prune_on)
+    describe.describe_study(study, settings.prune_on)
     return OpenStudy(settings, study, name, data, training_device)
 
 

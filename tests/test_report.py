@@ -409,6 +409,29 @@ def test_tables_carry_the_stored_numbers(momentum_study):
     assert "fANOVA" in importance.paragraphs[0]
     assert {row["parameter"] for row in records(importance.tables[0])} == {"bn_momentum", "batch_size", "dropout",
                                                                         "depth"}
+    # Beside the study's, the importances optuna-dashboard shows: its evaluator, its trials, its numbers.
+    import optuna
+
+    from study.importance import MIN_IMPORTANCE_TRIALS, dashboard_importances, param_importances
+
+    study = optuna.load_study(study_name="momentum-study", storage=momentum_study["storage"])
+    ours, shown = param_importances(study), dashboard_importances(study)
+    complete = sum(spec["state"] == optuna.trial.TrialState.COMPLETE for spec in momentum_study["specs"])
+    assert shown["trials"] == complete
+    assert f"PED-ANOVA (optuna.importance.PedAnovaImportanceEvaluator, defaults), Optuna's default, over the " \
+           f"{complete} complete trials' val_accuracy" in importance.paragraphs[1]
+    by_name = {row["parameter"]: row for row in records(importance.tables[0])}
+    assert by_name["bn_momentum"]["in optuna-dashboard"] == "one_minus_bn_momentum_permille"
+    for name, score in shown["val_accuracy"].items():
+        assert by_name[name]["val_accuracy (optuna-dashboard)"] == score
+        assert by_name[name]["val_accuracy"] == ours["val_accuracy"][name]
+    # Both counts are below the minimum here, and each is stated in its warning.
+    warnings = [p for p in importance.paragraphs if p.startswith("**Too few trials")]
+    assert ours["trials"] < MIN_IMPORTANCE_TRIALS and complete < MIN_IMPORTANCE_TRIALS
+    assert warnings == [
+        f"**Too few trials for {whose} importances**: {n}, below {MIN_IMPORTANCE_TRIALS}. With fewer, the ranking "
+        "changes from one study to the next (benchmarks/importance_trials.py): a hint, not a finding."
+        for whose, n in (("the study's", ours["trials"]), ("optuna-dashboard's", complete))]
     caveats = "\n".join(report.section("caveats").bullets)
     assert "complete, 2 pruned, 1 failed" in caveats
     assert "re-run the best setting" in caveats

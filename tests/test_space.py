@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from gaplab.config import PRESETS, TrainConfig
-from study import dashboard, space
+from study import describe, space
 from study.contract import BATCHNORM_ATTR, PRESET_ATTR
 from study.importance import param_importances
 from tests.conftest import load_study, run_mocked
@@ -113,21 +113,50 @@ def test_momentum_importance_is_computed_over_the_batchnorm_trials_only():
 
 @pytest.mark.parametrize("prune_on, says", [("best_momentum", "not the objective"),
                                             ("own_momentum", "the objective as it stood")])
-def test_the_dashboard_names_the_objective_and_says_what_intermediate_values_are(tmp_path, prune_on, says):
+def test_the_study_names_the_objective_and_says_what_intermediate_values_are(tmp_path, prune_on, says):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     with warnings.catch_warnings():
         warnings.simplefilter("error", optuna.exceptions.ExperimentalWarning)
-        dashboard.describe_study(study, prune_on)
+        describe.describe_study(study, prune_on)
     reloaded = optuna.load_study(study_name="s", storage=storage)
     assert reloaded.metric_names == ["val_accuracy"]
-    note = reloaded.user_attrs[dashboard.INTERMEDIATE_VALUES_ATTR]
-    assert says in note and note.startswith(f"val accuracy at the {'best' if prune_on == 'best_momentum' else 'trial'}")
+    text = reloaded.user_attrs[describe.INTERMEDIATE_VALUES_ATTR]
+    assert says in text and text.startswith(f"val accuracy at the {'best' if prune_on == 'best_momentum' else 'trial'}")
+    assert "pruned trial" in text and "user attribute val_accuracy" in text
+
+
+def test_the_study_explains_momentum_and_importances_in_user_attributes_and_the_dashboard_note(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    describe.describe_study(study, "best_momentum")
+    attrs = optuna.load_study(study_name="s", storage=storage).user_attrs
+    momentum = attrs[space.MOMENTUM_PARAM]
+    # The values a user reads off the slice plot's axis, each with the momentum it is.
+    assert "1 is 0.999, 10 is 0.99, 50 is 0.95, 100 is 0.9, 500 is 0.5" in momentum
+    assert space.momentum_from(10) == 0.99 and space.momentum_from(500) == 0.5
+    importances = attrs[describe.IMPORTANCES_ATTR]
+    assert "PED-ANOVA" in importances and "fANOVA" in importances and "below 20 trials" in importances
+    note = describe.note("best_momentum")
+    system = study._storage.get_study_system_attrs(study._study_id)
+    assert system[describe.NOTE_VERSION_KEY] == 1
+    assert "".join(v for k, v in sorted(system.items()) if k.startswith(describe.NOTE_TEXT_KEY)) == note
+    for line in ("**Objective**: `val_accuracy`", "\"Objective Value\"", "1 is 0.999", "128, 16, 256, 32, 64, 8",
+                 "PED-ANOVA"):
+        assert line in note, line
+    # Reopening the study (every run does) leaves an unchanged note as it is; another prune_on rewrites it.
+    describe.describe_study(study, "best_momentum")
+    assert study._storage.get_study_system_attrs(study._study_id)[describe.NOTE_VERSION_KEY] == 1
+    describe.describe_study(study, "own_momentum")
+    system = study._storage.get_study_system_attrs(study._study_id)
+    assert system[describe.NOTE_VERSION_KEY] == 2
+    assert "".join(system[f"{describe.NOTE_TEXT_KEY}{i}"] for i in range(
+        sum(k.startswith(describe.NOTE_TEXT_KEY) for k in system))) == describe.note("own_momentum")
 
 
 def test_describe_study_refuses_an_unknown_prune_on():
     with pytest.raises(ValueError, match="prune_on='stale' is unknown; use one of best_momentum, own_momentum"):
-        dashboard.describe_study(optuna.create_study(), "stale")
+        describe.describe_study(optuna.create_study(), "stale")
 
 
 def test_the_study_s_smallest_image_size_is_the_first_where_every_preset_fits():

@@ -18,8 +18,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from gaplab.config import TrainConfig
+from study import contract, stopping
 from study import run as run_module
-from study import stopping
 from tests.conftest import (
     ROOT,
     child_runs,
@@ -253,8 +253,8 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
         assert curve["momentum"] == sorted({*TrainConfig().momentum_grid, trial.user_attrs["bn_momentum"]})
         assert mlflow.artifacts.load_dict(f"runs:/{run_id}/momentum_curve.json") == curve
         assert "momentum_curve.png" in artifacts
-        for key, values in (("val_accuracy_at_momentum", curve["val_accuracy"]),
-                            ("train_eval_accuracy_at_momentum", curve["train_eval_accuracy"])):
+        for key, values in ((contract.VAL_ACCURACY_AT_MOMENTUM_METRIC, curve["val_accuracy"]),
+                            (contract.TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, curve["train_eval_accuracy"])):
             points = {m.step: m.value for m in client.get_metric_history(run_id, key)}
             assert points == {momentum_step(m): pytest.approx(v) for m, v in zip(curve["momentum"], values)}
         metrics = client.get_run(run_id).data.metrics
@@ -363,9 +363,10 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
         assert {"train_accuracy", "train_eval_accuracy", "val_accuracy", "test_accuracy", "gap", "mode_gap",
                 "generalization_gap", "val_accuracy_recalibrated", "steps"} <= set(child.data.metrics)
         timings = {key for key in child.data.metrics if key.endswith("_seconds")}
-        assert {"timing/fit_seconds", "timing/eval_seconds", "timing/first_epoch_seconds"} <= timings
-        assert all(key.startswith("timing/") for key in timings), "every timing in the UI's timing/ section"
-        assert len(client.get_metric_history(child.info.run_id, "timing/fit_seconds")) == 1
+        assert {"system/timing/fit_seconds", "system/timing/eval_seconds",
+                "system/timing/first_epoch_seconds"} <= timings
+        assert all(key.startswith("system/timing/") for key in timings), "every timing on the System metrics tab"
+        assert len(client.get_metric_history(child.info.run_id, "system/timing/fit_seconds")) == 1
         for key in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
             steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
             assert steps[:2] == [1, 2] and max(steps) == 2, (key, steps)
@@ -374,7 +375,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
                 "confusion_matrix_test.json", "learning_curves.png"} <= artifacts
         if child.data.params["batchnorm"] == "True":  # seed-bn; the first two presets have no BN
             assert {"momentum_curve.json", "momentum_curve.png"} <= artifacts
-            assert {"best_momentum", "val_accuracy_at_best_momentum", "val_accuracy_at_momentum"} <= set(
+            assert {"best_momentum", "val_accuracy_at_best_momentum", contract.VAL_ACCURACY_AT_MOMENTUM_METRIC} <= set(
                 child.data.metrics)
             steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_accuracy_at_best_momentum")]
             assert steps == [1, 2]

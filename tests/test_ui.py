@@ -1,4 +1,5 @@
-"""What a user meets first in the MLflow UI: the experiment's kind, and the parent run's description."""
+"""What a user meets first in the MLflow UI: the experiment's kind, a trial's first metrics, and the parent run's
+description."""
 
 from __future__ import annotations
 
@@ -9,8 +10,16 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from gaplab.curve import momentum_step
 from study import summary
-from study.contract import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, PARENT_RUN_ID_ATTR
+from study.contract import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    PARENT_RUN_ID_ATTR,
+    TEST_ACCURACY_AT_MOMENTUM_METRIC,
+    TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
+    VAL_ACCURACY_AT_MOMENTUM_METRIC,
+)
 from tests.conftest import fake_train, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
@@ -35,6 +44,41 @@ def test_the_study_experiment_is_tagged_as_model_training(mock_study):
     assert run_mocked(["--trials", "1", *ARGS]) == 0
     experiment = MlflowClient().get_experiment_by_name(NAME)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+
+
+def _ui_sections(metric_keys) -> dict[str, list[str]]:
+    """A run's metric chart sections as the MLflow UI lays them out on its *Model metrics* tab, in order.
+
+    The rule of MLflow 3's run page (RunViewMetricChartsV2 and RunsChartsCardConfig.extractChartSectionName in
+    mlflow/server/js): keys under "system/" go to the *System metrics* tab; the rest form sections named by
+    their prefix before the last "/", sorted, with the unprefixed keys ("Model metrics") last.
+    """
+    sections: dict[str, list[str]] = {}
+    for key in sorted(k for k in metric_keys if not k.startswith("system/")):
+        sections.setdefault(key.rpartition("/")[0] or "Model metrics", []).append(key)
+    return {name: sections[name] for name in sorted(sections, key=lambda name: (name == "Model metrics", name))}
+
+
+def test_a_trial_s_model_metrics_open_on_the_momentum_curve_whose_section_says_what_its_step_is(mock_study):
+    assert run_mocked(["--trials", "3", *ARGS]) == 0
+    client = MlflowClient()
+    curves = [run for run in client.search_runs([client.get_experiment_by_name(NAME).experiment_id])
+              if VAL_ACCURACY_AT_MOMENTUM_METRIC in run.data.metrics]
+    assert curves, "a trial with batchnorm logs its momentum curve"
+    metrics = curves[0].data.metrics
+    sections = _ui_sections(metrics)
+    first, rest = list(sections), "Model metrics"
+    assert first == ["momentum curve - step 1000 2000 3000 is momentum 0.9 0.99 0.999", rest]
+    # test_accuracy where the trainer measured it (the mock trainer does not).
+    assert {TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, VAL_ACCURACY_AT_MOMENTUM_METRIC} <= set(sections[first[0]]) <= {
+        TEST_ACCURACY_AT_MOMENTUM_METRIC, TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC, VAL_ACCURACY_AT_MOMENTUM_METRIC}
+    assert {"gap", "val_accuracy", "train_accuracy"} <= set(sections[rest])
+    # The timings are on the System metrics tab, none among the model's.
+    timings = [key for key in metrics if key.endswith("_seconds")]
+    assert "system/timing/fit_seconds" in timings and all(key.startswith("system/") for key in timings)
+    # What the header says is how the steps are made: momentum 0.9, 0.99 and 0.999 are logged at 1000, 2000, 3000.
+    steps = {m.step for m in client.get_metric_history(curves[0].info.run_id, VAL_ACCURACY_AT_MOMENTUM_METRIC)}
+    assert {momentum_step(m) for m in (0.9, 0.99, 0.999)} == {1000, 2000, 3000} <= steps
 
 
 def test_a_kind_the_user_chose_is_kept(mock_study):
@@ -80,7 +124,7 @@ def test_the_best_trial_line_gives_its_params_and_says_when_it_has_no_batchnorm(
     assert "bn_momentum" not in summary.best_values(best)
     line = next(line for line in _description(study).split("\n\n") if line.startswith("**Best"))
     values = summary.best_values(best)
-    assert line.endswith(f"; batch_size {values['batch_size']:g}, dropout {values['dropout']:g}, "
+    assert line.endswith(f"; dropout {values['dropout']:g}, batch_size {values['batch_size']:g}, "
                          f"depth {values['depth']:g}, no batchnorm.")
     assert f", preset {best.user_attrs['preset']})" in line
 

@@ -70,23 +70,50 @@ def decomposition_table(views: list[TrialView], link=lambda run_id: None) -> Tab
 
 
 def importance_section(study) -> Section:
-    from study.importance import IMPORTANCE_TARGETS, param_importances
+    """The study's importances (fANOVA, as on the parent run) beside the ones optuna-dashboard shows (PED-ANOVA),
+    each with the trials and evaluator it used, and a warning below MIN_IMPORTANCE_TRIALS."""
+    from study import space
+    from study.importance import (
+        IMPORTANCE_TARGETS,
+        MIN_IMPORTANCE_TRIALS,
+        dashboard_importances,
+        param_importances,
+    )
 
-    result = param_importances(study)
+    result, shown = param_importances(study), dashboard_importances(study)
     section = Section("importance", "Parameter importance")
-    left_out = result.get("without_batchnorm_left_out", 0)
+    n, pruned, left_out = result.get("trials", 0), result.get("pruned", 0), result.get("without_batchnorm_left_out", 0)
     section.paragraphs.append(
-        f"Evaluator: {result['evaluator']}, over {result.get('trials', 0)} finished (complete or pruned) trials "
-        "with batchnorm" + (f"; the {left_out} finished without batchnorm (presets) are left out, as momentum "
-                            "means nothing there" if left_out else "")
+        f"The study's importances (as on the MLflow parent run): {result['evaluator']}, over {n} finished trials "
+        f"with batchnorm ({n - pruned} complete, {pruned} pruned, measured where they stopped)"
+        + (f"; the {left_out} finished without batchnorm (presets) are left out, as momentum means nothing there"
+           if left_out else "")
         + ". Scores sum to 1 per target; higher means the parameter explains more of the target's variance.")
-    if result.get("reason"):
-        section.paragraphs.append(f"Not computed for every target: {result['reason']}.")
-    names = sorted({name for target in IMPORTANCE_TARGETS for name in result.get(target, {})})
+    m = shown["trials"]
+    section.paragraphs.append(
+        f"optuna-dashboard's importance chart: {shown['evaluator']}, Optuna's default, over the {m} complete trials' "
+        "val_accuracy (pruned trials left out, presets without batchnorm in), under the parameters' Optuna names; "
+        "the last column is that chart's number. It scores which parameters set the best 10 % of trials apart, "
+        "not how much of the variance each explains, so the two can rank the parameters differently.")
+    for count, whose in ((n, "the study's"), (m, "optuna-dashboard's")):
+        if count < MIN_IMPORTANCE_TRIALS:
+            section.paragraphs.append(
+                f"**Too few trials for {whose} importances**: {count}, below {MIN_IMPORTANCE_TRIALS}. With fewer, "
+                "the ranking changes from one study to the next (benchmarks/importance_trials.py): a hint, not a "
+                "finding.")
+    for reason in (result.get("reason"), shown.get("reason")):
+        if reason:
+            section.paragraphs.append(f"Not computed for every target: {reason}.")
+    names = sorted({name for target in IMPORTANCE_TARGETS for name in result.get(target, {})}
+                   | set(shown["val_accuracy"]))
     if names:
-        rows = [[name] + [result.get(target, {}).get(name, math.nan) for target in IMPORTANCE_TARGETS]
+        rows = [[name, space.optuna_name(name)]
+                + [result.get(target, {}).get(name, math.nan) for target in IMPORTANCE_TARGETS]
+                + [shown["val_accuracy"].get(name, math.nan)]
                 for name in sorted(names, key=lambda n: -result.get("gap", {}).get(n, 0.0))]
-        section.tables.append(Table(["parameter", *IMPORTANCE_TARGETS], rows))
+        section.tables.append(Table(
+            ["parameter", "in optuna-dashboard", *IMPORTANCE_TARGETS, "val_accuracy (optuna-dashboard)"], rows,
+            f"{result.get('trials', 0)} trials for val_accuracy and gap, {m} for the last column."))
     return section
 
 
