@@ -7,14 +7,10 @@ PostgreSQL cluster with a real `mlflow server`; a short heartbeat grace keeps th
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -24,7 +20,6 @@ from mlflow.tracking import MlflowClient
 from study import stopping, workers
 from tests.conftest import run_mocked, subprocess_env, wait_for_running_trial
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 GRACE_S = 3
 STUDY = "shapes-16px"
 SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
@@ -106,7 +101,7 @@ def test_resume_with_other_settings_is_refused_naming_them(mock_study, capsys):
     assert "study 'mine' was run with" in err and "image_size=16, epochs=1" in err and "image_size=24, epochs=2" in err
     assert "another --study_name" in err
     study = optuna.load_study(study_name="mine", storage=f"sqlite:///{mock_study / 'optuna.db'}")
-    assert len(study.trials) == 4 and sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+    assert len(study.trials) == 2 and sum(t.state.name == "COMPLETE" for t in study.trials) == 2
 
 
 def test_resumes_never_repeat_a_sampled_point(mock_study):
@@ -115,25 +110,6 @@ def test_resumes_never_repeat_a_sampled_point(mock_study):
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
     searched = [tuple(sorted(t.params.items())) for t in study.trials if "preset" not in t.user_attrs]
     assert len(searched) == 4 and len(set(searched)) == 4, searched
-
-
-def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, monkeypatch, capsys):
-    client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
-    launcher = client.create_run(client.create_experiment("launched")).info.run_id
-    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
-    assert run_mocked(["--trials", "4", *SMALL]) == 0
-    assert "MLFLOW_RUN_ID" not in os.environ
-    # The launcher's run is named after the study, and the experiment it landed in is pointed out.
-    assert client.get_run(launcher).info.run_name == STUDY
-    assert (f"filed this study under experiment 'launched'; to file it under its own, run mlflow run . "
-            f"--experiment-name {STUDY}") in capsys.readouterr().out
-    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
-    assert study.user_attrs["mlflow_parent_run_id"] == launcher
-    trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}
-    assert len(trial_runs) == 4 and launcher not in trial_runs
-    children = client.search_runs([client.get_run(launcher).info.experiment_id],
-                                          filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
-    assert {r.info.run_id for r in children} == trial_runs
 
 
 # -- real processes, real signals ---------------------------------------------------------------
@@ -228,57 +204,6 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
 
 
 # -- PostgreSQL and an MLflow tracking server ------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL (user postgres, trust)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL binaries absent ({PG_BIN}); apt-get install postgresql (.ci/run does)")
-    folder = Path(tempfile.mkdtemp(prefix="gaplab-pg-"))
-    shutil.chown(folder, "postgres")
-    port = _free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(folder / "data"), "--auth=trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
-                    "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start"], check=True, capture_output=True)
-    try:
-        for database in ("optuna", "mlflow"):
-            subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), database],
-                           check=True, capture_output=True)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def mlflow_server(postgres, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.mark.slow
