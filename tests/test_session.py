@@ -102,3 +102,21 @@ def test_the_launchers_run_id_is_read_once_and_dropped(environ, taken):
     assert workers.take_launcher_run(environ) == taken
     assert environ == {"PATH": "/bin"}
 
+
+def test_a_rerun_after_an_interrupted_preset_trains_it_first_and_ends_as_an_uninterrupted_run(mock_study, capsys):
+    # The interrupted preset was re-queued at the back: the rerun printed "queued presets seed-deeper", trained
+    # seed-bn and seed-final, stopped at 3 and left seed-deeper WAITING.
+    def interrupted_in_seed_deeper(config, data, callbacks=(), verbose=0, **options):
+        if not config.batchnorm and config.depth == 3:
+            raise KeyboardInterrupt("Ctrl-C")
+        return fake_train(config, data, callbacks, **options)
+
+    settings = _settings("--trials", "3", "--epochs", "1", "--pruner", "none")
+    assert session.run_study(settings, [], interrupted_in_seed_deeper).exit_code == stopping.EXIT_CODE
+    capsys.readouterr()
+    assert session.run_study(settings, [], fake_train).exit_code == 0
+    assert ("to train: 2 trial(s), first the preset(s) seed-deeper, seed-bn"
+            in capsys.readouterr().out.splitlines()[0])
+    study, _ = _stores(mock_study)
+    assert [(t.state.name, t.user_attrs["preset"]) for t in study.trials] == [
+        ("COMPLETE", "seed-initial"), ("FAIL", "seed-deeper"), ("COMPLETE", "seed-deeper"), ("COMPLETE", "seed-bn")]

@@ -1,0 +1,105 @@
+"""A study stopped at any moment, by any signal, is resumed exactly, and no stop leaves a run RUNNING.
+
+Real processes (`python -m tests.mocked_run`, the command with the mock trainer) and real signals:
+SIGINT (one, two or three), SIGTERM and kill -9, at a sweep of moments across start-up, inside presets and
+sampled trials, and around the creation of a trial's MLflow run. Each stopped study is rerun and must end
+as an uninterrupted run does (tests.conftest.assert_one_study).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from study import stopping
+from tests.conftest import (
+    assert_one_study,
+    finish,
+    start_mocked,
+    wait_for_running_trial,
+)
+
+STUDY = "shapes-16px"
+SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+GRACE_S = 2
+
+
+def _stores(folder: Path) -> tuple[str, str]:
+    return f"sqlite:///{folder / 'optuna.db'}", f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _rerun(folder: Path, trials: int, **env: str) -> str:
+    """Rerun the command to its end; its stdout."""
+    [(code, out, err)] = finish([start_mocked(folder, ["--trials", str(trials), *SMALL], **env)])
+    assert code == 0, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    return out
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout} s"
+        time.sleep(0.02)
+
+
+def _nothing_running(folder: Path) -> None:
+    """No trial RUNNING in Optuna and no run RUNNING in MLflow, where the stores exist; both stores whole."""
+    storage, tracking_uri = _stores(folder)
+    for store in ("optuna.db", "mlflow.db"):
+        if (folder / store).exists():
+            with contextlib.closing(sqlite3.connect(folder / store)) as connection:
+                assert connection.execute("pragma integrity_check").fetchone() == ("ok",)
+    if (folder / "optuna.db").exists() and STUDY in optuna.get_all_study_names(storage):
+        states = [t.state.name for t in optuna.load_study(study_name=STUDY, storage=storage).trials]
+        assert "RUNNING" not in states, states
+    if (folder / "mlflow.db").exists():
+        client = MlflowClient(tracking_uri)
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+        assert [r.info.run_name for r in runs if r.info.status == "RUNNING"] == []
+
+
+def _trained_presets(stdout: str) -> tuple[list[str], list[str]]:
+    """(the presets the start line says the command trains, the presets its progress lines show it trained)."""
+    announced = re.search(r"first the preset\(s\) ([\w, -]+)", stdout)
+    return (announced.group(1).split(", ") if announced else [],
+            re.findall(r"^\[\d+/\d+\] trial \d+ \[([\w-]+)\] (?:COMPLETE|PRUNED)", stdout, re.MULTILINE))
+
+
+# -- 2. resume is exact -----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
+def test_a_study_stopped_anywhere_and_rerun_is_the_study_an_uninterrupted_run_makes(tmp_path, signum):
+    # Trials "train" 0.6 s: 0.3 s in lands in the first preset, 1.5 s in the second or third, 3.3 s in a sampled
+    # trial (the four presets come first).
+    trials = 6
+    for delay in (0.3, 1.5, 3.3):
+        folder = tmp_path / f"{signum.name}-{delay}"
+        env = {"GAPLAB_TEST_TRIAL_SECONDS": "0.6", "GAPLAB_HEARTBEAT_GRACE": str(GRACE_S)}
+        process = start_mocked(folder, ["--trials", str(trials), *SMALL], **env)
+        wait_for_running_trial(_stores(folder)[0], STUDY, [process.pid])
+        time.sleep(delay)
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else stopping.EXIT_CODE), err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        if signum == signal.SIGKILL:
+            time.sleep(GRACE_S + 0.5)  # the rerun fails the dead trial once its heartbeat is older than the grace
+        else:
+            _nothing_running(folder)
+        out = _rerun(folder, trials, GAPLAB_HEARTBEAT_GRACE=str(GRACE_S))
+        announced, trained = _trained_presets(out)
+        assert announced == trained, "the start line says which presets the rerun trains"
+        assert_one_study(*_stores(folder), trials, failed_at_most=1)
