@@ -20,10 +20,12 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import stopping
+from study import stopping, tracking
+from study.contract import PARENT_RUN_ID_ATTR, WORKER_ATTR
 from tests.conftest import (
     assert_one_study,
     finish,
+    run_mocked,
     start_mocked,
     wait_for_running_trial,
 )
@@ -103,3 +105,60 @@ def test_a_study_stopped_anywhere_and_rerun_is_the_study_an_uninterrupted_run_ma
         announced, trained = _trained_presets(out)
         assert announced == trained, "the start line says which presets the rerun trains"
         assert_one_study(*_stores(folder), trials, failed_at_most=1)
+
+
+# -- 3. a dead trial's run is always ended ------------------------------------------------------------
+
+
+def test_a_stale_trial_whose_run_id_never_reached_optuna_has_its_run_found_by_its_tags_and_killed(mock_study):
+    assert run_mocked(["--trials", "1", *SMALL]) == 0
+    study = optuna.load_study(study_name=STUDY, storage=_stores(mock_study)[0])
+    client = MlflowClient()
+    parent = client.get_run(study.user_attrs[PARENT_RUN_ID_ATTR])
+    # What a process left that died after creating trial 1's run and before recording its id in the trial.
+    trial = study.ask()
+    trial.set_user_attr(WORKER_ATTR, "elsewhere:1")
+    run = client.create_run(parent.info.experiment_id, run_name="trial-001", tags={
+        "optuna_trial_number": "1", "study_name": STUDY, "mlflow.parentRunId": parent.info.run_id})
+    tracking.end_stale_trial_run(study, study.trials[1])
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert client.get_run(run.info.run_id).data.tags["error"].startswith("worker died: elsewhere:1")
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED", "only the trial's run is ended"
+
+
+def _kill_around_run_creation(folder: Path, after_created: float, storage: str = "", tracking_uri: str = "") -> None:
+    """kill -9 the command `after_created` seconds after it created trial 0's MLflow run (it then pauses 1 s
+    before recording the run's id in the trial, and trains 0.5 s), rerun it, and check the study is whole."""
+    marker = folder / "run-created"
+    env = {"GAPLAB_HEARTBEAT_GRACE": str(GRACE_S), **({"MLFLOW_TRACKING_URI": tracking_uri} if tracking_uri else {})}
+    args = ["--trials", "3", *SMALL, *(["--storage", storage] if storage else [])]
+    process = start_mocked(folder, args, GAPLAB_TEST_PAUSE_AFTER_RUN="1.0", GAPLAB_TEST_MARKER=str(marker),
+                           GAPLAB_TEST_TRIAL_SECONDS="0.5", **env)
+    _wait_for(marker, process)
+    time.sleep(after_created)
+    process.kill()
+    process.wait()
+    time.sleep(GRACE_S + 0.5)
+    [(code, _, err)] = finish([start_mocked(folder, args, **env)])
+    assert code == 0, err[-3000:]
+    killed = r"trial 0 of worker \S+ stopped sending heartbeats: marked FAIL, its MLflow run \w+ KILLED"
+    assert re.search(killed, err), err[-3000:]
+    assert_one_study(storage or _stores(folder)[0], tracking_uri or _stores(folder)[1], 3, failed_at_most=1)
+
+
+def test_a_process_killed_between_creating_a_trials_run_and_recording_it_leaves_no_run_running(tmp_path):
+    # On a tracking server the run stayed RUNNING for good: its id had not reached the Optuna trial.
+    _kill_around_run_creation(tmp_path, 0.3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_created", [0.0, 0.9, 1.3])
+def test_a_process_killed_around_a_trials_run_creation_leaves_no_run_running(tmp_path, after_created):
+    _kill_around_run_creation(tmp_path, after_created)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_created", [0.3, 1.3])
+def test_a_worker_killed_around_its_runs_creation_on_postgresql_and_a_server_leaves_no_run_running(
+        tmp_path, postgres, mlflow_server, after_created):
+    _kill_around_run_creation(tmp_path, after_created, f"{postgres}/optuna", mlflow_server)
