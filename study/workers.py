@@ -148,11 +148,17 @@ def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
         for index, seed in enumerate(seeds)
     ]
     deaths: list[str] = []
-    interrupted = False
+    interrupted = forwarded_repeat = False
     running = dict(enumerate(processes))
     while running:
         try:
             time.sleep(poll_s)
+            if stopping.repeated.is_set() and not forwarded_repeat:
+                # A second Ctrl-C raises nothing here (study.stopping); the workers get it: their trials stop at once.
+                forwarded_repeat = True
+                for process in running.values():
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGINT)
             for index, process in list(running.items()):
                 code = process.poll()
                 if code is None:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import fake_train, run_mocked
+from tests.conftest import exit_code, fake_train
 
 TRIAL_SECONDS_ENV = "GAPLAB_TEST_TRIAL_SECONDS"
 PAUSE_AFTER_RUN_ENV = "GAPLAB_TEST_PAUSE_AFTER_RUN"
@@ -54,4 +54,7 @@ def pause_after_trial_runs_are_created(seconds: float, marker: Path) -> None:
 if __name__ == "__main__":
     if os.environ.get(PAUSE_AFTER_RUN_ENV):
         pause_after_trial_runs_are_created(float(os.environ[PAUSE_AFTER_RUN_ENV]), Path(os.environ[MARKER_ENV]))
-    sys.exit(run_mocked(sys.argv[1:], train_fn=slow_fake_train))
+    from study import run
+
+    # As `python -m study.run` does: the process ends with the command.
+    sys.exit(exit_code(run.main, sys.argv[1:], train_fn=slow_fake_train, process_exits=True))

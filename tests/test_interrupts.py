@@ -9,6 +9,8 @@ as an uninterrupted run does (tests.conftest.assert_one_study).
 from __future__ import annotations
 
 import contextlib
+import datetime
+import os
 import re
 import signal
 import sqlite3
@@ -162,3 +164,61 @@ def test_a_process_killed_around_a_trials_run_creation_leaves_no_run_running(tmp
 def test_a_worker_killed_around_its_runs_creation_on_postgresql_and_a_server_leaves_no_run_running(
         tmp_path, postgres, mlflow_server, after_created):
     _kill_around_run_creation(tmp_path, after_created, f"{postgres}/optuna", mlflow_server)
+
+
+# -- 4. every stop leaves nothing RUNNING -------------------------------------------------------------
+
+
+def _handlers_installed(pid: int) -> bool:
+    """Whether process `pid` catches SIGTERM: the command's stop handlers are in place (study.stopping)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.MULTILINE).group(1), 16)
+    return bool(caught & (1 << (signal.SIGTERM - 1)))
+
+
+def _stop(folder: Path, signum: signal.Signals, count: int, delay: float, in_trial: bool) -> datetime.datetime:
+    """Start the command (trials of 1 s), send `count` signals 0.1 s apart `delay` seconds after its stop handlers
+    are in place (or after its first trial started, `in_trial`); check it exits 130 with nothing RUNNING and no
+    trace, and that no trial started after the first signal."""
+    process = start_mocked(folder, ["--trials", "4", *SMALL], GAPLAB_TEST_TRIAL_SECONDS="1.0")
+    deadline = time.monotonic() + 120
+    while not _handlers_installed(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-3000:]
+        time.sleep(0.01)
+    if in_trial:
+        wait_for_running_trial(_stores(folder)[0], STUDY, [process.pid])
+    time.sleep(delay)
+    signalled = datetime.datetime.now()
+    for index in range(count):
+        if index:
+            time.sleep(0.1)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signum)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == stopping.EXIT_CODE, err[-3000:]
+    assert "Traceback" not in err and "Exception ignored" not in err, err[-3000:]
+    assert err.rstrip().endswith("rerun the same command to resume."), err[-3000:]
+    _nothing_running(folder)
+    storage = _stores(folder)[0]
+    if (folder / "optuna.db").exists() and STUDY in optuna.get_all_study_names(storage):
+        starts = [t.datetime_start for t in optuna.load_study(study_name=STUDY, storage=storage).trials]
+        assert all(start <= signalled for start in starts if start), (starts, signalled)
+    return signalled
+
+
+def test_three_ctrl_c_in_a_row_during_a_trial_exit_130_with_nothing_left_running(tmp_path):
+    # Two Ctrl-C in a row left the parent MLflow run RUNNING until the next rerun.
+    _stop(tmp_path, signal.SIGINT, 3, 0.3, in_trial=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, count, delay", [
+    (signal.SIGINT, 1, 0.0), (signal.SIGINT, 1, 3.0), (signal.SIGINT, 1, 6.0), (signal.SIGINT, 2, 1.5),
+    (signal.SIGINT, 2, 4.5), (signal.SIGINT, 3, 0.5), (signal.SIGINT, 3, 5.0), (signal.SIGTERM, 1, 2.0),
+    (signal.SIGTERM, 1, 7.0)])
+def test_signals_at_a_sweep_of_moments_across_start_up_stop_cleanly_and_a_rerun_finishes(tmp_path, signum, count,
+                                                                                          delay):
+    # `delay` from the stop handlers' installation: imports, loading the data, opening the stores, the set-up.
+    _stop(tmp_path, signum, count, delay, in_trial=False)
+    _rerun(tmp_path, 4)
+    assert_one_study(*_stores(tmp_path), 4, failed_at_most=1)
