@@ -112,6 +112,59 @@ def test_resumes_never_repeat_a_sampled_point(mock_study):
     assert len(searched) == 4 and len(set(searched)) == 4, searched
 
 
+def test_under_mlflow_run_without_an_experiment_the_study_still_goes_in_its_own_and_the_launcher_links_to_it(
+        mock_study, monkeypatch, capsys):
+    # `mlflow run .` (the README's command) creates its run in "Default" and passes MLFLOW_RUN_ID and
+    # MLFLOW_EXPERIMENT_ID; the study went in "Default", and a search by its name found nothing.
+    client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
+    client.search_experiments()  # creates the store and its Default experiment, as `mlflow run` does
+    launcher = client.create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    assert run_mocked(["--trials", "4", *SMALL]) == 0
+    assert "MLFLOW_RUN_ID" not in os.environ
+    assert "--experiment-name" not in capsys.readouterr().out, "no hint the README's command makes unnecessary"
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.run_id != launcher and parent.info.run_name == STUDY and parent.info.status == "FINISHED"
+    assert client.get_experiment(parent.info.experiment_id).name == STUDY
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert [r.info.run_id for r in client.search_runs(["0"])] == [launcher], "only the launcher's run in Default"
+    # A search by the study's name, across experiments, finds the launcher's run, which links to the study.
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.study_name = '{STUDY}' "
+                               "and tags.study_role = 'launcher'")
+    assert [r.info.run_id for r in found] == [launcher]
+    tags = found[0].data.tags
+    assert tags["study_parent_run_id"] == parent.info.run_id and tags["study_experiment"] == STUDY
+    assert (f"[{STUDY}](#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id})"
+            in tags["mlflow.note.content"])
+    assert found[0].info.run_name == f"{STUDY} (launcher)"
+    # A rerun under another `mlflow run` resumes the same study and parent, and links its own launcher run.
+    second = client.create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", second)
+    assert run_mocked(["--trials", "5", *SMALL]) == 0
+    assert optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}").user_attrs[
+        "mlflow_parent_run_id"] == parent.info.run_id
+    assert client.get_run(second).data.tags["study_parent_run_id"] == parent.info.run_id
+
+
+def test_under_mlflow_run_with_the_experiment_named_the_launchers_run_is_the_parent(mock_study, monkeypatch):
+    # `mlflow run . --experiment-name launched`: the study goes where the user said, under the launcher's run.
+    client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
+    launcher = client.create_run(client.create_experiment("launched")).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    assert run_mocked(["--trials", "4", *SMALL]) == 0
+    assert client.get_run(launcher).info.run_name == STUDY
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    assert study.user_attrs["mlflow_parent_run_id"] == launcher
+    trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert len(trial_runs) == 4 and launcher not in trial_runs
+    children = client.search_runs([client.get_run(launcher).info.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
+    assert {r.info.run_id for r in children} == trial_runs
+
+
 # -- real processes, real signals ---------------------------------------------------------------
 
 
