@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import stopping, workers
-from tests.conftest import run_mocked, subprocess_env, wait_for_running_trial
+from tests.conftest import ROOT, run_mocked, subprocess_env, wait_for_running_trial
 
 GRACE_S = 3
 STUDY = "shapes-16px"
@@ -163,6 +163,25 @@ def test_under_mlflow_run_with_the_experiment_named_the_launchers_run_is_the_par
     children = client.search_runs([client.get_run(launcher).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
     assert {r.info.run_id for r in children} == trial_runs
+
+
+@pytest.mark.slow
+def test_the_readmes_mlflow_run_files_the_study_under_its_own_name(tmp_path):
+    # `mlflow run . --env-manager local`, as the README has it (no --experiment-name), with a real trainer.
+    env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+                           "-P", "trials=1", "-P", "epochs=1", "-P", "image_size=16", "-P", "pruner=none"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--experiment-name" not in done.stdout + done.stderr
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    [launcher] = client.search_runs(["0"])
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = {r.data.tags.get("study_role", "trial"): r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["parent", "trial"] and runs["trial"].data.tags["mlflow.parentRunId"] == \
+        runs["parent"].info.run_id
+    assert launcher.data.tags["study_parent_run_id"] == runs["parent"].info.run_id
+    assert launcher.info.status == runs["parent"].info.status == "FINISHED"
 
 
 # -- real processes, real signals ---------------------------------------------------------------
