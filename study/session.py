@@ -18,6 +18,7 @@ runs KILLED.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -45,6 +46,7 @@ from study.storage import (
     StudyLock,
     check_recorded_tracking_uri,
     check_tracking_uri,
+    fail_orphaned_trials,
     fail_stale_trials,
     heartbeat_grace,
     masked,
@@ -338,6 +340,7 @@ def set_up(settings: Settings, storage: optuna.storages.RDBStorage, data: Datase
     # Before the target is checked: a trial of a process that died must neither count as present nor stay
     # RUNNING (its MLflow run is ended by the storage's callback).
     fail_stale_trials(study)
+    fail_orphaned_trials(study, storage, tracking.end_stale_trial_run)
     tracking.end_unwritten_trial_runs(study)  # runs a killed process's writer held
     start_number = int(study.user_attrs.get(contract.COMMANDS_STARTED_ATTR, 0))
     study.set_user_attr(contract.COMMANDS_STARTED_ATTR, start_number + 1)
@@ -496,9 +499,15 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
     try:
         while True:
             stopping.raise_if_requested()
-            with opened.lock() as lock:
+            with contextlib.ExitStack() as start:
+                # A signal within the start takes effect once it is done (here, or in the objective, which ends
+                # the start): one cut short between Optuna's creating the trial and its first heartbeat
+                # would leave the trial RUNNING.
+                start.enter_context(stopping.interrupts_deferred())
+                start.enter_context(opened.lock())
                 # Trials others run may be dead ones: fail those so that their place is taken.
                 fail_stale_trials(study)
+                fail_orphaned_trials(study, opened.storage, tracking.end_stale_trial_run)
                 finished = count_finished(study)
                 if finished >= target:
                     return 0
@@ -506,7 +515,7 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
                 if room:
                     space.enqueue_next_preset(study, opened.settings.base, first_trial)
                     # Optuna creates (or takes the queued) trial within the lock; the objective releases it.
-                    study.optimize(_released_by_start(lock, opened.storage, objective), n_trials=1,
+                    study.optimize(_ending_the_start(start, opened.storage, objective), n_trials=1,
                                    callbacks=[progress], catch=(Exception,), gc_after_trial=False)
             if not room:
                 time.sleep(poll_s)
@@ -525,12 +534,14 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
         return stopping.EXIT_CODE
 
 
-def _released_by_start(lock: StudyLock, storage: optuna.storages.RDBStorage,
-                       objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-    """`objective`, first recording the new trial's heartbeat and releasing the study's lock.
+def _ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,
+                      objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """`objective`, first recording the new trial's heartbeat, then ending the trial start (`start`: the study's
+    lock, released, and signals deferred, whose stop request is raised here, ending the trial FAIL).
 
     The heartbeat is recorded within the lock (Optuna's own heartbeat thread records it only after): a
-    trial whose process dies from its creation on is found dead by its heartbeat, and is never left RUNNING.
+    trial whose process dies from its creation on is found dead by its heartbeat (or, without one,
+    by study.storage.fail_orphaned_trials), and is never left RUNNING.
     """
 
     def started(trial: optuna.Trial) -> float:
@@ -538,8 +549,7 @@ def _released_by_start(lock: StudyLock, storage: optuna.storages.RDBStorage,
             # Optuna's heartbeat thread records the same row, by the same private trial id.
             storage.record_heartbeat(trial._trial_id)
         finally:
-            lock.release()
-        stopping.raise_if_requested()
+            start.close()
         return objective(trial)
 
     return started

@@ -388,6 +388,37 @@ def _schema_lock(url: str):
         Tables.engine.dispose()
 
 
+def fail_orphaned_trials(study, storage, on_failed: Callable | None = None) -> list[int]:
+    """Fail the study's RUNNING trials that have no heartbeat at all; their numbers. Call with the study's lock held.
+
+    A trial starts under the lock, which its process releases only once the trial's first heartbeat is
+    recorded (study.session). Seen under the lock, a RUNNING trial without one was created by a process
+    that died within its start; on PostgreSQL (on SQLite the start is one transaction, undone by the
+    death) the trial was committed and Optuna's heartbeat check, which skips trials without a heartbeat,
+    would leave it RUNNING for good. `on_failed(study, frozen_trial)` is called for each, as Optuna calls
+    its stale-trial callback. Reads Optuna's tables `trials` and `trial_heartbeats` by name.
+    """
+    import optuna
+    import sqlalchemy
+
+    session = storage.scoped_session()
+    try:
+        found = session.execute(sqlalchemy.text(
+            "SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :name "
+            "AND t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)"),
+            {"name": study.study_name}).scalars().all()
+    finally:
+        session.close()
+    failed = []
+    for trial_id in found:
+        if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+            frozen = storage.get_trial(trial_id)
+            failed.append(frozen.number)
+            if on_failed is not None:
+                on_failed(study, frozen)
+    return failed
+
+
 def fail_stale_trials(study) -> None:
     """Fail the study's RUNNING trials whose process stopped beating; the storage's callback ends their runs."""
     import optuna

@@ -128,6 +128,16 @@ def test_a_stale_trial_whose_run_id_never_reached_optuna_has_its_run_found_by_it
     assert client.get_run(parent.info.run_id).info.status == "FINISHED", "only the trial's run is ended"
 
 
+def test_a_trial_left_running_without_any_heartbeat_is_failed_by_the_next_start(mock_study):
+    # On PostgreSQL Optuna commits a new trial before its first heartbeat; a process that died in between left
+    # a trial that Optuna's heartbeat check skips, RUNNING for good.
+    assert run_mocked(["--trials", "1", *SMALL]) == 0
+    optuna.load_study(study_name=STUDY, storage=_stores(mock_study)[0]).ask()
+    assert run_mocked(["--trials", "2", *SMALL]) == 0
+    study = optuna.load_study(study_name=STUDY, storage=_stores(mock_study)[0])
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+
+
 def _kill_around_run_creation(folder: Path, after_created: float, storage: str = "", tracking_uri: str = "") -> None:
     """kill -9 the command `after_created` seconds after it created trial 0's MLflow run (it then pauses 1 s
     before recording the run's id in the trial, and trains 0.5 s), rerun it, and check the study is whole."""
