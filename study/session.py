@@ -3,12 +3,14 @@
 `python -m study.run` checks its flags (study.run), then `run_study` here:
 
 * loads the data once (a bad image is found before either store is touched), checks MLflow's
-  tracking store, opens Optuna's storage and creates or resumes the study (`open_study`); refuses
-  a resume whose fixed settings differ, fails the trials of processes that died and queues the
-  seed presets;
-* attaches the study's one parent run in MLflow (`start_parent_run`);
+  tracking store and opens Optuna's storage;
+* holding the study's lock (study.storage.StudyLock), so that any number of processes starting
+  together make one study: creates or resumes the study (`open_study`), refuses a resume whose
+  fixed settings differ, fails the trials of processes that died, and finds or creates the
+  study's one parent run in MLflow (`set_up`, `attach_parent_run`);
 * trains in this process (`run_worker`) or in `--workers` processes (study.workers), each of
-  which opens the same study and runs the same loop (`run_worker_process`);
+  which opens the same study and runs the same loop (`run_worker_process`); each trial starts
+  under the lock, where the count to `--trials` is decided and the next seed preset queued;
 * logs the end-of-study summary and returns a `StudyOutcome`.
 
 A stop request (study.stopping) marks the running trials FAIL and ends this process's open MLflow
