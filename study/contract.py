@@ -25,6 +25,9 @@ CLASS_NAMES_ATTR = "class_names"
 # The `--trials` of the latest command that ran the study: the report tells presets still queued past it
 # (the study reached its total first) from trials an interruption left queued.
 TRIALS_TARGET_ATTR = "trials_target"
+# How many commands began the study (set-up counts itself in, under the study's lock): a command's sampler
+# seed draws on it, so that commands started together on one study do not sample alike.
+COMMANDS_STARTED_ATTR = "commands_started"
 # The study's fixed settings (image size, epochs, seed, data, dataset digest, pruner, prune_on) and
 # its data_dir: a resume with other settings is refused, and the report reads the seed and prune_on
 # from here. Studies begun before pruner and prune_on were fixed lack those two keys.
@@ -49,6 +52,13 @@ WORKER_ATTR = "worker"
 TRIAL_STATE_TAG = "trial_state"
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 STUDY_TAG = "study_name"
+# What a run that is not a trial's is to its study: the parent run of every trial, or the run `mlflow run`
+# created in another experiment, which then also names the study's experiment and parent run.
+STUDY_ROLE_TAG = "study_role"
+PARENT_ROLE = "parent"
+LAUNCHER_ROLE = "launcher"
+STUDY_EXPERIMENT_TAG = "study_experiment"
+STUDY_PARENT_RUN_TAG = "study_parent_run_id"
 ERROR_TAG = "error"
 # The registered model (named after the study) version of the best trial carries this alias (study.tracking).
 BEST_MODEL_ALIAS = "best"

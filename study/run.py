@@ -119,9 +119,13 @@ def validate(args: argparse.Namespace) -> Settings:
                     gpus=gpus)
 
 
-def main(argv: list[str] | None = None, *, train_fn=None) -> int:
-    """The command; its exit code. `train_fn` stands in for gaplab.trainer.train (tests)."""
-    with stopping.graceful_stop():
+def main(argv: list[str] | None = None, *, train_fn=None, process_exits: bool | None = None) -> int:
+    """The command; its exit code. `train_fn` stands in for gaplab.trainer.train (tests).
+
+    `process_exits` (by default: when the arguments are the process's own, `argv` None) says that the process
+    ends with the command: after a stop, further signals are then ignored (study.stopping.graceful_stop).
+    """
+    with stopping.graceful_stop(process_exits=argv is None if process_exits is None else process_exits):
         try:
             return _command(list(sys.argv[1:] if argv is None else argv), train_fn)
         except (KeyboardInterrupt, Exception) as error:

@@ -3,12 +3,14 @@
 `python -m study.run` checks its flags (study.run), then `run_study` here:
 
 * loads the data once (a bad image is found before either store is touched), checks MLflow's
-  tracking store, opens Optuna's storage and creates or resumes the study (`open_study`); refuses
-  a resume whose fixed settings differ, fails the trials of processes that died and queues the
-  seed presets;
-* attaches the study's one parent run in MLflow (`start_parent_run`);
+  tracking store and opens Optuna's storage;
+* holding the study's lock (study.storage.StudyLock), so that any number of processes starting
+  together make one study: creates or resumes the study (`open_study`), refuses a resume whose
+  fixed settings differ, fails the trials of processes that died, and finds or creates the
+  study's one parent run in MLflow (`set_up`, `attach_parent_run`);
 * trains in this process (`run_worker`) or in `--workers` processes (study.workers), each of
-  which opens the same study and runs the same loop (`run_worker_process`);
+  which opens the same study and runs the same loop (`run_worker_process`); each trial starts
+  under the lock, where the count to `--trials` is decided and the next seed preset queued;
 * logs the end-of-study summary and returns a `StudyOutcome`.
 
 A stop request (study.stopping) marks the running trials FAIL and ends this process's open MLflow
@@ -18,6 +20,7 @@ runs KILLED.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import math
@@ -31,6 +34,8 @@ from dataclasses import dataclass
 import mlflow
 import optuna
 from mlflow.exceptions import MlflowException
+from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from gaplab import device
 from gaplab.data import DEFAULT_IMAGES, Dataset, generate_shapes, load_image_folder
@@ -40,8 +45,10 @@ from study.cli import UsageError, fail
 from study.objective import Objective
 from study.settings import Settings, default_study_name
 from study.storage import (
+    StudyLock,
     check_recorded_tracking_uri,
     check_tracking_uri,
+    fail_orphaned_trials,
     fail_stale_trials,
     heartbeat_grace,
     masked,
@@ -75,6 +82,11 @@ class OpenStudy:
     name: str
     data: Dataset
     training_device: str
+    storage: optuna.storages.RDBStorage
+
+    def lock(self) -> StudyLock:
+        """The study's lock (study.storage.StudyLock): one process at a time through set-up and trial starts."""
+        return StudyLock(self.storage, self.name)
 
     def objective(self, parent_run_id: str, train_fn: TrainFn | None = None) -> Callable[[optuna.Trial], float]:
         """The Optuna objective, also recording which process ran each trial (contract.WORKER_ATTR)."""
@@ -144,19 +156,24 @@ def quiet_optuna() -> None:
             handler.addFilter(stopping.InterruptedTrialFilter())
 
 
-def open_study(settings: Settings, data: Dataset, training_device: str,
-               sampler: optuna.samplers.BaseSampler | None = None) -> OpenStudy:
-    """Open Optuna's storage and create the study on `data`, or load it where it exists.
+def study_name_of(settings: Settings, data: Dataset) -> str:
+    """`--study_name`, else `<dataset>-<image_size>px` made a valid name (study.settings.default_study_name)."""
+    return settings.study_name or default_study_name(data.name, settings.base.image_size)
 
-    The study's name (`--study_name`, else `<dataset>-<image_size>px` made a valid name,
-    study.settings.default_study_name) is worked out here only.
-    """
-    storage = open_optuna_storage(settings.storage, tracking.end_stale_trial_run)
-    name = settings.study_name or default_study_name(data.name, settings.base.image_size)
+
+def open_storage(settings: Settings) -> optuna.storages.RDBStorage:
+    """Optuna's storage, whose heartbeats end a dead process's trial runs (study.tracking.end_stale_trial_run)."""
+    return open_optuna_storage(settings.storage, tracking.end_stale_trial_run)
+
+
+def open_study(settings: Settings, storage: optuna.storages.RDBStorage, data: Dataset, training_device: str,
+               sampler: optuna.samplers.BaseSampler | None = None) -> OpenStudy:
+    """Create the study on `data`, or load it where it exists; the caller holds the study's lock."""
+    name = study_name_of(settings, data)
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True, direction="maximize",
                                 sampler=sampler, pruner=make_pruner(settings.pruner, settings.base.epochs))
     describe.describe_study(study, settings.prune_on)
-    return OpenStudy(settings, study, name, data, training_device)
+    return OpenStudy(settings, study, name, data, training_device, storage)
 
 
 def fixed_settings(settings: Settings, data: Dataset) -> dict[str, object]:
@@ -197,36 +214,84 @@ def count_running(study: optuna.Study) -> int:
 
 
 def attach_parent_run(study: optuna.Study, study_name: str, launcher_run: str | None) -> tuple[mlflow.ActiveRun, bool]:
-    """Start (or reopen) the study's parent run; (the run, whether it is new).
+    """Start (or reopen) the study's parent run; (the run, whether it is new). The caller holds the study's lock.
 
-    A study has one parent run for all its processes; its id is kept in the study. The first
-    process uses the run `mlflow run` created for it, if any, else starts one.
+    A study has one parent run for all its processes, in the study's experiment (`study_experiment`). It
+    is the run whose id the study keeps; else the one tagged as the study's parent there (a process
+    killed between creating it and recording it); else the run `mlflow run` created, where that is in
+    the study's experiment; else a new one. A launcher's run elsewhere is linked to it (`link_launcher_run`).
     """
+    client = mlflow.MlflowClient()
     stored = study.user_attrs.get(contract.PARENT_RUN_ID_ATTR)
-    if stored:
-        try:
-            if mlflow.MlflowClient().get_run(stored).info.lifecycle_stage == "active":
-                return mlflow.start_run(run_id=stored), False
-        except MlflowException:
-            pass  # not in this tracking store (or deleted): the study gets a new parent run here
-    if launcher_run:
-        parent = mlflow.start_run(run_id=launcher_run)
+    parent_id = stored if stored and _is_active(client, stored) else None
+    experiment_name = study_experiment(client, study_name, launcher_run)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if parent_id is None and experiment is not None:
+        found = client.search_runs(
+            [experiment.experiment_id], f"tags.{contract.STUDY_TAG} = '{study_name}' and "
+            f"tags.{contract.STUDY_ROLE_TAG} = '{contract.PARENT_ROLE}'", order_by=["attributes.start_time ASC"],
+            max_results=1)
+        parent_id = found[0].info.run_id if found else None
+    new = parent_id is None
+    if new and launcher_run and experiment is not None \
+            and client.get_run(launcher_run).info.experiment_id == experiment.experiment_id:
+        parent_id = launcher_run
         # `mlflow run` gives its run a random name; the study's is what users look for in the UI.
-        mlflow.MlflowClient().update_run(launcher_run, name=study_name)
-        experiment = mlflow.get_experiment(parent.info.experiment_id).name
-        if experiment != study_name:
-            print(f"note: mlflow run filed this study under experiment {experiment!r}; to file it under its own, "
-                  f"run mlflow run . --experiment-name {study_name} ...", flush=True)
-    else:
-        # MLFLOW_EXPERIMENT_NAME, where set, picks the experiment as it does for any MLflow script.
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or study_name)
-        parent = mlflow.start_run(run_name=study_name)
-    study.set_user_attr(contract.PARENT_RUN_ID_ATTR, parent.info.run_id)
-    return parent, True
+        client.update_run(launcher_run, name=study_name)
+    if parent_id is None:
+        experiment_id = experiment.experiment_id if experiment else client.create_experiment(experiment_name)
+        parent_id = client.create_run(experiment_id, run_name=study_name, tags={
+            contract.STUDY_TAG: study_name, contract.STUDY_ROLE_TAG: contract.PARENT_ROLE}).info.run_id
+    client.set_tag(parent_id, contract.STUDY_TAG, study_name)
+    client.set_tag(parent_id, contract.STUDY_ROLE_TAG, contract.PARENT_ROLE)
+    if parent_id != stored:
+        study.set_user_attr(contract.PARENT_RUN_ID_ATTR, parent_id)
+    # The fluent API's experiment follows the parent's (a stale one from earlier in this process would refuse it).
+    mlflow.set_experiment(experiment_id=client.get_run(parent_id).info.experiment_id)
+    parent = mlflow.start_run(run_id=parent_id)
+    if launcher_run and launcher_run != parent_id:
+        link_launcher_run(client, launcher_run, study_name, parent)
+    return parent, new
+
+
+def _is_active(client: mlflow.MlflowClient, run_id: str) -> bool:
+    try:
+        return client.get_run(run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False  # not in this tracking store (or deleted): the study gets another parent run
+
+
+def study_experiment(client: mlflow.MlflowClient, study_name: str, launcher_run: str | None) -> str:
+    """The experiment the study's runs go in: `$MLFLOW_EXPERIMENT_NAME` where set, else the one `mlflow run`
+    was told (`--experiment-name` or `--experiment-id`, i.e. any but MLflow's Default), else the study's name."""
+    if os.environ.get("MLFLOW_EXPERIMENT_NAME"):
+        return os.environ["MLFLOW_EXPERIMENT_NAME"]
+    if launcher_run:
+        experiment_id = client.get_run(launcher_run).info.experiment_id
+        if experiment_id != DEFAULT_EXPERIMENT_ID:
+            return client.get_experiment(experiment_id).name
+    return study_name
+
+
+def link_launcher_run(client: mlflow.MlflowClient, launcher_run: str, study_name: str,
+                      parent: mlflow.ActiveRun) -> None:
+    """Point the run `mlflow run` created, which is not the study's parent (it sits in another experiment,
+    MLflow's Default where no experiment was named), to the study: tagged with the study's name, its
+    experiment and parent run, named after the study, and described with a link to the parent run."""
+    experiment_id, parent_id = parent.info.experiment_id, parent.info.run_id
+    experiment = client.get_experiment(experiment_id).name
+    client.update_run(launcher_run, name=f"{study_name} (launcher)")
+    for key, value in ((contract.STUDY_TAG, study_name), (contract.STUDY_ROLE_TAG, contract.LAUNCHER_ROLE),
+                       (contract.STUDY_EXPERIMENT_TAG, experiment), (contract.STUDY_PARENT_RUN_TAG, parent_id),
+                       (MLFLOW_RUN_NOTE, f"This run launched study **{study_name}**: its parent run and trials are in "
+                                         f"experiment [{experiment}](#/experiments/{experiment_id}), parent run "
+                                         f"[{study_name}](#/experiments/{experiment_id}/runs/{parent_id}).")):
+        client.set_tag(launcher_run, key, value)
 
 
 def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: str) -> str:
-    """Attach the study's parent run (left active) and record the study's settings on it; its id."""
+    """Attach the study's parent run (left active) and record the study's settings on it; its id. The caller
+    holds the study's lock."""
     settings, study, data, base = opened.settings, opened.study, opened.data, opened.settings.base
     parent, new_parent = attach_parent_run(study, opened.name, launcher_run)
     parent_id = parent.info.run_id
@@ -234,7 +299,6 @@ def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: 
     study.set_user_attr(contract.TRACKING_URI_ATTR, tracking_uri)
     study.set_user_attr(contract.CLASS_NAMES_ATTR, list(data.class_names))
     study.set_user_attr(contract.TRIALS_TARGET_ATTR, settings.trials)
-    mlflow.set_tag(contract.STUDY_TAG, opened.name)
     tracking.log_params_once(parent_id, {
         "trials": settings.trials, "data_dir": settings.data_dir, "study_name": opened.name,
         "storage": masked(settings.storage), "pruner": settings.pruner, "prune_on": settings.prune_on,
@@ -246,6 +310,48 @@ def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: 
     if new_parent:
         tracking.log_dataset(data)
     return parent_id
+
+
+@dataclass(frozen=True)
+class Start:
+    """What a command's set-up found and made (`set_up`).
+
+    `first_trial`: the study's trial count when the command began (a preset that failed from there on is
+    not retried by it, study.space.presets_to_train); `start_number`: how many commands began the study
+    before this one; `to_train`: the trials still missing; `presets`: the presets among them, in order.
+    """
+
+    opened: OpenStudy
+    parent_id: str
+    first_trial: int
+    start_number: int
+    finished: int
+    joining: bool
+    to_train: int
+    presets: list[str]
+
+
+def set_up(settings: Settings, storage: optuna.storages.RDBStorage, data: Dataset, training_device: str,
+           launcher_run: str | None, tracking_uri: str) -> Start:
+    """Create or load the study, check it, fail the trials of processes that died, attach the parent run.
+    The caller holds the study's lock, so that processes starting together make one study and one parent."""
+    opened = open_study(settings, storage, data, training_device)
+    study = opened.study
+    check_fixed_settings(study, opened.name, fixed_settings(settings, opened.data))
+    check_recorded_tracking_uri(study, tracking_uri)
+    # Before the target is checked: a trial of a process that died must neither count as present nor stay
+    # RUNNING (its MLflow run is ended by the storage's callback).
+    fail_stale_trials(study)
+    fail_orphaned_trials(study, storage, tracking.end_stale_trial_run)
+    tracking.end_unwritten_trial_runs(study)  # runs a killed process's writer held
+    start_number = int(study.user_attrs.get(contract.COMMANDS_STARTED_ATTR, 0))
+    study.set_user_attr(contract.COMMANDS_STARTED_ATTR, start_number + 1)
+    first_trial = len(study.trials)
+    finished, running = count_finished(study), count_running(study)
+    parent_id = start_parent_run(opened, launcher_run, tracking_uri)
+    to_train = max(settings.trials - finished - running, 0)
+    presets = space.presets_to_train(study, first_trial)[:to_train]
+    return Start(opened, parent_id, first_trial, start_number, finished, running > 0, to_train, presets)
 
 
 def run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None = None) -> StudyOutcome:
@@ -271,33 +377,33 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     # The data before the stores: a command that stops at a bad image leaves no store behind.
     data = load_data(settings)
     tracking_uri = check_tracking_uri()
-    opened = open_study(settings, data, training_device)
-    study = opened.study
-    check_fixed_settings(study, opened.name, fixed_settings(settings, opened.data))
-    check_recorded_tracking_uri(study, tracking_uri)
-    # Before presets are queued and the target is checked: a trial of a process that died must
-    # neither count as present nor stay RUNNING (its MLflow run is ended by the storage's callback).
-    fail_stale_trials(study)
-    tracking.end_unwritten_trial_runs(study)  # runs a killed process's writer held
-    queued = space.enqueue_presets(study, settings.base)
-    already = count_finished(study)
-    trials_at_start = len(study.trials)
-    joining = count_running(study) > 0
-    parent_id = start_parent_run(opened, launcher_run, tracking_uri)
+    storage = open_storage(settings)
+    # A stop whose KeyboardInterrupt a library swallowed while the stores opened (it landed in a garbage
+    # collector's callback) is honoured here, before anything is written.
+    stopping.raise_if_requested()
+    # Processes started together make one study, one parent run and one queue. A signal during the set-up
+    # takes effect once it is done, so that it is done whole.
+    with StudyLock(storage, study_name_of(settings, data)), stopping.interrupts_deferred():
+        start = set_up(settings, storage, data, training_device, launcher_run, tracking_uri)
+    opened, parent_id, study = start.opened, start.parent_id, start.opened.study
 
-    print(f"study {opened.name!r}: {already}/{settings.trials} trials finished; dataset {data.name} "
+    print(f"study {opened.name!r}: {start.finished}/{settings.trials} trials finished; dataset {data.name} "
           f"({len(data.train)}/{len(data.val)}/{len(data.test)} at {data.image_size}px); storage "
-          f"{masked(settings.storage)}; MLflow {masked(tracking_uri)} run {parent_id}"
-          + (f"; queued presets {', '.join(queued)}" if queued else "")
+          f"{masked(settings.storage)}; MLflow {masked(tracking_uri)} run {parent_id}; "
+          + (f"to train: {start.to_train} trial(s)" + (f", first the preset(s) {', '.join(start.presets)}"
+                                                       if start.presets else "")
+             if start.to_train else "nothing to train")
           + (f"; {settings.workers} workers" if settings.workers > 1 else ""), flush=True)
 
-    seeds = [workers.sampler_seed(settings.base.seed, trials_at_start, index, joining)
+    seeds = [workers.sampler_seed(settings.base.seed, start.first_trial, index, start.joining, start.start_number)
              for index in range(settings.workers)]
     if settings.workers == 1:
         study.sampler = optuna.samplers.TPESampler(seed=seeds[0])
-        code = run_worker(study, opened.objective(parent_id, train_fn), settings.trials, label="")
+        code = run_worker(opened, opened.objective(parent_id, train_fn), settings.trials, label="",
+                          first_trial=start.first_trial)
     else:
-        interrupted, deaths = workers.run_workers(argv, seeds, settings.gpus, _trial_of_worker(study))
+        interrupted, deaths = workers.run_workers(argv, seeds, settings.gpus, _trial_of_worker(study),
+                                                  first_trial=start.first_trial)
         code = stopping.EXIT_CODE if interrupted else 0
         if deaths and not interrupted:
             print(f"{len(deaths)} worker(s) died; the others went on.", file=sys.stderr)
@@ -315,7 +421,10 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
         summary.describe_parent_run(study, opened.name, ending="incomplete", run_id=parent_id)
         mlflow.end_run("FAILED")
         return opened.outcome(parent_id, 1)
-    summary.log_study_summary(study, opened.name)
+    writer.drain_process_writer()
+    # One process at a time: commands that end together register the best model once.
+    with opened.lock():
+        summary.log_study_summary(study, opened.name)
     mlflow.log_metric("study_seconds", time.perf_counter() - started)
     mlflow.end_run("FINISHED")
     return opened.outcome(parent_id, 0 if code == 0 else 1)
@@ -375,29 +484,44 @@ def _format_seconds(seconds: float) -> str:
             else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], target: int, label: str,
-               poll_s: float = 1.0) -> int:
+def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], target: int, label: str,
+               first_trial: int, poll_s: float = 1.0) -> int:
     """Train trials until the study has `target` finished ones; 0, stopping.EXIT_CODE if stopped, 1 once
     as many trials in a row failed as were missing when this worker started.
 
-    A trial starts only while finished + running trials are fewer than `target`, so workers of one
-    command do not overshoot; while the others' running trials would reach it, this worker waits,
-    failing trials whose process died so that their place is taken.
+    Each trial starts with the study's lock held (`OpenStudy.lock`): the finished and running trials are
+    counted, and only while they are fewer than `target` is the next preset queued (study.space) and the
+    trial created, so that any number of processes on the study stop at exactly `target`. While the
+    others' running trials would reach it, this worker waits, failing trials whose process died so that
+    their place is taken.
     """
+    study = opened.study
     progress = ProgressPrinter(target, label=label)
     failures, allowed_failures = 0, max(target - count_finished(study), 1)
     try:
         while True:
-            finished = count_finished(study)
-            if finished >= target:
-                return 0
-            if finished + count_running(study) >= target:
-                # The trials others run may be dead ones: fail those so that their place is taken.
-                # (Before a trial of its own, study.optimize fails stale trials itself.)
+            stopping.raise_if_requested()
+            with contextlib.ExitStack() as start:
+                # A signal within the start takes effect once it is done (here, or in the objective, which ends
+                # the start): one cut short between Optuna's creating the trial and its first heartbeat
+                # would leave the trial RUNNING.
+                start.enter_context(stopping.interrupts_deferred())
+                start.enter_context(opened.lock())
+                # Trials others run may be dead ones: fail those so that their place is taken.
                 fail_stale_trials(study)
+                fail_orphaned_trials(study, opened.storage, tracking.end_stale_trial_run)
+                finished = count_finished(study)
+                if finished >= target:
+                    return 0
+                room = finished + count_running(study) < target
+                if room:
+                    space.enqueue_next_preset(study, opened.settings.base, first_trial)
+                    # Optuna creates (or takes the queued) trial within the lock; the objective releases it.
+                    study.optimize(_ending_the_start(start, opened.storage, objective), n_trials=1,
+                                   callbacks=[progress], catch=(Exception,), gc_after_trial=False)
+            if not room:
                 time.sleep(poll_s)
                 continue
-            study.optimize(objective, n_trials=1, callbacks=[progress], catch=(Exception,), gc_after_trial=False)
             if progress.last_state != optuna.trial.TrialState.FAIL:
                 failures = 0
                 continue
@@ -412,11 +536,36 @@ def run_worker(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
         return stopping.EXIT_CODE
 
 
+def _ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,
+                      objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """`objective`, first recording the new trial's heartbeat, then ending the trial start (`start`: the study's
+    lock, released, and signals deferred, whose stop request is raised here, ending the trial FAIL).
+
+    The heartbeat is recorded within the lock (Optuna's own heartbeat thread records it only after): a
+    trial whose process dies from its creation on is found dead by its heartbeat (or, without one,
+    by study.storage.fail_orphaned_trials), and is never left RUNNING.
+    """
+
+    def started(trial: optuna.Trial) -> float:
+        try:
+            # Optuna's heartbeat thread records the same row, by the same private trial id.
+            storage.record_heartbeat(trial._trial_id)
+        finally:
+            start.close()
+        return objective(trial)
+
+    return started
+
+
 def run_worker_process(settings: Settings, index: int) -> int:
     """One of `--workers` processes: the command created the stores; train trials of the study until done."""
     quiet_optuna()
     training_device = training_device_for(settings.device)
     sampler = optuna.samplers.TPESampler(seed=int(os.environ[workers.SAMPLER_SEED_ENV]))
-    opened = open_study(settings, load_data(settings), training_device, sampler)
+    data = load_data(settings)
+    storage = open_storage(settings)
+    with StudyLock(storage, study_name_of(settings, data)):
+        opened = open_study(settings, storage, data, training_device, sampler)
     objective = opened.objective(opened.study.user_attrs[contract.PARENT_RUN_ID_ATTR])
-    return run_worker(opened.study, objective, settings.trials, label=f"w{index} ")
+    return run_worker(opened, objective, settings.trials, label=f"w{index} ",
+                      first_trial=int(os.environ[workers.FIRST_TRIAL_ENV]))

@@ -30,8 +30,9 @@ has no momentum, so its trials have no momentum parameter (they are enqueued wit
 carry one. Everywhere but Optuna (MLflow params, the config, the report) the names are public
 (`bn_momentum`, `dropout`); `public_params` turns a trial's params into them.
 
-The seed's four presets are enqueued as the first trials of a new study (`enqueue_presets`);
-a trial's `preset` user attribute marks them, and they are never pruned.
+The seed's four presets are the first trials of a new study, queued one at a time as each trial
+starts (`enqueue_next_preset`); a trial's `preset` user attribute marks them, and they are never
+pruned.
 """
 
 from __future__ import annotations
@@ -231,20 +232,44 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     return base.replace(**{p.name: p.sample(trial, base) for p in PARAMS if p.exists(base.batchnorm)})
 
 
-def enqueue_presets(study: optuna.Study, base: TrainConfig) -> list[str]:
-    """Queue the seed's presets as the first trials of a new study; the names queued.
+def presets_to_train(study: optuna.Study, first_trial: int) -> list[str]:
+    """The presets a trial start takes next, in order: those queued (WAITING), then those the study still lacks.
 
-    On resume a preset is queued again only if none of its trials finished or is still queued:
-    one that was interrupted (FAIL) would otherwise be lost from the seed table.
+    A study lacks a preset that has no trial finished, queued or running, and none that failed from trial
+    `first_trial` on (the command's own start): a preset interrupted or killed in an earlier command is
+    trained again, first, while one that failed by its own error in this command is not retried by it.
     """
     from optuna.trial import TrialState
 
+    trials = study.get_trials(deepcopy=False)
+    queued = [t.user_attrs[PRESET_ATTR] for t in trials
+              if t.state == TrialState.WAITING and PRESET_ATTR in t.user_attrs]
     kept = (*FINISHED_STATES, TrialState.WAITING, TrialState.RUNNING)
-    present = {t.user_attrs.get(PRESET_ATTR) for t in study.get_trials(deepcopy=False, states=kept)}
-    missing = [name for name in PRESETS if name not in present]
-    for name in missing:
-        preset = PRESETS[name]
-        fixed = {p.name: getattr(preset, p.name) for p in PARAMS if p.preset_sets}
-        study.enqueue_trial(_optuna_params(base.replace(batchnorm=preset.batchnorm, **fixed)),
-                            user_attrs={PRESET_ATTR: name})
-    return missing
+    present = {t.user_attrs.get(PRESET_ATTR) for t in trials
+               if t.state in kept or (t.state == TrialState.FAIL and t.number >= first_trial)}
+    return queued + [name for name in PRESETS if name not in present]
+
+
+def enqueue_preset(study: optuna.Study, base: TrainConfig, name: str) -> None:
+    """Queue the seed's preset `name` (its fixed values on `base`), marked by the trial's `preset` attribute."""
+    preset = PRESETS[name]
+    fixed = {p.name: getattr(preset, p.name) for p in PARAMS if p.preset_sets}
+    study.enqueue_trial(_optuna_params(base.replace(batchnorm=preset.batchnorm, **fixed)),
+                        user_attrs={PRESET_ATTR: name})
+
+
+def enqueue_next_preset(study: optuna.Study, base: TrainConfig, first_trial: int) -> str | None:
+    """At a trial start, with the study lock held: queue the next preset the study lacks (`presets_to_train`)
+    unless a trial is queued already, which the start then takes; the preset queued, if any.
+
+    Presets are queued one at a time, just before they train, so that an interrupted one trains again
+    before the presets after it, and none waits in the queue past `--trials`.
+    """
+    from optuna.trial import TrialState
+
+    if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return None
+    name = next(iter(presets_to_train(study, first_trial)), None)
+    if name is not None:
+        enqueue_preset(study, base, name)
+    return name

@@ -3,7 +3,9 @@
 The contract: while `graceful_stop()` is active (study.run's command holds it), SIGINT and SIGTERM
 set `requested` and raise KeyboardInterrupt. The trial that was running ends FAIL in Optuna with its
 MLflow run KILLED (study.tracking.trial_run), nothing else is started, and the command exits 130;
-on leaving the block the previous signal handlers are back.
+on leaving the block the previous signal handlers are back. Signals after the first set `repeated`
+and raise nothing (except in training, below): a second or third Ctrl-C cuts the stop's waits short
+but never its clean-up, which would leave runs RUNNING.
 
 While the Keras backend is imported, `interrupts_deferred()` only records the signal and raises
 KeyboardInterrupt once the block is done: an exception raised while jaxlib's extension modules are
@@ -29,8 +31,10 @@ Nothing here imports Keras, so the command can hold the handlers before its heav
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 
@@ -38,32 +42,58 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 EXIT_CODE = 130
 
 requested = threading.Event()
+# A second (third, ...) signal after a stop was requested: it cuts short the waits of a stop (the
+# tracking writer's) and is forwarded to workers, but raises nothing, so that the clean-up it lands
+# in (ending runs KILLED, marking trials FAIL) is never cut short.
+repeated = threading.Event()
 
 
 def _request_stop(signum, frame):
+    if requested.is_set():
+        repeated.set()
+        return
     requested.set()
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 @contextlib.contextmanager
-def graceful_stop() -> Iterator[None]:
+def graceful_stop(process_exits: bool = False) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM request a stop (also where a launcher or a background
-    shell job had set SIGINT to be ignored); the previous handlers are restored on exit."""
+    shell job had set SIGINT to be ignored); the previous handlers are restored on exit.
+
+    `process_exits`: the process ends after the block (the command run as a program). Once a stop was
+    requested, further signals are then ignored instead: they would cut the interpreter's exit short
+    (its atexit handlers, the tracking writer's among them) and turn exit code 130 into a death by signal.
+    """
     requested.clear()
+    repeated.clear()
     # Libraries' log records that no handler takes (SQLAlchemy's "Error closing cursor" with two
     # tracebacks, where the signal cut a query short) are dropped after a stop request too.
     after_stop = InterruptedTrialFilter()
     logging.lastResort.addFilter(after_stop)
+    unraisable_before = sys.unraisablehook
+    sys.unraisablehook = functools.partial(_unraisable, unraisable_before)
     try:
-        with _handled_by(_request_stop):
+        with _handled_by(_request_stop, after_stop=signal.SIG_IGN if process_exits else None):
             yield
     finally:
         logging.lastResort.removeFilter(after_stop)
+        sys.unraisablehook = unraisable_before
+
+
+def _unraisable(previous, unraisable) -> None:
+    """Python drops an exception raised where it cannot propagate (a garbage collector's or a weakref's
+    callback, seen with SQLAlchemy's while the stores opened) and prints "Exception ignored in ...". The
+    KeyboardInterrupt of a stop request is not lost that way: the request is recorded, and the command
+    acts on it at its next `raise_if_requested()`; so it is not printed either."""
+    if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and requested.is_set()):
+        previous(unraisable)
 
 
 @contextlib.contextmanager
-def _handled_by(handler) -> Iterator[None]:
-    """Within the block SIGINT and SIGTERM go to `handler`; the previous handlers are back after it.
+def _handled_by(handler, after_stop=None) -> Iterator[None]:
+    """Within the block SIGINT and SIGTERM go to `handler`; the previous handlers are back after it, or
+    `after_stop` where given and a stop was requested.
 
     Only the main thread can set handlers; elsewhere the block changes nothing.
     """
@@ -77,7 +107,9 @@ def _handled_by(handler) -> Iterator[None]:
         yield
     finally:
         for signum, handler_before in previous.items():
-            if handler_before is not None:  # None: set outside Python; it cannot be put back
+            if after_stop is not None and requested.is_set():
+                signal.signal(signum, after_stop)
+            elif handler_before is not None:  # None: set outside Python; it cannot be put back
                 signal.signal(signum, handler_before)
 
 
@@ -96,6 +128,7 @@ def interrupts_deferred() -> Iterator[None]:
 
 def _request_stop_unless_repeated(signum, frame):
     if requested.is_set():
+        repeated.set()
         raise KeyboardInterrupt(signal.Signals(signum).name)
     requested.set()
 

@@ -10,6 +10,9 @@
   under a temporary name beside it, then linked into place with Ctrl-C and SIGTERM deferred
   (`signals_deferred`): an interrupt or a crash never leaves a half-created store. One an older
   version left (tables but no experiment, so nothing to lose) is named and created anew;
+* `StudyLock`: one process at a time through a study's set-up and each trial start, by the database's own
+  lock: a PostgreSQL advisory lock keyed on the study's name, or an exclusive SQLite transaction on the
+  Optuna file (which the process's own Optuna calls then run inside);
 * `open_optuna_storage`: an `RDBStorage` with heartbeats (a dead process's trial is failed after
   `heartbeat_grace()` seconds), `pool_pre_ping` so connections a database server dropped while a
   long trial trained are re-opened, and a long SQLite busy timeout for several local workers;
@@ -22,6 +25,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import sqlite3
@@ -249,6 +253,82 @@ def _driver_hint(url: str, error: ImportError, label: str = "") -> str:
     return f"{label} needs the database driver {module!r}, which is not installed; {remedy}."
 
 
+class StudyLock:
+    """While held, no other process holds the lock of the same study (PostgreSQL) or storage (SQLite).
+
+    Held around what must happen once however many processes start together: creating or loading the
+    study, checking its settings, finding or creating its parent run, and each trial start, where the
+    count to `--trials` is read and the trial created (study.session).
+
+    * PostgreSQL: `pg_advisory_lock` on a key derived from `name`, held by a connection of its own; the
+      server drops it with the connection when the process dies.
+    * SQLite, which locks a whole file: `BEGIN EXCLUSIVE` on the Optuna file. While held, this thread's
+      Optuna calls run inside that transaction (each in a savepoint), so that they are not locked out
+      too; other threads' calls (a trial's heartbeat) wait for the release. What the block did is
+      committed at the release, also when it raised; a process killed inside leaves nothing of it.
+    * Other databases: no lock.
+
+    `release()` may end the lock inside the block (a trial trains after its start); the block's end
+    then does nothing more. Entering waits for the lock, at most SQLITE_BUSY_TIMEOUT_S on SQLite.
+    """
+
+    def __init__(self, storage, name: str):
+        """`storage`: Optuna's RDBStorage (or anything with its `engine` and, on SQLite, `scoped_session`)."""
+        self._storage = storage
+        self._engine = storage.engine
+        self._key = int.from_bytes(hashlib.blake2b(f"gaplab-study:{name}".encode(), digest_size=8).digest(),
+                                   "big", signed=True)
+        self._connection = None
+
+    def __enter__(self) -> StudyLock:
+        import sqlalchemy
+        from sqlalchemy.orm import Session
+
+        backend = self._engine.dialect.name
+        if backend not in ("sqlite", "postgresql"):
+            return self
+        with signals_deferred():
+            connection = self._engine.connect()
+        try:
+            if backend == "sqlite":
+                connection.exec_driver_sql("BEGIN EXCLUSIVE")
+                self._storage.scoped_session.remove()
+                # Each Optuna call commits its session: inside the lock's transaction that releases a
+                # savepoint, and an Optuna call that rolls back (a duplicate study name) rolls back its own.
+                self._storage.scoped_session.registry.set(
+                    Session(bind=connection, join_transaction_mode="create_savepoint"))
+            else:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
+                connection.commit()
+        except BaseException:
+            with signals_deferred():
+                connection.close()
+            raise
+        self._connection = connection
+        return self
+
+    def release(self) -> None:
+        """Let the next process in; nothing if not held."""
+        import sqlalchemy
+
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        with signals_deferred():
+            try:
+                if self._engine.dialect.name == "sqlite":
+                    self._storage.scoped_session.remove()
+                    connection.commit()
+                else:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": self._key})
+                    connection.commit()
+            finally:
+                connection.close()
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+
 def open_optuna_storage(url: str, on_stale_trial: Callable | None = None, *, create: bool = True):
     """Optuna's storage at `url`, checked by a first query; UsageError if it cannot be used.
 
@@ -273,7 +353,8 @@ def open_optuna_storage(url: str, on_stale_trial: Callable | None = None, *, cre
     try:
         if create and path is not None and _is_new(path):
             _create_whole(path, _create_optuna_schema)
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), (_schema_lock(url) if backend == "postgresql" and create
+                                         else contextlib.nullcontext()):
             # Heartbeats are marked experimental in Optuna 5 but are its only way to fail the trial
             # of a process that died; the warning would print on every run.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -289,6 +370,53 @@ def open_optuna_storage(url: str, on_stale_trial: Callable | None = None, *, cre
         raise UsageError(f"--storage={masked(url)!r} cannot be opened ({_first_line(error, url)}); check "
                          f"{check}.") from None
     return storage
+
+
+@contextlib.contextmanager
+def _schema_lock(url: str):
+    """An advisory lock around the creation of Optuna's tables in a PostgreSQL database: processes that start
+    together on a new database would otherwise each create them, and all but one fail."""
+    import sqlalchemy
+
+    class Tables:
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+
+    try:
+        with StudyLock(Tables, "optuna tables"):
+            yield
+    finally:
+        Tables.engine.dispose()
+
+
+def fail_orphaned_trials(study, storage, on_failed: Callable | None = None) -> list[int]:
+    """Fail the study's RUNNING trials that have no heartbeat at all; their numbers. Call with the study's lock held.
+
+    A trial starts under the lock, which its process releases only once the trial's first heartbeat is
+    recorded (study.session). Seen under the lock, a RUNNING trial without one was created by a process
+    that died within its start; on PostgreSQL (on SQLite the start is one transaction, undone by the
+    death) the trial was committed and Optuna's heartbeat check, which skips trials without a heartbeat,
+    would leave it RUNNING for good. `on_failed(study, frozen_trial)` is called for each, as Optuna calls
+    its stale-trial callback. Reads Optuna's tables `trials` and `trial_heartbeats` by name.
+    """
+    import optuna
+    import sqlalchemy
+
+    session = storage.scoped_session()
+    try:
+        found = session.execute(sqlalchemy.text(
+            "SELECT t.trial_id FROM trials t JOIN studies s ON s.study_id = t.study_id WHERE s.study_name = :name "
+            "AND t.state = 'RUNNING' AND NOT EXISTS (SELECT 1 FROM trial_heartbeats h WHERE h.trial_id = t.trial_id)"),
+            {"name": study.study_name}).scalars().all()
+    finally:
+        session.close()
+    failed = []
+    for trial_id in found:
+        if storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL):
+            frozen = storage.get_trial(trial_id)
+            failed.append(frozen.number)
+            if on_failed is not None:
+                on_failed(study, frozen)
+    return failed
 
 
 def fail_stale_trials(study) -> None:

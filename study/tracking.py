@@ -207,17 +207,18 @@ def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
     """Optuna's callback for a trial it failed because its process stopped beating: end its run KILLED, and
     the runs of that process's finished trials it had not written yet (`end_unwritten_trial_runs`).
 
-    Runs in whichever process finds the stale trial: a worker of the same command or a later one.
+    The run is found by its tags (the study's name and the trial's number, set when it is created), so
+    also where the process died between creating it and recording its id in the trial. Runs in whichever
+    process finds the stale trial: a worker of the same command or a later one.
     """
-    run_id = trial.user_attrs.get(RUN_ID_ATTR)
     worker = trial.user_attrs.get(WORKER_ATTR)
     client = MlflowClient()
-    # Without a run id it died before its run started.
-    running = bool(run_id) and client.get_run(run_id).info.status == "RUNNING"
+    running = [run.info.run_id for run in _running_trial_runs(client, study)
+               if run.data.tags.get(TRIAL_NUMBER_TAG) == str(trial.number)]
     print(f"trial {trial.number} of worker {worker or '?'} stopped sending heartbeats: marked FAIL"
-          + (f", its MLflow run {run_id} KILLED" if running else "") + "; it does not count towards --trials.",
-          file=sys.stderr, flush=True)
-    if running:
+          + (f", its MLflow run {', '.join(running)} KILLED" if running else "")
+          + "; it does not count towards --trials.", file=sys.stderr, flush=True)
+    for run_id in running:
         end_run(client, run_id, "FAIL", f"{WORKER_DIED}: {worker or 'its worker'} stopped sending heartbeats during "
                 f"trial {trial.number} (killed, e.g. kill -9, or its machine went down); the trial was failed by "
                 f"{_this_process()}", status="KILLED")
@@ -225,28 +226,36 @@ def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) ->
         end_unwritten_trial_runs(study, worker)
 
 
+def _running_trial_runs(client: MlflowClient, study: optuna.Study) -> list:
+    """The RUNNING trial runs of `study` (tagged with its name and a trial number) in its parent's experiment."""
+    parent = study.user_attrs.get(PARENT_RUN_ID_ATTR)
+    if not parent:
+        return []
+    running = client.search_runs([_experiment_of(parent)], f"attributes.status = 'RUNNING' and "
+                                 f"tags.{STUDY_TAG} = '{study.study_name}'", max_results=5000)
+    return [run for run in running if TRIAL_NUMBER_TAG in run.data.tags]
+
+
 def end_unwritten_trial_runs(study: optuna.Study, dead_worker: str | None = None) -> list[int]:
     """End KILLED the runs of finished trials left RUNNING because their process stopped before writing them
-    (e.g. kill -9 while the writer held them); their trial numbers.
+    (e.g. kill -9 while the writer held them, or between creating a run and recording its id); their trial
+    numbers.
 
     Only where the process (contract.WORKER_ATTR, host:pid) is known to be gone: `dead_worker`, which
     Optuna's heartbeat found dead, or else one of this host that no longer exists. One on another
     host that died between trials is not known to be gone: its runs stay RUNNING until a process on
-    its host calls this, or its heartbeat path does.
+    its host calls this, or its heartbeat path does. A run is matched to its trial by its trial-number tag.
     """
-    finished = {trial.user_attrs[RUN_ID_ATTR]: trial for trial in study.get_trials(
+    finished = {trial.number: trial for trial in study.get_trials(
                     deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
-                if RUN_ID_ATTR in trial.user_attrs
-                and (trial.user_attrs.get(WORKER_ATTR) == dead_worker if dead_worker
-                     else _process_gone(trial.user_attrs.get(WORKER_ATTR, "")))}
-    parent = study.user_attrs.get(PARENT_RUN_ID_ATTR)
-    if not finished or not parent:
+                if (trial.user_attrs.get(WORKER_ATTR) == dead_worker if dead_worker
+                    else _process_gone(trial.user_attrs.get(WORKER_ATTR, "")))}
+    if not finished:
         return []
     client = MlflowClient()
-    running = client.search_runs([_experiment_of(parent)], "attributes.status = 'RUNNING'", max_results=5000)
     ended = []
-    for run in running:
-        trial = finished.get(run.info.run_id)
+    for run in _running_trial_runs(client, study):
+        trial = finished.get(int(run.data.tags[TRIAL_NUMBER_TAG]))
         if trial is None:
             continue
         fail_pending_model(client, trial.user_attrs.get(MODEL_URI_ATTR, "").removeprefix("models:/"))

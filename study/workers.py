@@ -1,10 +1,11 @@
 """Several worker processes on one study: their environment, GPU placement, sampler seeds, and their lives.
 
 Workers coordinate only through the study's Optuna storage: each starts a trial while the finished
-and running trials are fewer than the target (`study.session.run_worker`). This module only spawns the
-processes, forwards Ctrl-C/SIGTERM to them, waits, and says which one died of what, during which
-trial. A worker that dies is not replaced: the others go on, and its trial is failed once its
-heartbeat is older than the grace period, after which another worker runs a trial in its place.
+and running trials are fewer than the target, counted under the study's lock
+(`study.session.run_worker`). This module only spawns the processes, forwards Ctrl-C/SIGTERM to
+them, waits, and says which one died of what, during which trial. A worker that dies is not
+replaced: the others go on, and its trial is failed once its heartbeat is older than the grace
+period, after which another worker runs a trial in its place.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from study.cli import UsageError
 WORKER_INDEX_ENV = "GAPLAB_WORKER_INDEX"
 # Set in a worker's environment: its TPE sampler's seed, chosen by the command (`sampler_seed`).
 SAMPLER_SEED_ENV = "GAPLAB_SAMPLER_SEED"
+# Set in a worker's environment: the study's trial count when the command began (study.space.presets_to_train).
+FIRST_TRIAL_ENV = "GAPLAB_FIRST_TRIAL"
 # Set by `mlflow run`: the id of the run it created for the command.
 LAUNCHER_RUN_ENV = "MLFLOW_RUN_ID"
 # Workers a GPU holds at once: each trains a small CNN and leaves the GPU idle while it logs and measures.
@@ -97,32 +100,38 @@ def gpu_environment(index: int, gpus: Sequence[str]) -> dict[str, str]:
             "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
-def worker_environment(base: dict[str, str], index: int, gpus: Sequence[str], seed: int) -> dict[str, str]:
-    """The environment of worker `index`: its GPU, its sampler seed, and no launcher run id."""
+def worker_environment(base: dict[str, str], index: int, gpus: Sequence[str], seed: int,
+                       first_trial: int = 0) -> dict[str, str]:
+    """The environment of worker `index`: its GPU, its sampler seed, the command's first trial, and no launcher
+    run id."""
     env = dict(base)
     take_launcher_run(env)
     env[WORKER_INDEX_ENV] = str(index)
     env[SAMPLER_SEED_ENV] = str(seed)
+    env[FIRST_TRIAL_ENV] = str(first_trial)
     env.update(gpu_environment(index, gpus))
     return env
 
 
-def sampler_seed(seed: int, trials_at_start: int, worker_index: int, joining_live_study: bool) -> int:
+def sampler_seed(seed: int, trials_at_start: int, worker_index: int, joining_live_study: bool,
+                 start_number: int = 0) -> int:
     """The TPE sampler's seed for one process: the same inputs give the same seed, others another.
 
-    A resume starts at another trial count and a worker has its own index, so no two processes of
-    one command or of successive commands draw the same "random" points. A process that joins a
+    A resume starts at another trial count, each command that begins the study has its own number
+    (`start_number`, counted under the study's lock, so also commands started at the same moment),
+    and a worker has its own index, so no two processes of one command or of several commands draw
+    the same "random" points. A process that joins a
     study other processes are running is not reproducible anyway (which trials it sees depends on
     timing), so it adds fresh entropy: two joiners at the same count must not draw alike either.
     """
-    entropy = [seed, trials_at_start, worker_index]
+    entropy = [seed, trials_at_start, worker_index, start_number]
     if joining_live_study:
         entropy.append(int.from_bytes(os.urandom(8), "little"))
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
 def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
-                trial_of: Callable[[str], str], poll_s: float = 0.5) -> tuple[bool, list[str]]:
+                trial_of: Callable[[str], str], first_trial: int = 0, poll_s: float = 0.5) -> tuple[bool, list[str]]:
     """Run one worker (`python -m study.run *argv`) per sampler seed to their end.
 
     Returns (interrupted, one report per worker that died).
@@ -135,15 +144,21 @@ def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
     processes = [
         # Own process group: a terminal's Ctrl-C reaches the workers once, forwarded from here.
         subprocess.Popen([sys.executable, "-m", "study.run", *argv], start_new_session=True,
-                         env=worker_environment(dict(os.environ), index, gpus, seed))
+                         env=worker_environment(dict(os.environ), index, gpus, seed, first_trial))
         for index, seed in enumerate(seeds)
     ]
     deaths: list[str] = []
-    interrupted = False
+    interrupted = forwarded_repeat = False
     running = dict(enumerate(processes))
     while running:
         try:
             time.sleep(poll_s)
+            if stopping.repeated.is_set() and not forwarded_repeat:
+                # A second Ctrl-C raises nothing here (study.stopping); the workers get it: their trials stop at once.
+                forwarded_repeat = True
+                for process in running.values():
+                    if process.poll() is None:
+                        process.send_signal(signal.SIGINT)
             for index, process in list(running.items()):
                 code = process.poll()
                 if code is None:

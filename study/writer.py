@@ -61,6 +61,8 @@ from study.contract import MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_S
 
 # After a stop request, how long the process waits for the writer before ending its runs KILLED.
 STOP_DRAIN_SECONDS = 30.0
+# How often a drain looks for a second stop request.
+DRAIN_POLL_SECONDS = 0.2
 # How long a run that ends on the training thread (not handed over) waits for its epochs' metrics; only a
 # stuck store makes it wait at all.
 EPOCHS_WAIT_SECONDS = 10.0
@@ -273,12 +275,19 @@ class TrackingWriter:
         """Wait until every run handed over is written and ended, at most `timeout` seconds (None: as long as it
         takes); end those still unwritten KILLED and say so in one line. Their trial numbers."""
         left: list[TrialWrite] = []
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with self._changed:
-                self._changed.wait_for(lambda: not self._held and not self._epochs_pending, timeout)
+                # A second Ctrl-C (stopping.repeated) cuts the wait short; the runs not written then end KILLED.
+                while (self._held or self._epochs_pending) and not stopping.repeated.is_set():
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._changed.wait(DRAIN_POLL_SECONDS if remaining is None else min(DRAIN_POLL_SECONDS, remaining))
         finally:
             # Also where a second Ctrl-C cuts the wait short: no run is left RUNNING behind the process.
-            waited = f"within {timeout:g} s" if timeout is not None else "before a second stop request"
+            waited = (f"within {timeout:g} s" if timeout is not None and not stopping.repeated.is_set()
+                      else "before a second stop request")
             with self._changed:
                 left = list(self._held.values())
                 self._held.clear()

@@ -1,7 +1,8 @@
 """Shared test helpers: generated image folders and datasets, every store under tmp_path, and the mock trainer.
 
 Fixtures are found by pytest; the plain helpers (`fake_train`, `run_mocked`, `train_result`,
-`subprocess_env`, `exit_code`, `wait_for_running_trial`, `make_folder`) are imported with
+`subprocess_env`, `exit_code`, `wait_for_running_trial`, `make_folder`, `start_mocked`, `finish`,
+`assert_one_study`) are imported with
 `from tests.conftest import ...`.
 """
 
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import socket
+import subprocess
 import sys
+import tempfile
 import time
 import typing
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +28,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 ROOT = Path(__file__).resolve().parents[1]
 TRASHNET = ROOT.parent / "shared" / "data" / "trashnet150"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(autouse=True)
@@ -191,6 +197,58 @@ def run_mocked(argv: list[str], train_fn=fake_train) -> int:
     return exit_code(run.main, argv, train_fn=train_fn)
 
 
+# -- the command with the mock trainer, as processes of their own (tests.mocked_run) -------------------------
+
+
+def start_mocked(folder: Path, args: list[str], **env: str) -> subprocess.Popen:
+    """`python -m study.run *args` with the mock trainer, in `folder`, its stores there unless `env` says otherwise."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-m", "tests.mocked_run", *args], cwd=folder,
+                            env={**subprocess_env(folder), **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 600) -> list[tuple[int, str, str]]:
+    outputs = [p.communicate(timeout=timeout) for p in processes]
+    return [(p.returncode, out, err) for p, (out, err) in zip(processes, outputs)]
+
+
+def assert_one_study(storage: str, tracking_uri: str, trials: int, name: str = "shapes-16px",
+                     failed_at_most: int = 0) -> None:
+    """The study an uninterrupted run makes: exactly `trials` finished, each preset once among them in the seed's
+    order, nothing RUNNING or queued, no sampled point repeated; at most `failed_at_most` FAIL trials (those
+    an interruption ended). In MLflow: one parent run, in the study's experiment, and nothing in Default; one
+    run per trial that has one (every finished trial does), under the parent; no run RUNNING anywhere."""
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from gaplab.config import PRESETS
+    from study.contract import FINISHED_STATES, PARENT_RUN_ID_ATTR, PRESET_ATTR, STUDY_ROLE_TAG
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    states = [t.state.name for t in study.trials]
+    finished = [t for t in study.trials if t.state in FINISHED_STATES]
+    assert len(finished) == trials, states
+    assert not {"RUNNING", "WAITING"} & set(states) and states.count("FAIL") <= failed_at_most, states
+    presets = [t.user_attrs[PRESET_ATTR] for t in finished if PRESET_ATTR in t.user_attrs]
+    assert presets == list(PRESETS)[:min(trials, len(PRESETS))], "each preset once, in the seed's order"
+    searched = [tuple(sorted(t.params.items())) for t in study.trials if PRESET_ATTR not in t.user_attrs and t.params]
+    assert len(searched) == len(set(searched)), "no sampled point is repeated"
+    client = MlflowClient(tracking_uri)
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert [(r.info.run_id, r.info.status, r.data.tags.get(STUDY_ROLE_TAG)) for r in parents] == [
+        (study.user_attrs[PARENT_RUN_ID_ATTR], "FINISHED", "parent")]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    numbers = sorted(int(r.data.tags["optuna_trial_number"]) for r in children)
+    assert len(numbers) == len(set(numbers)) and {t.number for t in finished} <= set(numbers) <= {
+        t.number for t in study.trials}, numbers
+    assert not client.search_runs(["0"]), "no run in MLflow's Default experiment"
+    everywhere = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    assert all(r.info.status != "RUNNING" for r in everywhere)
+
+
 # -- waiting on real processes --------------------------------------------------------------------
 
 
@@ -234,3 +292,57 @@ def load_study(tmp_path: Path, name: str = "shapes-16px"):
     import optuna
 
     return optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+# -- PostgreSQL and an MLflow tracking server ------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL (user postgres, trust)."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.skip(f"PostgreSQL binaries absent ({PG_BIN}); apt-get install postgresql (.ci/run does)")
+    folder = Path(tempfile.mkdtemp(prefix="gaplab-pg-"))
+    shutil.chown(folder, "postgres")
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(folder / "data"), "--auth=trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
+                    "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start"], check=True, capture_output=True)
+    try:
+        for database in ("optuna", "mlflow"):
+            subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), database],
+                           check=True, capture_output=True)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def mlflow_server(postgres, tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow", "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2):
+                break
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+    yield uri
+    server.terminate()
+    server.wait(timeout=30)

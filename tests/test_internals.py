@@ -256,7 +256,7 @@ def test_metric_names_are_stored_in_the_study(tmp_path):
 
 
 def test_an_enqueued_trial_carries_its_user_attrs_while_waiting(tmp_path):
-    """study.space.enqueue_presets finds queued presets by the user attribute given to `enqueue_trial`."""
+    """study.space.presets_to_train finds queued presets by the user attribute given to `enqueue_trial`."""
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     study.enqueue_trial({"x": 2}, user_attrs={"preset": "seed-initial"})
     waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))

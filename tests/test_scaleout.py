@@ -7,14 +7,10 @@ PostgreSQL cluster with a real `mlflow server`; a short heartbeat grace keeps th
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import optuna
@@ -22,9 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import stopping, workers
-from tests.conftest import run_mocked, subprocess_env, wait_for_running_trial
+from tests.conftest import ROOT, run_mocked, subprocess_env, wait_for_running_trial
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 GRACE_S = 3
 STUDY = "shapes-16px"
 SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
@@ -106,7 +101,7 @@ def test_resume_with_other_settings_is_refused_naming_them(mock_study, capsys):
     assert "study 'mine' was run with" in err and "image_size=16, epochs=1" in err and "image_size=24, epochs=2" in err
     assert "another --study_name" in err
     study = optuna.load_study(study_name="mine", storage=f"sqlite:///{mock_study / 'optuna.db'}")
-    assert len(study.trials) == 4 and sum(t.state.name == "COMPLETE" for t in study.trials) == 2
+    assert len(study.trials) == 2 and sum(t.state.name == "COMPLETE" for t in study.trials) == 2
 
 
 def test_resumes_never_repeat_a_sampled_point(mock_study):
@@ -117,23 +112,76 @@ def test_resumes_never_repeat_a_sampled_point(mock_study):
     assert len(searched) == 4 and len(set(searched)) == 4, searched
 
 
-def test_a_mlflow_run_launcher_run_id_is_not_resumed_as_a_trial_run(mock_study, monkeypatch, capsys):
+def test_under_mlflow_run_without_an_experiment_the_study_still_goes_in_its_own_and_the_launcher_links_to_it(
+        mock_study, monkeypatch, capsys):
+    # `mlflow run .` (the README's command) creates its run in "Default" and passes MLFLOW_RUN_ID and
+    # MLFLOW_EXPERIMENT_ID; the study went in "Default", and a search by its name found nothing.
+    client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
+    client.search_experiments()  # creates the store and its Default experiment, as `mlflow run` does
+    launcher = client.create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "0")
+    assert run_mocked(["--trials", "4", *SMALL]) == 0
+    assert "MLFLOW_RUN_ID" not in os.environ
+    assert "--experiment-name" not in capsys.readouterr().out, "no hint the README's command makes unnecessary"
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
+    parent = client.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.run_id != launcher and parent.info.run_name == STUDY and parent.info.status == "FINISHED"
+    assert client.get_experiment(parent.info.experiment_id).name == STUDY
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert {r.info.run_id for r in children} == {t.user_attrs["mlflow_run_id"] for t in study.trials}
+    assert [r.info.run_id for r in client.search_runs(["0"])] == [launcher], "only the launcher's run in Default"
+    # A search by the study's name, across experiments, finds the launcher's run, which links to the study.
+    found = client.search_runs([e.experiment_id for e in client.search_experiments()], f"tags.study_name = '{STUDY}' "
+                               "and tags.study_role = 'launcher'")
+    assert [r.info.run_id for r in found] == [launcher]
+    tags = found[0].data.tags
+    assert tags["study_parent_run_id"] == parent.info.run_id and tags["study_experiment"] == STUDY
+    assert (f"[{STUDY}](#/experiments/{parent.info.experiment_id}/runs/{parent.info.run_id})"
+            in tags["mlflow.note.content"])
+    assert found[0].info.run_name == f"{STUDY} (launcher)"
+    # A rerun under another `mlflow run` resumes the same study and parent, and links its own launcher run.
+    second = client.create_run("0").info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", second)
+    assert run_mocked(["--trials", "5", *SMALL]) == 0
+    assert optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}").user_attrs[
+        "mlflow_parent_run_id"] == parent.info.run_id
+    assert client.get_run(second).data.tags["study_parent_run_id"] == parent.info.run_id
+
+
+def test_under_mlflow_run_with_the_experiment_named_the_launchers_run_is_the_parent(mock_study, monkeypatch):
+    # `mlflow run . --experiment-name launched`: the study goes where the user said, under the launcher's run.
     client = MlflowClient(f"sqlite:///{mock_study / 'mlflow.db'}")
     launcher = client.create_run(client.create_experiment("launched")).info.run_id
     monkeypatch.setenv("MLFLOW_RUN_ID", launcher)
     assert run_mocked(["--trials", "4", *SMALL]) == 0
-    assert "MLFLOW_RUN_ID" not in os.environ
-    # The launcher's run is named after the study, and the experiment it landed in is pointed out.
     assert client.get_run(launcher).info.run_name == STUDY
-    assert (f"filed this study under experiment 'launched'; to file it under its own, run mlflow run . "
-            f"--experiment-name {STUDY}") in capsys.readouterr().out
     study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{mock_study / 'optuna.db'}")
     assert study.user_attrs["mlflow_parent_run_id"] == launcher
     trial_runs = {t.user_attrs["mlflow_run_id"] for t in study.trials}
     assert len(trial_runs) == 4 and launcher not in trial_runs
     children = client.search_runs([client.get_run(launcher).info.experiment_id],
-                                          filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
+                                  filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
     assert {r.info.run_id for r in children} == trial_runs
+
+
+@pytest.mark.slow
+def test_the_readmes_mlflow_run_files_the_study_under_its_own_name(tmp_path):
+    # `mlflow run . --env-manager local`, as the README has it (no --experiment-name), with a real trainer.
+    env = {**subprocess_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    done = subprocess.run([sys.executable, "-m", "mlflow", "run", str(ROOT), "--env-manager", "local",
+                           "-P", "trials=1", "-P", "epochs=1", "-P", "image_size=16", "-P", "pruner=none"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--experiment-name" not in done.stdout + done.stderr
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    [launcher] = client.search_runs(["0"])
+    experiment = client.get_experiment_by_name(STUDY)
+    runs = {r.data.tags.get("study_role", "trial"): r for r in client.search_runs([experiment.experiment_id])}
+    assert sorted(runs) == ["parent", "trial"] and runs["trial"].data.tags["mlflow.parentRunId"] == \
+        runs["parent"].info.run_id
+    assert launcher.data.tags["study_parent_run_id"] == runs["parent"].info.run_id
+    assert launcher.info.status == runs["parent"].info.status == "FINISHED"
 
 
 # -- real processes, real signals ---------------------------------------------------------------
@@ -228,57 +276,6 @@ def test_ctrl_c_stops_every_worker_and_a_rerun_finishes_exactly(tmp_path):
 
 
 # -- PostgreSQL and an MLflow tracking server ------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL (user postgres, trust)."""
-    if not (PG_BIN / "initdb").exists():
-        pytest.skip(f"PostgreSQL binaries absent ({PG_BIN}); apt-get install postgresql (.ci/run does)")
-    folder = Path(tempfile.mkdtemp(prefix="gaplab-pg-"))
-    shutil.chown(folder, "postgres")
-    port = _free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_postgres, str(PG_BIN / "initdb"), "-D", str(folder / "data"), "--auth=trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
-                    "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start"], check=True, capture_output=True)
-    try:
-        for database in ("optuna", "mlflow"):
-            subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), database],
-                           check=True, capture_output=True)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
-    finally:
-        subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture
-def mlflow_server(postgres, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"{postgres}/mlflow", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1", "--artifacts-destination", str(tmp_path / "artifacts")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
-    uri = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                break
-        except OSError:
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
-    yield uri
-    server.terminate()
-    server.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -59,8 +59,8 @@ def test_a_study_whose_every_trial_fails_ends_with_exit_1_and_its_parent_run_fai
 
     study, runs = _stores(mock_study)
     assert (outcome.exit_code, outcome.finished, outcome.pruned, outcome.failed) == (1, 0, 0, 2)
-    assert [trial.state.name for trial in study.trials] == ["FAIL", "FAIL", "WAITING", "WAITING"], \
-        "two presets failed, and the two not reached stay queued"
+    assert [(trial.state.name, trial.user_attrs["preset"]) for trial in study.trials] == [
+        ("FAIL", "seed-initial"), ("FAIL", "seed-deeper")], "two presets failed; none is queued before it trains"
     assert MlflowClient().get_run(outcome.parent_run_id).info.status == "FAILED"
     assert "error: the study has 0/2 finished trials and no worker is left" in capsys.readouterr().err
 
@@ -76,7 +76,7 @@ def test_an_interrupt_during_a_trial_ends_with_the_stop_exit_code_and_every_run_
 
     study, runs = _stores(mock_study)
     assert (outcome.exit_code, outcome.finished, outcome.failed) == (stopping.EXIT_CODE, 1, 1)
-    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL", "WAITING", "WAITING"]
+    assert [trial.state.name for trial in study.trials] == ["COMPLETE", "FAIL"]
     statuses = {run.info.run_id: run.info.status for run in runs}
     assert statuses.pop(outcome.parent_run_id) == "KILLED"
     assert sorted(statuses.values()) == ["FINISHED", "KILLED"]
@@ -101,3 +101,22 @@ def test_end_active_runs_ends_the_inner_runs_and_leaves_the_kept_one_open(mock_s
 def test_the_launchers_run_id_is_read_once_and_dropped(environ, taken):
     assert workers.take_launcher_run(environ) == taken
     assert environ == {"PATH": "/bin"}
+
+
+def test_a_rerun_after_an_interrupted_preset_trains_it_first_and_ends_as_an_uninterrupted_run(mock_study, capsys):
+    # The interrupted preset was re-queued at the back: the rerun printed "queued presets seed-deeper", trained
+    # seed-bn and seed-final, stopped at 3 and left seed-deeper WAITING.
+    def interrupted_in_seed_deeper(config, data, callbacks=(), verbose=0, **options):
+        if not config.batchnorm and config.depth == 3:
+            raise KeyboardInterrupt("Ctrl-C")
+        return fake_train(config, data, callbacks, **options)
+
+    settings = _settings("--trials", "3", "--epochs", "1", "--pruner", "none")
+    assert session.run_study(settings, [], interrupted_in_seed_deeper).exit_code == stopping.EXIT_CODE
+    capsys.readouterr()
+    assert session.run_study(settings, [], fake_train).exit_code == 0
+    assert ("to train: 2 trial(s), first the preset(s) seed-deeper, seed-bn"
+            in capsys.readouterr().out.splitlines()[0])
+    study, _ = _stores(mock_study)
+    assert [(t.state.name, t.user_attrs["preset"]) for t in study.trials] == [
+        ("COMPLETE", "seed-initial"), ("FAIL", "seed-deeper"), ("COMPLETE", "seed-deeper"), ("COMPLETE", "seed-bn")]

@@ -20,7 +20,8 @@ WITHOUT_BATCHNORM = {name for name, preset in PRESETS.items() if not preset.batc
 
 def _sampled_study(trials: int) -> tuple[optuna.Study, dict[int, TrainConfig]]:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=4))
-    space.enqueue_presets(study, BASE)
+    for name in PRESETS:
+        space.enqueue_preset(study, BASE, name)
     configs = {}
 
     def objective(trial):

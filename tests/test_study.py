@@ -457,14 +457,14 @@ def test_the_eta_is_bounded_and_readable_for_any_trial_count():
 
 
 def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
-    # After --trials 3 the fourth preset stays queued; the report said the study "was interrupted or has not
-    # been resumed".
+    # After --trials 3 the fourth preset stayed queued, and the report said the study "was interrupted or has not
+    # been resumed". Presets are now queued as they start: the fourth is not queued at all.
     from study.report.build import build_report
 
     args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
     assert run_mocked(["--trials", "3", *args]) == 0
     study = load_study(mock_study)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3 + ["WAITING"]
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
     caveats = build_report(study, MlflowClient()).section("caveats").bullets
     assert not any("interrupted" in line for line in caveats), caveats
     assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
@@ -491,7 +491,7 @@ def test_a_moved_stores_folder_is_refused_on_rerun_and_the_old_path_is_not_re_cr
         f"run's is sqlite:///{new / 'mlflow.db'}. If the stores' folder was moved, its runs and artifacts still point "
         f"to {old}: move the folder back there to resume, or start a new study with another --study_name."), lines
     assert not old.exists()
-    assert len(load_study(new).trials) == 4, "nothing was queued or run"
+    assert len(load_study(new).trials) == 1, "nothing was queued or run"
 
 
 def test_a_tracking_server_that_answers_its_health_check_passes_even_behind_a_login(tmp_path):

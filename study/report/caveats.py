@@ -45,6 +45,14 @@ def _range_text(view: TrialView, name: str) -> str:
     return f"{fmt_param(name, min(low, high))} to {fmt_param(name, max(low, high))}"
 
 
+def untrained_presets(views: list[TrialView]) -> list[str]:
+    """The seed presets of which the study has no trial at all, in the seed's order."""
+    from gaplab.config import PRESETS
+
+    tried = {v.preset for v in views}
+    return [name for name in PRESETS if name not in tried]
+
+
 def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | None, notes: list[str],
             prune_on: str | None = None, target: int | None = None) -> list[str]:
     """The caveats; `prune_on` is the study's stored setting (None for studies that predate it), `target` the
@@ -54,12 +62,14 @@ def caveats(views: list[TrialView], best: TrialView | None, seed: int | str | No
     waiting = [v for v in views if v.state == TrialState.WAITING]
     if counts[TrialState.RUNNING]:
         out.append("The study is still running: rerun the report when it has finished.")
-    elif waiting and target is not None and len(finished_trials(views)) >= target:
-        presets = [v.preset for v in waiting if v.preset]
-        queued = f"the seed preset(s) {', '.join(presets)}" if len(presets) == len(waiting) else \
+    elif target is not None and len(finished_trials(views)) >= target and (waiting or untrained_presets(views)):
+        # Studies queue each preset as it starts; older versions queued all four up front, and they wait there.
+        presets = [v.preset for v in waiting if v.preset] + untrained_presets(views)
+        count = len(presets) + len(waiting) - len([v for v in waiting if v.preset])
+        queued = f"the seed preset(s) {', '.join(presets)}" if count == len(presets) else \
             f"{len(waiting)} queued trial(s)"
         out.append(f"The study reached its --trials={target} before {queued} could run; rerun python -m study.run "
-                   f"with a larger --trials to train {'them' if len(waiting) > 1 else 'it'}.")
+                   f"with a larger --trials to train {'them' if count > 1 else 'it'}.")
     elif counts[TrialState.WAITING]:
         out.append(f"{counts[TrialState.WAITING]} trial(s) are queued but none is running: the study was interrupted "
                    "or has not been resumed. Rerun python -m study.run with the same --study_name and --storage to "
