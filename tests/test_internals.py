@@ -353,3 +353,45 @@ def test_the_report_s_dashboard_importances_are_the_dashboard_s(tmp_path):
     assert ours["trials"] == 21
     assert ours["val_accuracy"] == pytest.approx({space.public_name(p["name"]): p["importance"] for p in shown})
     assert max(ours["val_accuracy"], key=ours["val_accuracy"].get) == "dropout"
+
+
+def test_a_running_trial_without_a_heartbeat_is_found_in_optunas_tables_by_name(tmp_path):
+    """study.storage.fail_orphaned_trials reads Optuna's tables `trials`, `studies` and `trial_heartbeats` (their
+    columns trial_id, study_id, study_name, state) by name: a RUNNING trial with no heartbeat row is failed, one
+    with a heartbeat is left to Optuna's own check."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=60)
+    study = optuna.create_study(study_name="s", storage=storage)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used with Study.optimize")
+        beating, orphaned = study.ask(), study.ask()
+    storage.record_heartbeat(beating._trial_id)
+    failed = []
+    assert study_storage.fail_orphaned_trials(study, storage, lambda s, t: failed.append(t.number)) == [
+        orphaned.number]
+    assert failed == [orphaned.number]
+    assert [t.state.name for t in study.trials] == ["RUNNING", "FAIL"]
+
+
+def test_optunas_calls_join_the_study_locks_sqlite_transaction(tmp_path):
+    """study.storage.StudyLock sets `RDBStorage.scoped_session.registry` to a session on its own connection, so
+    Optuna's calls inside the lock are savepoints of its BEGIN EXCLUSIVE: other connections wait, and what was
+    done is there after the release."""
+    path = tmp_path / "optuna.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+    with study_storage.StudyLock(storage, "s"):
+        optuna.create_study(study_name="s", storage=storage).enqueue_trial({"x": 1})
+        other = sqlite3.connect(path, timeout=0.1)
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            other.execute("select count(*) from studies").fetchone()
+        other.close()
+    assert [t.state.name for t in optuna.load_study(study_name="s", storage=storage).trials] == ["WAITING"]
+
+
+def test_the_default_experiment_has_the_id_mlflow_names_it_by(client):
+    """study.session tells a launcher's run in "Default" (mlflow run without --experiment-name) by
+    DEFAULT_EXPERIMENT_ID."""
+    from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
+
+    assert client.get_experiment_by_name("Default").experiment_id == DEFAULT_EXPERIMENT_ID
