@@ -37,6 +37,8 @@ FIXED_SETTINGS = ("dataset", "dataset_digest", "image_size", "epochs", "seed", "
 
 # ---------------------------------------------------------------- trial user attributes
 PRESET_ATTR = "preset"
+# Set on a trial that failed by its own error (not a stop or a death): a preset that did is not trained again.
+FAILED_BY_ERROR_ATTR = "failed_by_error"
 RUN_ID_ATTR = "mlflow_run_id"
 MODEL_URI_ATTR = "model_uri"
 # The trial's settings that are not Optuna parameters: momentum as trained (derived from its

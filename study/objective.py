@@ -25,6 +25,7 @@ from study.contract import (
     BATCHNORM_ATTR,
     BN_MOMENTUM_ATTR,
     DEFAULT_PRUNE_ON,
+    FAILED_BY_ERROR_ATTR,
     MODEL_URI_ATTR,
     MOMENTUM_CURVE_ATTR,
     PRESET_ATTR,
@@ -113,6 +114,8 @@ class Objective:
             except Exception as error:
                 if stopping.is_interruption(error) and not isinstance(error, optuna.TrialPruned):
                     raise KeyboardInterrupt(f"stop requested; {type(error).__name__}: {error}") from error
+                if not isinstance(error, optuna.TrialPruned):
+                    trial.set_user_attr(FAILED_BY_ERROR_ATTR, type(error).__name__)
                 raise
             finally:
                 if not run.handed_off:

@@ -33,7 +33,7 @@ from study.cli import (
     quiet_logging,
 )
 from study.settings import STUDY_NAME_PATTERN, Settings, check_training_values
-from study.storage import check_storage_url, default_storage
+from study.storage import StudyLocked, check_storage_url, default_storage
 
 DEFAULT_TRIALS = 50
 PRUNERS = ("median", "hyperband", "none")
@@ -164,6 +164,8 @@ def _command(argv: list[str], train_fn) -> int:
         return session.run_study(settings, argv, train_fn).exit_code
     except (DataError, DeviceError, UsageError) as error:
         return fail(str(error))
+    except StudyLocked as error:
+        return fail(str(error), exit_code=1)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 from gaplab import device
 from gaplab.data import DEFAULT_IMAGES, Dataset, generate_shapes, load_image_folder
+from gaplab.dataset import DataError
+from gaplab.device import DeviceError
 from gaplab.trainer import TrainResult
 from study import contract, describe, space, stopping, summary, tracking, workers, writer
 from study.cli import UsageError, fail
@@ -316,9 +318,9 @@ def start_parent_run(opened: OpenStudy, launcher_run: str | None, tracking_uri: 
 class Start:
     """What a command's set-up found and made (`set_up`).
 
-    `first_trial`: the study's trial count when the command began (a preset that failed from there on is
-    not retried by it, study.space.presets_to_train); `start_number`: how many commands began the study
-    before this one; `to_train`: the trials still missing; `presets`: the presets among them, in order.
+    `first_trial`: the study's trial count when the command began (it seeds the samplers); `start_number`:
+    how many commands began the study before this one; `to_train`: the trials still missing; `presets`: the
+    presets among them, in order.
     """
 
     opened: OpenStudy
@@ -350,7 +352,7 @@ def set_up(settings: Settings, storage: optuna.storages.RDBStorage, data: Datase
     finished, running = count_finished(study), count_running(study)
     parent_id = start_parent_run(opened, launcher_run, tracking_uri)
     to_train = max(settings.trials - finished - running, 0)
-    presets = space.presets_to_train(study, first_trial)[:to_train]
+    presets = space.presets_to_train(study)[:to_train]
     return Start(opened, parent_id, first_trial, start_number, finished, running > 0, to_train, presets)
 
 
@@ -366,6 +368,9 @@ def run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None = No
     except (KeyboardInterrupt, Exception) as error:
         if stopping.is_interruption(error):
             tracking.end_active_runs("KILLED")
+        elif not isinstance(error, (UsageError, DataError, DeviceError)):
+            # A crash, not a refusal: left open, MLflow's exit hook would end the parent run FINISHED.
+            tracking.end_active_runs("FAILED")
         raise
 
 
@@ -399,11 +404,9 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
              for index in range(settings.workers)]
     if settings.workers == 1:
         study.sampler = optuna.samplers.TPESampler(seed=seeds[0])
-        code = run_worker(opened, opened.objective(parent_id, train_fn), settings.trials, label="",
-                          first_trial=start.first_trial)
+        code = run_worker(opened, opened.objective(parent_id, train_fn), settings.trials, label="")
     else:
-        interrupted, deaths = workers.run_workers(argv, seeds, settings.gpus, _trial_of_worker(study),
-                                                  first_trial=start.first_trial)
+        interrupted, deaths = workers.run_workers(argv, seeds, settings.gpus, _trial_of_worker(study))
         code = stopping.EXIT_CODE if interrupted else 0
         if deaths and not interrupted:
             print(f"{len(deaths)} worker(s) died; the others went on.", file=sys.stderr)
@@ -485,7 +488,7 @@ def _format_seconds(seconds: float) -> str:
 
 
 def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], target: int, label: str,
-               first_trial: int, poll_s: float = 1.0) -> int:
+               poll_s: float = 1.0) -> int:
     """Train trials until the study has `target` finished ones; 0, stopping.EXIT_CODE if stopped, 1 once
     as many trials in a row failed as were missing when this worker started.
 
@@ -502,11 +505,12 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
         while True:
             stopping.raise_if_requested()
             with contextlib.ExitStack() as start:
-                # A signal within the start takes effect once it is done (here, or in the objective, which ends
-                # the start): one cut short between Optuna's creating the trial and its first heartbeat
-                # would leave the trial RUNNING.
-                start.enter_context(stopping.interrupts_deferred())
+                # Waiting for the lock can take long (another process's set-up or summary): a signal there
+                # stops at once. Once it is held, a signal takes effect when the start is done (here, or in
+                # the objective, which ends the start): one cut short between Optuna's creating the trial and
+                # its first heartbeat would leave the trial RUNNING.
                 start.enter_context(opened.lock())
+                start.enter_context(stopping.interrupts_deferred())
                 # Trials others run may be dead ones: fail those so that their place is taken.
                 fail_stale_trials(study)
                 fail_orphaned_trials(study, opened.storage, tracking.end_stale_trial_run)
@@ -515,7 +519,7 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
                     return 0
                 room = finished + count_running(study) < target
                 if room:
-                    space.enqueue_next_preset(study, opened.settings.base, first_trial)
+                    space.enqueue_next_preset(study, opened.settings.base)
                     # Optuna creates (or takes the queued) trial within the lock; the objective releases it.
                     study.optimize(_ending_the_start(start, opened.storage, objective), n_trials=1,
                                    callbacks=[progress], catch=(Exception,), gc_after_trial=False)
@@ -567,5 +571,4 @@ def run_worker_process(settings: Settings, index: int) -> int:
     with StudyLock(storage, study_name_of(settings, data)):
         opened = open_study(settings, storage, data, training_device, sampler)
     objective = opened.objective(opened.study.user_attrs[contract.PARENT_RUN_ID_ATTR])
-    return run_worker(opened, objective, settings.trials, label=f"w{index} ",
-                      first_trial=int(os.environ[workers.FIRST_TRIAL_ENV]))
+    return run_worker(opened, objective, settings.trials, label=f"w{index} ")

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import optuna
 
 from gaplab.config import PRESETS, TrainConfig
-from study.contract import FINISHED_STATES, PRESET_ATTR
+from study.contract import FAILED_BY_ERROR_ATTR, FINISHED_STATES, PRESET_ATTR
 
 
 def depth_choices(image_size: int, depth_range: tuple[int, int]) -> list[int]:
@@ -232,12 +232,13 @@ def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     return base.replace(**{p.name: p.sample(trial, base) for p in PARAMS if p.exists(base.batchnorm)})
 
 
-def presets_to_train(study: optuna.Study, first_trial: int) -> list[str]:
+def presets_to_train(study: optuna.Study) -> list[str]:
     """The presets a trial start takes next, in order: those queued (WAITING), then those the study still lacks.
 
-    A study lacks a preset that has no trial finished, queued or running, and none that failed from trial
-    `first_trial` on (the command's own start): a preset interrupted or killed in an earlier command is
-    trained again, first, while one that failed by its own error in this command is not retried by it.
+    A study lacks a preset that has no trial finished, queued or running, and none that failed by its own
+    error (study.contract.FAILED_BY_ERROR_ATTR): a preset stopped, interrupted or killed, in this command or an
+    earlier one, by any process, is trained again, first; one that failed by its own error is not retried
+    (it would fail again, and block every rerun), and its run's error tag says why.
     """
     from optuna.trial import TrialState
 
@@ -246,7 +247,7 @@ def presets_to_train(study: optuna.Study, first_trial: int) -> list[str]:
               if t.state == TrialState.WAITING and PRESET_ATTR in t.user_attrs]
     kept = (*FINISHED_STATES, TrialState.WAITING, TrialState.RUNNING)
     present = {t.user_attrs.get(PRESET_ATTR) for t in trials
-               if t.state in kept or (t.state == TrialState.FAIL and t.number >= first_trial)}
+               if t.state in kept or (t.state == TrialState.FAIL and FAILED_BY_ERROR_ATTR in t.user_attrs)}
     return queued + [name for name in PRESETS if name not in present]
 
 
@@ -258,7 +259,7 @@ def enqueue_preset(study: optuna.Study, base: TrainConfig, name: str) -> None:
                         user_attrs={PRESET_ATTR: name})
 
 
-def enqueue_next_preset(study: optuna.Study, base: TrainConfig, first_trial: int) -> str | None:
+def enqueue_next_preset(study: optuna.Study, base: TrainConfig) -> str | None:
     """At a trial start, with the study lock held: queue the next preset the study lacks (`presets_to_train`)
     unless a trial is queued already, which the start then takes; the preset queued, if any.
 
@@ -269,7 +270,7 @@ def enqueue_next_preset(study: optuna.Study, base: TrainConfig, first_trial: int
 
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return None
-    name = next(iter(presets_to_train(study, first_trial)), None)
+    name = next(iter(presets_to_train(study)), None)
     if name is not None:
         enqueue_preset(study, base, name)
     return name

@@ -114,6 +114,8 @@ def _handled_by(handler, after_stop=None) -> Iterator[None]:
 
 
 def _record_stop(signum, frame):
+    if requested.is_set():
+        repeated.set()
     requested.set()
 
 

@@ -253,6 +253,10 @@ def _driver_hint(url: str, error: ImportError, label: str = "") -> str:
     return f"{label} needs the database driver {module!r}, which is not installed; {remedy}."
 
 
+class StudyLocked(RuntimeError):
+    """The study's lock stayed taken for longer than a start may wait; one line, exit code 1."""
+
+
 class StudyLock:
     """While held, no other process holds the lock of the same study (PostgreSQL) or storage (SQLite).
 
@@ -276,6 +280,7 @@ class StudyLock:
         """`storage`: Optuna's RDBStorage (or anything with its `engine` and, on SQLite, `scoped_session`)."""
         self._storage = storage
         self._engine = storage.engine
+        self._name = name
         self._key = int.from_bytes(hashlib.blake2b(f"gaplab-study:{name}".encode(), digest_size=8).digest(),
                                    "big", signed=True)
         self._connection = None
@@ -291,7 +296,15 @@ class StudyLock:
             connection = self._engine.connect()
         try:
             if backend == "sqlite":
-                connection.exec_driver_sql("BEGIN EXCLUSIVE")
+                try:
+                    connection.exec_driver_sql("BEGIN EXCLUSIVE")
+                except sqlalchemy.exc.OperationalError as error:
+                    if "locked" not in str(error):
+                        raise
+                    raise StudyLocked(
+                        f"{self._engine.url.database}: another process has held study {self._name!r} for over "
+                        f"{SQLITE_BUSY_TIMEOUT_S} s (a command stopped with Ctrl-Z?); let it finish or stop it, "
+                        "then rerun.") from None
                 self._storage.scoped_session.remove()
                 # Each Optuna call commits its session: inside the lock's transaction that releases a
                 # savepoint, and an Optuna call that rolls back (a duplicate study name) rolls back its own.
@@ -302,7 +315,13 @@ class StudyLock:
                 connection.commit()
         except BaseException:
             with signals_deferred():
-                connection.close()
+                if backend == "sqlite":
+                    self._storage.scoped_session.remove()
+                    connection.close()
+                else:
+                    # An advisory lock belongs to the database session: a connection merely returned to the
+                    # pool would keep holding it, so this one is closed for good.
+                    connection.invalidate()
             raise
         self._connection = connection
         return self

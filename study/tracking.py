@@ -39,6 +39,7 @@ from optuna.trial import TrialState
 
 from gaplab.curve import MomentumCurve, momentum_step
 from gaplab.data import Dataset
+from study import stopping
 from study.contract import (
     ERROR_TAG,
     EXPERIMENT_KIND,
@@ -124,10 +125,13 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
     name = f"trial-{trial.number:03d}"
     tags = run_context.resolve_tags({TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name,
                                      TRIAL_STATE_TAG: "RUNNING", MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: name})
-    created = client.create_run(_experiment_of(parent), tags=tags, run_name=name)
-    run = TrialRun(created.info.run_id, created.info.experiment_id, trial.number,
-                   {key: str(value) for key, value in params.items()})
-    _open_runs[run.run_id] = run
+    # A signal between the run's creation and its registration would leave a run nothing ends: it takes
+    # effect once the run is registered (end_active_runs then ends it KILLED).
+    with stopping.signals_deferred():
+        created = client.create_run(_experiment_of(parent), tags=tags, run_name=name)
+        run = TrialRun(created.info.run_id, created.info.experiment_id, trial.number,
+                       {key: str(value) for key, value in params.items()})
+        _open_runs[run.run_id] = run
     outcome, error_text, details, status = "COMPLETE", None, None, None
     try:
         trial.set_user_attr(RUN_ID_ATTR, run.run_id)

@@ -28,8 +28,6 @@ from study.cli import UsageError
 WORKER_INDEX_ENV = "GAPLAB_WORKER_INDEX"
 # Set in a worker's environment: its TPE sampler's seed, chosen by the command (`sampler_seed`).
 SAMPLER_SEED_ENV = "GAPLAB_SAMPLER_SEED"
-# Set in a worker's environment: the study's trial count when the command began (study.space.presets_to_train).
-FIRST_TRIAL_ENV = "GAPLAB_FIRST_TRIAL"
 # Set by `mlflow run`: the id of the run it created for the command.
 LAUNCHER_RUN_ENV = "MLFLOW_RUN_ID"
 # Workers a GPU holds at once: each trains a small CNN and leaves the GPU idle while it logs and measures.
@@ -100,15 +98,12 @@ def gpu_environment(index: int, gpus: Sequence[str]) -> dict[str, str]:
             "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
 
-def worker_environment(base: dict[str, str], index: int, gpus: Sequence[str], seed: int,
-                       first_trial: int = 0) -> dict[str, str]:
-    """The environment of worker `index`: its GPU, its sampler seed, the command's first trial, and no launcher
-    run id."""
+def worker_environment(base: dict[str, str], index: int, gpus: Sequence[str], seed: int) -> dict[str, str]:
+    """The environment of worker `index`: its GPU, its sampler seed, and no launcher run id."""
     env = dict(base)
     take_launcher_run(env)
     env[WORKER_INDEX_ENV] = str(index)
     env[SAMPLER_SEED_ENV] = str(seed)
-    env[FIRST_TRIAL_ENV] = str(first_trial)
     env.update(gpu_environment(index, gpus))
     return env
 
@@ -131,7 +126,7 @@ def sampler_seed(seed: int, trials_at_start: int, worker_index: int, joining_liv
 
 
 def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
-                trial_of: Callable[[str], str], first_trial: int = 0, poll_s: float = 0.5) -> tuple[bool, list[str]]:
+                trial_of: Callable[[str], str], poll_s: float = 0.5) -> tuple[bool, list[str]]:
     """Run one worker (`python -m study.run *argv`) per sampler seed to their end.
 
     Returns (interrupted, one report per worker that died).
@@ -144,7 +139,7 @@ def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
     processes = [
         # Own process group: a terminal's Ctrl-C reaches the workers once, forwarded from here.
         subprocess.Popen([sys.executable, "-m", "study.run", *argv], start_new_session=True,
-                         env=worker_environment(dict(os.environ), index, gpus, seed, first_trial))
+                         env=worker_environment(dict(os.environ), index, gpus, seed))
         for index, seed in enumerate(seeds)
     ]
     deaths: list[str] = []

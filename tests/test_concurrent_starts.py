@@ -45,3 +45,27 @@ def test_two_machines_joining_a_fresh_postgresql_study_make_one_study(tmp_path, 
                           for index in range(2)])
         assert [code for code, _, _ in results] == [0, 0], [err[-2000:] for _, _, err in results]
         assert_one_study(storage, mlflow_server, trials, name)
+
+
+def test_a_study_lock_held_past_the_wait_is_one_line_naming_the_file(tmp_path):
+    import sqlite3
+
+    import optuna
+
+    from study.storage import StudyLock, StudyLocked
+
+    path = tmp_path / "optuna.db"
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}", engine_kwargs={"connect_args": {"timeout": 0.2}})
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process's set-up, stopped with Ctrl-Z
+    try:
+        with pytest.raises(StudyLocked) as refused:
+            StudyLock(storage, "shapes-16px").__enter__()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    message = str(refused.value)
+    assert str(path) in message and "'shapes-16px'" in message and "\n" not in message
+    with StudyLock(storage, "shapes-16px"):  # nothing of the refused attempt is left holding the file
+        optuna.create_study(study_name="shapes-16px", storage=storage)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["shapes-16px"]

@@ -516,3 +516,22 @@ def test_a_tracking_server_that_answers_its_health_check_passes_even_behind_a_lo
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_preset_that_failed_by_its_own_error_is_not_retried_and_does_not_block_reruns(mock_study):
+    # Before, a failed preset was trained again first by every later command: one that always fails (too
+    # deep for the images, out of memory) failed each rerun, which then stopped at its allowed failures.
+    def deeper_fails(config, data, **options):
+        if config.depth == 3 and not config.batchnorm:
+            raise RuntimeError("out of memory")
+        return fake_train(config, data, **options)
+
+    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
+    assert run_mocked(["--trials", "3", *args], train_fn=deeper_fails) == 0
+    assert run_mocked(["--trials", "5", *args], train_fn=deeper_fails) == 0
+    study = load_study(mock_study)
+    trials = [(t.user_attrs.get(contract.PRESET_ATTR), t.state.name) for t in study.trials]
+    assert trials[:5] == [("seed-initial", "COMPLETE"), ("seed-deeper", "FAIL"), ("seed-bn", "COMPLETE"),
+                          ("seed-final", "COMPLETE"), (None, "COMPLETE")]
+    assert study.trials[1].user_attrs[contract.FAILED_BY_ERROR_ATTR] == "RuntimeError"
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5 and len(study.trials) == 6
