@@ -32,6 +32,17 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
 @pytest.fixture(autouse=True)
+def _no_stop_request_carried_over():
+    # A stop request is process-wide and outlives the command on purpose (the writer's exit hook reads it):
+    # left set by one test's command, it would interrupt the next test's trial in the same process.
+    yield
+    stopping = sys.modules.get("study.stopping")
+    if stopping is not None:
+        stopping.requested.clear()
+        stopping.repeated.clear()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path, monkeypatch):
     # No test may read or write the user's caches or tracking stores.
     monkeypatch.setenv("GAPLAB_CACHE_DIR", str(tmp_path / "cache"))
