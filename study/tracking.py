@@ -303,7 +303,8 @@ def end_active_runs(status: str, keep: str | None = None) -> None:
     # A client only where there are runs to end: an interrupt before the store exists must not create it.
     client = MlflowClient() if _open_runs else None
     for run_id in list(_open_runs):
-        end_run(client, run_id, "FAIL", "interrupted before its trial could end it", status=status)
+        why = "interrupted" if status == "KILLED" else "the command failed"
+        end_run(client, run_id, "FAIL", f"{why} before its trial could end it", status=status)
         _open_runs.pop(run_id, None)
     while (run := mlflow.active_run()) is not None and run.info.run_id != keep:
         mlflow.end_run(status)
