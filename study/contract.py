@@ -125,3 +125,37 @@ VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC = "val_accuracy_at_best_momentum"
 # or at the best grid momentum. The objective is always the val accuracy at the own momentum.
 PRUNE_ON_METRIC = {"best_momentum": VAL_ACCURACY_AT_BEST_MOMENTUM_METRIC, "own_momentum": "val_accuracy"}
 DEFAULT_PRUNE_ON = "best_momentum"
+
+# ---------------------------------------------------------------- confirmation (`--confirm K`, study.confirm)
+# After the search, each arm is retrained on K fresh seeds in a companion Optuna study on the same storage,
+# named confirmation_study_name(study): enqueued fixed trials, no sampler, never counted by `--trials`.
+CONFIRMATION_SUFFIX = "/confirmation"
+# The arms, in the report's order: the best trial's parameters (evaluated with the report's recommended
+# batchnorm fix, read off the same training's momentum curve or PreciseBN, and as trained); the best
+# trial without batchnorm, where the study has any; the seed's own setting (the `seed-bn` preset).
+RECOMMENDED_ARM = "recommended"
+WITHOUT_BN_ARM = "best_without_bn"
+STARTING_POINT_ARM = "starting_point"
+ARMS = (RECOMMENDED_ARM, WITHOUT_BN_ARM, STARTING_POINT_ARM)
+# Companion study user attributes: the K last asked for, and the recommendation the latest command
+# confirmed (a dict: "key", "trial" (the search trial), "option" (a study.report.paired option) and
+# "momentum" (the fix's momentum, where the option has one)).
+CONFIRM_K_ATTR = "confirm_k"
+RECOMMENDATION_ATTR = "recommendation"
+# Confirmation trial user attributes (besides every final metric and MOMENTUM_CURVE_ATTR, as a search trial
+# has): its arm, its seed, the recommendation key it confirms, and the search trial whose parameters it trains.
+ARM_ATTR = "arm"
+SEED_ATTR = "seed"
+CONFIRMS_ATTR = "confirms"
+SOURCE_TRIAL_ATTR = "source_trial"
+# MLflow: confirmation runs carry these tags (plus STUDY_TAG); the registered `best` version carries the
+# confirmed held-out accuracy.
+ARM_TAG = "confirm_arm"
+SEED_TAG = "confirm_seed"
+CONFIRMS_TAG = "confirms"
+CONFIRMED_TEST_ACCURACY_TAG = "confirmed_test_accuracy"
+
+
+def confirmation_study_name(study_name: str) -> str:
+    """The companion study holding `study_name`'s confirmation trainings."""
+    return study_name + CONFIRMATION_SUFFIX
