@@ -154,6 +154,8 @@ ARM_TAG = "confirm_arm"
 SEED_TAG = "confirm_seed"
 CONFIRMS_TAG = "confirms"
 CONFIRMED_TEST_ACCURACY_TAG = "confirmed_test_accuracy"
+# Beside it: over how many seeds (the version's trial retrained as its arm, as trained).
+CONFIRMED_N_TAG = "confirmed_n"
 
 
 def confirmation_study_name(study_name: str) -> str:

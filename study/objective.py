@@ -85,14 +85,17 @@ class Objective:
 
     `train_fn` is the trainer (gaplab.trainer.train) and `suggest_fn` samples a trial's config
     (study.space.suggest); tests pass stand-ins, and study.bench passes them timed. `tracking_writer`
-    writes the trained trials' runs (default: study.writer.process_writer()).
+    writes the trained trials' runs (default: study.writer.process_writer()). `run_identity(trial)` gives
+    a trial run's name and extra tags (default: `trial-NNN`, none; study.confirm names its runs by arm and seed).
     """
 
     def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
                  prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None,
                  train_fn: Callable[..., TrainResult] | None = None,
                  suggest_fn: Callable[[optuna.Trial, TrainConfig], TrainConfig] | None = None,
-                 tracking_writer: writer.TrackingWriter | None = None):
+                 tracking_writer: writer.TrackingWriter | None = None,
+                 run_identity: Callable[[optuna.Trial], tuple[str | None, dict[str, str]]] | None = None):
+        self.run_identity = run_identity or (lambda trial: (None, {}))
         self.train_fn = train_fn or train
         self.writer = tracking_writer or writer.process_writer()
         self.suggest_fn = suggest_fn or space.suggest
@@ -108,7 +111,8 @@ class Objective:
         config = self.suggest_fn(trial, self.base)
         preset = trial.user_attrs.get(PRESET_ATTR)
         params = {**self.fixed_params, **space.logged_params(config), **({PRESET_ATTR: preset} if preset else {})}
-        with tracking.trial_run(self.study_name, trial, params, self.parent_run_id) as run:
+        run_name, extra_tags = self.run_identity(trial)
+        with tracking.trial_run(self.study_name, trial, params, self.parent_run_id, run_name, extra_tags) as run:
             try:
                 return self._train_and_log(trial, config, preset, run)
             except Exception as error:

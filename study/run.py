@@ -9,6 +9,8 @@ study name and storage tops the study up to that total. Ctrl-C marks the running
 ends their MLflow runs KILLED and exits with 130 (study.stopping); rerun the command to resume.
 `--workers N` trains N trials at once in N processes (study.workers); the same command on another
 machine, with the same --study_name, --storage and MLFLOW_TRACKING_URI, joins the study.
+`--confirm K` then retrains the recommended setting, the best one without batchnorm and the seed's with
+K fresh seeds each (study.confirm); on a finished study it trains only what the confirmation lacks.
 Every flag below is also an MLproject parameter of the same name (see MLproject).
 """
 
@@ -32,7 +34,13 @@ from study.cli import (
     native_logs_filtered,
     quiet_logging,
 )
-from study.settings import STUDY_NAME_PATTERN, Settings, check_training_values
+from study.settings import (
+    DEFAULT_CONFIRM,
+    MAX_CONFIRM,
+    STUDY_NAME_PATTERN,
+    Settings,
+    check_training_values,
+)
 from study.storage import StudyLocked, check_storage_url, default_storage
 
 DEFAULT_TRIALS = 50
@@ -69,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, default=1,
         help="worker processes training trials of the study at the same time; at most one per CPU core when "
              "training on CPUs, 4 per GPU otherwise (default %(default)s)")
+    add("--confirm", type=int, default=DEFAULT_CONFIRM,
+        help="after the trials, retrain the recommended setting, the best one without batchnorm and the seed's "
+             "setting with this many fresh seeds each, to confirm the answer on held-out images; 0: off; a rerun "
+             f"tops it up (0 to {MAX_CONFIRM}, default %(default)s)")
     add("--gpus", type=str, default="",
         help="GPU indices for the workers, e.g. 0,1; worker i trains on GPU i mod G (default: every GPU there is)")
     return parser
@@ -83,6 +95,8 @@ def validate(args: argparse.Namespace) -> Settings:
     base = check_training_values(args)
     if args.pruner not in PRUNERS:
         raise UsageError(f"--pruner={args.pruner!r} is unknown; use one of {', '.join(PRUNERS)}.")
+    if not 0 <= args.confirm <= MAX_CONFIRM:
+        raise UsageError(f"--confirm={args.confirm} is invalid; use 0 (no confirmation) to {MAX_CONFIRM} seeds per arm.")
     if args.skip_bad_images not in ("true", "false"):
         raise UsageError(f"--skip_bad_images={args.skip_bad_images!r} is invalid; use true or false.")
     if args.study_name and not STUDY_NAME_PATTERN.match(args.study_name):
@@ -116,7 +130,7 @@ def validate(args: argparse.Namespace) -> Settings:
     return Settings(trials=args.trials, base=base, data_dir=args.data_dir, study_name=args.study_name,
                     storage=storage, pruner=args.pruner, prune_on=args.prune_on,
                     skip_bad_images=args.skip_bad_images == "true", device=args.device, workers=args.workers,
-                    gpus=gpus)
+                    gpus=gpus, confirm=args.confirm)
 
 
 def main(argv: list[str] | None = None, *, train_fn=None, process_exits: bool | None = None) -> int:

@@ -90,14 +90,16 @@ class OpenStudy:
         """The study's lock (study.storage.StudyLock): one process at a time through set-up and trial starts."""
         return StudyLock(self.storage, self.name)
 
-    def objective(self, parent_run_id: str, train_fn: TrainFn | None = None) -> Callable[[optuna.Trial], float]:
-        """The Optuna objective, also recording which process ran each trial (contract.WORKER_ATTR)."""
+    def objective(self, parent_run_id: str, train_fn: TrainFn | None = None,
+                  **options) -> Callable[[optuna.Trial], float]:
+        """The Optuna objective, also recording which process ran each trial (contract.WORKER_ATTR); `options`
+        go to study.objective.Objective (study.confirm passes its fixed configs and run names)."""
         base = self.settings.base
         fixed = {"image_size": base.image_size, "epochs": base.epochs, "seed": base.seed,
                  # Each trial's run records the device it trained on (the parent records the one asked for).
                  "device": self.training_device}
         objective = Objective(self.name, self.data, base, fixed, prune_on=self.settings.prune_on,
-                              parent_run_id=parent_run_id, train_fn=train_fn)
+                              parent_run_id=parent_run_id, train_fn=train_fn, **options)
         worker = f"{socket.gethostname()}:{os.getpid()}"
 
         def run_trial(trial: optuna.Trial) -> float:
@@ -405,6 +407,7 @@ def _run_study(settings: Settings, argv: list[str], train_fn: TrainFn | None) ->
     if settings.workers == 1:
         study.sampler = optuna.samplers.TPESampler(seed=seeds[0])
         code = run_worker(opened, opened.objective(parent_id, train_fn), settings.trials, label="")
+        code = code or _confirmation()(opened, parent_id, settings.confirm, train_fn)
     else:
         interrupted, deaths = workers.run_workers(argv, seeds, settings.gpus, _trial_of_worker(study))
         code = stopping.EXIT_CODE if interrupted else 0
@@ -570,5 +573,15 @@ def run_worker_process(settings: Settings, index: int) -> int:
     storage = open_storage(settings)
     with StudyLock(storage, study_name_of(settings, data)):
         opened = open_study(settings, storage, data, training_device, sampler)
-    objective = opened.objective(opened.study.user_attrs[contract.PARENT_RUN_ID_ATTR])
-    return run_worker(opened, objective, settings.trials, label=f"w{index} ")
+    parent_run_id = opened.study.user_attrs[contract.PARENT_RUN_ID_ATTR]
+    objective = opened.objective(parent_run_id)
+    code = run_worker(opened, objective, settings.trials, label=f"w{index} ")
+    return code or _confirmation()(opened, parent_run_id, settings.confirm, label=f"w{index} ")
+
+
+def _confirmation() -> Callable[..., int]:
+    """study.confirm.run_confirmation: after the search's trials, `--confirm K`. Imported when called, since
+    study.confirm builds on this module."""
+    from study import confirm
+
+    return confirm.run_confirmation

@@ -215,10 +215,6 @@ def logged_params(config: TrainConfig) -> dict[str, object]:
     return params
 
 
-def _optuna_params(config: TrainConfig) -> dict[str, object]:
-    return {p.optuna_name: p.to_optuna(getattr(config, p.name)) for p in PARAMS if p.exists(config.batchnorm)}
-
-
 def suggest(trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
     """The trial's config: `base` (fixed settings) with the searched values filled in.
 
@@ -251,12 +247,21 @@ def presets_to_train(study: optuna.Study) -> list[str]:
     return queued + [name for name in PRESETS if name not in present]
 
 
-def enqueue_preset(study: optuna.Study, base: TrainConfig, name: str) -> None:
-    """Queue the seed's preset `name` (its fixed values on `base`), marked by the trial's `preset` attribute."""
+def preset_config(base: TrainConfig, name: str) -> TrainConfig:
+    """The seed's preset `name` as a study trains it: its fixed values on `base`."""
     preset = PRESETS[name]
     fixed = {p.name: getattr(preset, p.name) for p in PARAMS if p.preset_sets}
-    study.enqueue_trial(_optuna_params(base.replace(batchnorm=preset.batchnorm, **fixed)),
-                        user_attrs={PRESET_ATTR: name})
+    return base.replace(batchnorm=preset.batchnorm, **fixed)
+
+
+def optuna_params(config: TrainConfig) -> dict[str, object]:
+    """A config's searched values as Optuna stores them (what `enqueue_trial` takes)."""
+    return {p.optuna_name: p.to_optuna(getattr(config, p.name)) for p in PARAMS if p.exists(config.batchnorm)}
+
+
+def enqueue_preset(study: optuna.Study, base: TrainConfig, name: str) -> None:
+    """Queue the seed's preset `name` (its fixed values on `base`), marked by the trial's `preset` attribute."""
+    study.enqueue_trial(optuna_params(preset_config(base, name)), user_attrs={PRESET_ATTR: name})
 
 
 def enqueue_next_preset(study: optuna.Study, base: TrainConfig) -> str | None:

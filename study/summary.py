@@ -21,11 +21,14 @@ from optuna.trial import TrialState
 
 from study import space, tracking, writer
 from study.contract import (
+    CONFIRMED_N_TAG,
+    CONFIRMED_TEST_ACCURACY_TAG,
     MODEL_URI_ATTR,
     MOMENTUM_CURVE_ATTR,
     PARENT_RUN_ID_ATTR,
     PRESET_ATTR,
     RUN_ID_ATTR,
+    SOURCE_TRIAL_ATTR,
 )
 from study.importance import IMPORTANCE_TARGETS, param_importances
 
@@ -62,6 +65,7 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
         })
         if best.user_attrs.get(MODEL_URI_ATTR) and (version := tracking.register_best(study_name, best)):
             mlflow.set_tag("registered_model", f"models:/{study_name}@best (version {version})")
+            tag_confirmed_accuracy(study, study_name, best.number, version)
     importances = param_importances(study)
     tracking.log_json(importances, "param_importances.json")
     for target in IMPORTANCE_TARGETS:
@@ -103,6 +107,8 @@ def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "fin
              f"{failed} failed" + (f", {running} running" if running else "") + "."]
     if complete:
         lines.append(_best_trial_line(study.best_trial, parent.info.experiment_id))
+    if (found := _confirm().confirmed(study)) is not None:
+        lines.append(_confirm().describe_line(found))
     # The storage as the parent run logged it (password masked; empty where `mlflow run` logged its default,
     # which the report's default matches); the report reads the tracking URI from the study.
     storage = parent.data.params.get("storage", "")
@@ -115,6 +121,29 @@ def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "fin
     text = "\n\n".join(lines)
     client.set_tag(parent.info.run_id, MLFLOW_RUN_NOTE, text)
     return text
+
+
+def tag_confirmed_accuracy(study: optuna.Study, study_name: str, best_trial: int, version: str) -> None:
+    """Tag the registered `best` version with its setting's confirmed held-out accuracy (contract.
+    CONFIRMED_TEST_ACCURACY_TAG: the mean test accuracy as trained over its fresh seeds, with their count), where
+    the confirmation retrained that very trial."""
+    found = _confirm().confirmed(study)
+    if found is None:
+        return
+    arm = next((name for name, trainings in found.by_arm.items()
+                if trainings and trainings[0].get(SOURCE_TRIAL_ATTR) == best_trial), None)
+    if arm is None:
+        return
+    client = MlflowClient()
+    client.set_model_version_tag(study_name, version, CONFIRMED_TEST_ACCURACY_TAG, f"{found.mean_test(arm):.4f}")
+    client.set_model_version_tag(study_name, version, CONFIRMED_N_TAG, str(len(found.by_arm[arm])))
+
+
+def _confirm():
+    """study.confirm, imported when used: it builds on study.session, which imports this module."""
+    from study import confirm
+
+    return confirm
 
 
 def _best_trial_line(best: optuna.trial.FrozenTrial, experiment_id: str) -> str:

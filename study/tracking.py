@@ -109,8 +109,10 @@ _open_runs: dict[str, TrialRun] = {}
 
 @contextlib.contextmanager
 def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
-              parent_run_id: str | None = None) -> Iterator[TrialRun]:
-    """A child run of the study's parent run (`parent_run_id`, else the active run) for one trial.
+              parent_run_id: str | None = None, run_name: str | None = None,
+              extra_tags: dict[str, str] | None = None) -> Iterator[TrialRun]:
+    """A child run of the study's parent run (`parent_run_id`, else the active run) for one trial, named
+    `run_name` (default `trial-NNN`) and tagged with `extra_tags` besides the trial's own tags.
 
     The run is not this thread's active run: the writer ends it on its own thread. Once handed off
     (`TrialRun.handed_off`) it is the writer's to end; until then it ends here by the outcome:
@@ -122,8 +124,8 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
         raise ValueError("a trial run is nested in the study's parent run: start one (mlflow.start_run) or pass "
                          "parent_run_id.")
     client = MlflowClient()
-    name = f"trial-{trial.number:03d}"
-    tags = run_context.resolve_tags({TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name,
+    name = run_name or f"trial-{trial.number:03d}"
+    tags = run_context.resolve_tags({**(extra_tags or {}), TRIAL_NUMBER_TAG: str(trial.number), STUDY_TAG: study_name,
                                      TRIAL_STATE_TAG: "RUNNING", MLFLOW_PARENT_RUN_ID: parent, MLFLOW_RUN_NAME: name})
     # A signal between the run's creation and its registration would leave a run nothing ends: it takes
     # effect once the run is registered (end_active_runs then ends it KILLED).

@@ -509,13 +509,21 @@ def fixed(view: TrialView, by_number: dict[int, Options], option: str) -> tuple[
     return o.val[option], o.test[option], how
 
 
+def ranked_with_fix(scored: list[Options], finished: list[TrialView], chosen: str) -> list[TrialView]:
+    """The complete trials, best first by their val accuracy with the recommended fix (`chosen`) applied where they
+    have batchnorm and a curve (`fixed`). The first is the best setting; the first without batchnorm, the best
+    one without it. study.confirm retrains both, so the report and the confirmation name the same trials."""
+    by_number = {o.number: o for o in scored}
+    complete = [v for v in finished if v.state == TrialState.COMPLETE]
+    return sorted(complete, key=lambda v: -_finite(fixed(v, by_number, chosen)[0]))
+
+
 def batchnorm_findings(scored: list[Options], finished: list[TrialView], chosen: str,
                        fitted: list[Band]) -> list[Finding]:
     """With the recommended fix applied: the best complete trial (chosen on val) carries it, and the best
     batchnorm trial against the best one without batchnorm, chosen on val, scored on test."""
     by_number = {o.number: o for o in scored}
-    complete = [v for v in finished if v.state == TrialState.COMPLETE]
-    ranked = sorted(complete, key=lambda v: -_finite(fixed(v, by_number, chosen)[0]))
+    ranked = ranked_with_fix(scored, finished, chosen)
     out = []
     if ranked:
         best = ranked[0]
