@@ -96,7 +96,8 @@ def validate(args: argparse.Namespace) -> Settings:
     if args.pruner not in PRUNERS:
         raise UsageError(f"--pruner={args.pruner!r} is unknown; use one of {', '.join(PRUNERS)}.")
     if not 0 <= args.confirm <= MAX_CONFIRM:
-        raise UsageError(f"--confirm={args.confirm} is invalid; use 0 (no confirmation) to {MAX_CONFIRM} seeds per arm.")
+        raise UsageError(f"--confirm={args.confirm} is invalid; use 0 (no confirmation) to {MAX_CONFIRM} seeds "
+                         "per arm.")
     if args.skip_bad_images not in ("true", "false"):
         raise UsageError(f"--skip_bad_images={args.skip_bad_images!r} is invalid; use true or false.")
     if args.study_name and not STUDY_NAME_PATTERN.match(args.study_name):
