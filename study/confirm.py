@@ -222,6 +222,7 @@ def run_confirmation(opened: OpenStudy, parent_run_id: str, k: int, train_fn: Tr
         return 0
     with opened.lock(), stopping.interrupts_deferred():
         companion = open_companion(opened)
+        tracking.end_unwritten_trial_runs(companion)  # runs a killed process's writer held
         confirmation = plan(opened, companion, k)
         to_train = len(confirmation.missing(companion)) if confirmation else 0
     if confirmation is None:
