@@ -193,25 +193,25 @@ def run_identity(trial: optuna.Trial) -> tuple[str, dict[str, str]]:
                                           contract.CONFIRMS_TAG: trial.user_attrs[contract.CONFIRMS_ATTR]}
 
 
-def trial_seconds(study: optuna.Study) -> float:
-    """The median duration of the search's complete trials (a confirmation trains to the end, as they did)."""
-    durations = [t.duration.total_seconds() for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                 if t.duration is not None]
-    return statistics.median(durations) if durations else math.nan
+def estimated_seconds(study: optuna.Study, missing: list[tuple[Arm, int]]) -> float:
+    """What training `missing` takes, from the search's measured durations: each arm's source trial's (a
+    confirmation trains the same config, to the end), else the median complete trial's; NaN without either."""
+    complete = {t.number: t.duration.total_seconds()
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.duration is not None}
+    median = statistics.median(complete.values()) if complete else math.nan
+    return sum(complete.get(arm.source_trial, median) for arm, _ in missing)
 
 
-def cost_line(opened: OpenStudy, confirmation: Plan, to_train: int) -> str:
-    """What the confirmation will cost: trainings in all and still to train, and the time the study's trials
-    suggest."""
-    wanted = len(confirmation.wanted())
-    per_training = trial_seconds(opened.study)
-    workers = opened.settings.workers
-    estimate = (f"about {_format_seconds(per_training * math.ceil(to_train / workers))} at the search's median "
-                f"complete trial ({per_training:.1f} s)" if to_train and math.isfinite(per_training) else "")
+def cost_line(opened: OpenStudy, confirmation: Plan, missing: list[tuple[Arm, int]]) -> str:
+    """What the confirmation will cost: trainings in all and still to train, and the time the search's trials
+    took for the same configs (divided among `--workers`)."""
+    seconds = estimated_seconds(opened.study, missing) / opened.settings.workers
+    estimate = (f"; about {_format_seconds(seconds)}, as long as the search took for the same settings"
+                if math.isfinite(seconds) else "")
     names = ", ".join(arm.name for arm in confirmation.arms)
     return (f"confirmation of {confirmation.recommendation.key}: {len(confirmation.arms)} arm(s) ({names}) x "
-            f"{len(confirmation.seeds)} seed(s) = {wanted} training(s), "
-            + (f"{to_train} to train; {estimate}" if to_train else "all trained"))
+            f"{len(confirmation.seeds)} seed(s) = {len(confirmation.wanted())} training(s), "
+            + (f"{len(missing)} to train{estimate}" if missing else "all trained"))
 
 
 def run_confirmation(opened: OpenStudy, parent_run_id: str, k: int, train_fn: TrainFn | None = None,
@@ -224,11 +224,11 @@ def run_confirmation(opened: OpenStudy, parent_run_id: str, k: int, train_fn: Tr
         companion = open_companion(opened)
         tracking.end_unwritten_trial_runs(companion)  # runs a killed process's writer held
         confirmation = plan(opened, companion, k)
-        to_train = len(confirmation.missing(companion)) if confirmation else 0
+        missing = confirmation.missing(companion) if confirmation else []
     if confirmation is None:
         print(f"{label}no confirmation: the study has no complete trial to confirm.", file=sys.stderr, flush=True)
         return 0
-    print(label + cost_line(opened, confirmation, to_train), flush=True)
+    print(label + cost_line(opened, confirmation, missing), flush=True)
     fixed = dataclasses.replace(opened, study=companion, name=companion.study_name)
     objective = fixed.objective(parent_run_id, train_fn, suggest_fn=confirmation_config, run_identity=run_identity)
     try:

@@ -234,7 +234,7 @@ def assert_one_study(storage: str, tracking_uri: str, trials: int, name: str = "
     from mlflow.tracking import MlflowClient
 
     from gaplab.config import PRESETS
-    from study.contract import FINISHED_STATES, PARENT_RUN_ID_ATTR, PRESET_ATTR, STUDY_ROLE_TAG
+    from study.contract import FINISHED_STATES, PARENT_RUN_ID_ATTR, PRESET_ATTR, STUDY_ROLE_TAG, STUDY_TAG
 
     study = optuna.load_study(study_name=name, storage=storage)
     states = [t.state.name for t in study.trials]
@@ -251,7 +251,8 @@ def assert_one_study(storage: str, tracking_uri: str, trials: int, name: str = "
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert [(r.info.run_id, r.info.status, r.data.tags.get(STUDY_ROLE_TAG)) for r in parents] == [
         (study.user_attrs[PARENT_RUN_ID_ATTR], "FINISHED", "parent")]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    # The study's trial runs; its confirmation's (`--confirm`) are tagged with its companion study's name.
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags and r.data.tags.get(STUDY_TAG) == name]
     numbers = sorted(int(r.data.tags["optuna_trial_number"]) for r in children)
     assert len(numbers) == len(set(numbers)) and {t.number for t in finished} <= set(numbers) <= {
         t.number for t in study.trials}, numbers
@@ -289,13 +290,16 @@ def wait_for_running_trial(storage: str, study_name: str, pids: list[int], first
 
 
 def child_runs(study_name: str) -> list:
-    """The trial runs (children of the parent run) in the study's MLflow experiment."""
+    """The trial runs (children of the parent run, tagged with the study's name: not its confirmation's) in the
+    study's MLflow experiment."""
     from mlflow.tracking import MlflowClient
+
+    from study.contract import STUDY_TAG
 
     client = MlflowClient()
     experiment = client.get_experiment_by_name(study_name)
     return [r for r in client.search_runs([experiment.experiment_id], max_results=1000)
-            if "mlflow.parentRunId" in r.data.tags]
+            if "mlflow.parentRunId" in r.data.tags and r.data.tags.get(STUDY_TAG) == study_name]
 
 
 def load_study(tmp_path: Path, name: str = "shapes-16px"):

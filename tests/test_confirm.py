@@ -226,3 +226,24 @@ def test_the_real_trainer_confirms_on_generated_images_and_tags_the_registered_m
     [retrained] = [t for t in trials if t.user_attrs.get(contract.SOURCE_TRIAL_ATTR) == best.number]
     assert version.tags[contract.CONFIRMED_TEST_ACCURACY_TAG] == f"{retrained.user_attrs['test_accuracy']:.4f}"
     assert version.tags[contract.CONFIRMED_N_TAG] == "1"
+
+
+def test_the_cost_estimate_takes_each_arms_source_trial_and_else_the_median_complete_trial():
+    import datetime
+
+    from gaplab.config import TrainConfig
+    from study import confirm
+
+    study = optuna.create_study()
+    start = datetime.datetime(2026, 12, 7, 12, 0, 0)
+    for number, seconds in enumerate((10, 20, 60)):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=number, state=optuna.trial.TrialState.COMPLETE, value=0.5, values=None, datetime_start=start,
+            datetime_complete=start + datetime.timedelta(seconds=seconds), params={}, distributions={},
+            user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=number))
+    config = TrainConfig()
+    recommended, unfinished = confirm.Arm("recommended", 2, config), confirm.Arm("starting_point", None, config)
+    # Two seeds of trial 2's 60 s, and one of a preset the study never finished: the median, 20 s.
+    assert confirm.estimated_seconds(study, [(recommended, 1001), (recommended, 1002), (unfinished, 1001)]) == 140
+    assert confirm.confirmation_seeds(0, 3) == [1001, 1002, 1003]
+    assert confirm.confirmation_seeds(2**32 - 1002, 2) == [2**32 - 1, 0], "seeds wrap into NumPy's range"
