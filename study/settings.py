@@ -22,9 +22,10 @@ from study.cli import UsageError
 # (gaplab.model.allowed_depths; test_space checks this against it). A study always queues the presets, so
 # below it they would fail; gaplab itself trains 1 and 2 conv blocks from MIN_IMAGE_SIZE (8) px.
 MIN_STUDY_IMAGE_SIZE = 14
-# `--confirm K`'s default and its largest value (study.confirm): K fresh seeds per arm after the search. Beyond
-# MAX_CONFIRM the interval over seeds narrows little, and a typo (--confirm 5000) would queue days of training.
-DEFAULT_CONFIRM = 0
+# `--confirm K`'s default and its largest value (study.confirm): K fresh seeds per arm after the search. 3 costs
+# 18 % of the default study's wall (docs/costs.md#confirmation). Beyond MAX_CONFIRM the interval over seeds
+# narrows little, and a typo (--confirm 5000) would queue days of training.
+DEFAULT_CONFIRM = 3
 MAX_CONFIRM = 100
 # A study's name is also its MLflow experiment and registered model, and goes into file names and URLs.
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")

@@ -100,6 +100,17 @@ class TrialRun:
     trial_number: int
     params: dict[str, str]
     handed_off: bool = False
+    custom_name: str | None = None  # trial_run's `run_name`, where given
+
+    @property
+    def model_name(self) -> str:
+        """What its logged model is called: the run's name, `trial-NNN` by default."""
+        return self.custom_name or f"trial-{self.trial_number:03d}"
+
+    @property
+    def title(self) -> str:
+        """What its figures' titles start with: `Trial N`, or the run's own name."""
+        return self.custom_name or f"Trial {self.trial_number}"
 
 
 # This process's trial runs that are open and not handed to the writer: `end_active_runs` ends them
@@ -132,7 +143,7 @@ def trial_run(study_name: str, trial: optuna.Trial, params: dict[str, object],
     with stopping.signals_deferred():
         created = client.create_run(_experiment_of(parent), tags=tags, run_name=name)
         run = TrialRun(created.info.run_id, created.info.experiment_id, trial.number,
-                       {key: str(value) for key, value in params.items()})
+                       {key: str(value) for key, value in params.items()}, custom_name=run_name)
         _open_runs[run.run_id] = run
     outcome, error_text, details, status = "COMPLETE", None, None, None
     try:

@@ -107,18 +107,19 @@ def prepare_write(run: tracking.TrialRun, result: TrainResult, data: Dataset, tr
     # input_example.json is written before its folder exists.)
     model_metadata = {"input": f"images, shape (n, {size}, {size}, 3), RGB values 0-255, dtype uint8 or float32",
                       "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
-    logged = mlflow.initialize_logged_model(name=f"trial-{run.trial_number:03d}", source_run_id=run.run_id,
+    logged = mlflow.initialize_logged_model(name=run.model_name, source_run_id=run.run_id,
                                             params=run.params, experiment_id=run.experiment_id)
     return TrialWrite(run, result, trial_state, error, portable, logged.model_id, model_metadata)
 
 
 def write_trial(write: TrialWrite) -> None:
     """Final metrics, timings, confusion matrices, learning curves, the momentum curve and (where prepared) the
-    model, named `trial-NNN`, on the trial's run; on the writer's thread, by run id. The run stays open.
+    model, named `trial-NNN` (or the run's own name), on the trial's run; on the writer's thread, by run id. The
+    run stays open.
 
-    Every figure's title names its trial, so a downloaded PNG keeps its context.
+    Every figure's title names its trial (or the run, e.g. a confirmation's), so a downloaded PNG keeps its context.
     """
-    result, run_id, number = write.result, write.run.run_id, write.run.trial_number
+    result, run_id, title = write.result, write.run.run_id, write.run.title
     client = MlflowClient(write.tracking_uri)
     timestamp = int(time.time() * 1000)
     # Final values share names with per-epoch metrics; log them at the last epoch's step, and not at
@@ -136,17 +137,17 @@ def write_trial(write: TrialWrite) -> None:
         suffix = "" if split == "val" else "_test"
         client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()},
                         f"confusion_matrix{suffix}.json")
-        client.log_image(run_id, confusion(matrix, f"Trial {number}: confusion matrix ({split})"),
+        client.log_image(run_id, confusion(matrix, f"{title}: confusion matrix ({split})"),
                          artifact_file=f"confusion_matrix{suffix}.png")
     curves = figures.trial_curves_renderer(result.config.epochs)
-    client.log_image(run_id, curves(result.history, f"Trial {number}: learning curves"),
+    client.log_image(run_id, curves(result.history, f"{title}: learning curves"),
                      artifact_file="learning_curves.png")
     if result.momentum_curve is not None:
-        log_momentum_curve(client, run_id, result.momentum_curve, result.config.momentum_grid, number)
+        log_momentum_curve(client, run_id, result.momentum_curve, result.config.momentum_grid, title)
     if write.model is not None:
         # mlflow.keras.log_model as it is, less its use of the calling thread's active run: the run by id.
         # step: the final metrics, logged at the last epoch, are linked to the model.
-        mlflow.models.Model.log(None, mlflow.keras, name=f"trial-{number:03d}", run_id=run_id,
+        mlflow.models.Model.log(None, mlflow.keras, name=write.run.model_name, run_id=run_id,
                                 model_id=write.model_id, model=write.model, metadata=write.model_metadata,
                                 step=result.epochs, pip_requirements=model_requirements())
 
@@ -173,14 +174,14 @@ def abandon_trial_run(write: TrialWrite, reason: str) -> None:
 
 
 def log_momentum_curve(client: MlflowClient, run_id: str, curve: MomentumCurve, grid: tuple[float, ...],
-                       trial_number: int) -> None:
+                       title: str) -> None:
     """momentum_curve.json (the trial's `MOMENTUM_CURVE_ATTR`), momentum_curve.png (every momentum of `grid`
     labelled) and the curve's metrics, on run `run_id`."""
     data = curve.as_dict()
     client.log_dict(run_id, data, MOMENTUM_CURVE_ARTIFACT)
     render = figures.trial_momentum_renderer(tuple(grid), figures.momentum_decades(curve.momentum))
-    title = f"Trial {trial_number}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
-    client.log_image(run_id, render(data, title), artifact_file=MOMENTUM_CURVE_FIGURE)
+    heading = f"{title}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
+    client.log_image(run_id, render(data, heading), artifact_file=MOMENTUM_CURVE_FIGURE)
     client.log_batch(run_id, metrics=tracking.momentum_curve_metrics(curve))
 
 
