@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gaplab.config import MAX_SEED, TrainConfig
 from gaplab.curve import MomentumCurve
-from study import contract, space, stopping, tracking
+from study import contract, space, stopping, tracking, writer
 from study.cli import fail
 from study.report import paired, stats
 from study.report.views import finished as finished_views
@@ -229,13 +229,13 @@ def run_confirmation(opened: OpenStudy, parent_run_id: str, k: int, train_fn: Tr
         print(f"{label}no confirmation: the study has no complete trial to confirm.", file=sys.stderr, flush=True)
         return 0
     print(label + cost_line(opened, confirmation, missing), flush=True)
-    fixed = dataclasses.replace(opened, study=companion, name=companion.study_name)
-    objective = fixed.objective(parent_run_id, train_fn, suggest_fn=confirmation_config, run_identity=run_identity)
+    # The objective of the companion: its runs are tagged with its name, its trials are the fixed ones queued here.
+    on_companion = dataclasses.replace(opened, study=companion, name=companion.study_name)
+    objective = on_companion.objective(parent_run_id, train_fn, suggest_fn=confirmation_config,
+                                       run_identity=run_identity)
     try:
         return _train_missing(opened, companion, confirmation, objective, label, poll_s)
     except KeyboardInterrupt:
-        from study import writer
-
         writer.drain_process_writer(writer.STOP_DRAIN_SECONDS)
         tracking.end_active_runs("KILLED", keep=parent_run_id)
         return stopping.EXIT_CODE

@@ -132,7 +132,8 @@ DEFAULT_PRUNE_ON = "best_momentum"
 CONFIRMATION_SUFFIX = "/confirmation"
 # The arms, in the report's order: the best trial's parameters (evaluated with the report's recommended
 # batchnorm fix, read off the same training's momentum curve or PreciseBN, and as trained); the best
-# trial without batchnorm, where the study has any; the seed's own setting (the `seed-bn` preset).
+# trial without batchnorm, where the study has any and the recommended trial has batchnorm (else it is the
+# recommended trial itself, and is not trained twice); the seed's own setting (the `seed-bn` preset).
 RECOMMENDED_ARM = "recommended"
 WITHOUT_BN_ARM = "best_without_bn"
 STARTING_POINT_ARM = "starting_point"
@@ -148,8 +149,10 @@ ARM_ATTR = "arm"
 SEED_ATTR = "seed"
 CONFIRMS_ATTR = "confirms"
 SOURCE_TRIAL_ATTR = "source_trial"
-# MLflow: confirmation runs carry these tags (plus STUDY_TAG); the registered `best` version carries the
-# confirmed held-out accuracy.
+# MLflow: confirmation runs, named `confirm-<arm>-seed-<seed>`, carry these tags, plus STUDY_TAG with the companion
+# study's name and TRIAL_NUMBER_TAG with the companion trial's number (the study's own trial runs carry its name,
+# so a dead trial's run is found in its own study); the registered `best` version carries the confirmed held-out
+# accuracy (the mean test accuracy, as trained, of the confirmation trainings of its trial) and their count.
 ARM_TAG = "confirm_arm"
 SEED_TAG = "confirm_seed"
 CONFIRMS_TAG = "confirms"
