@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from gaplab.compiled import variable_values
 from gaplab.model import build_model
 from study import figures, space
-from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
+from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR, confirmation_study_name
 from tests.conftest import child_runs, fake_train, load_study, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
@@ -82,6 +82,13 @@ def test_models_and_figures_name_their_trial_and_the_registered_version_says_wha
         with_curve = trial.user_attrs["batchnorm"]
         assert sum(f"Trial {trial.number}:" in title for title in titles) == 3 + with_curve, titles
     assert "Trial 2: confusion matrix (val)" in titles and "Trial 0: learning curves" in titles
+    # The default confirmation's runs (study.confirm) name their figures and models after the run, not trial-NNN.
+    companion = load_study(mock_study, confirmation_study_name("shapes-16px"))
+    for trial in companion.trials:
+        name = f"confirm-{trial.user_attrs['arm']}-seed-{trial.user_attrs['seed']}"
+        assert mlflow.get_logged_model(trial.user_attrs[MODEL_URI_ATTR].removeprefix("models:/")).name == name
+        assert f"{name}: learning curves" in titles
+    assert len(companion.trials) == 6 and sum(title.startswith("confirm-") for title in titles) == 6 * 3 + 3
     best = study.best_trial
     version = client.get_model_version_by_alias("shapes-16px", "best")
     run_id = runs[best.number].info.run_id
