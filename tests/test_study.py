@@ -180,7 +180,10 @@ def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
     assert parents == {study.user_attrs["mlflow_parent_run_id"]}, "every invocation attaches to the study's run"
     experiment = MlflowClient().get_experiment_by_name("shapes-16px")
     runs = MlflowClient().search_runs([experiment.experiment_id])
-    assert len(runs) == 6, "one parent run, five trial runs: the rerun with nothing to do creates no run"
+    confirmations = [r for r in runs if "confirm_arm" in r.data.tags]
+    # The default --confirm 3 confirmed trial 0 (the best from the first command on) in 2 arms, once.
+    assert len(confirmations) == 6 and len(runs) == 12, ("one parent run, five trial runs and the confirmation's "
+                                                         "six: the rerun with nothing to do creates no run")
     assert {r.info.status for r in runs} == {"FINISHED"}
 
 
@@ -443,7 +446,8 @@ def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
     assert run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("my experiments").experiment_id])
-    assert len(runs) == 5 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
+    # The parent, 4 trial runs and the default confirmation's 6 (2 arms x 3 seeds), all in that experiment.
+    assert len(runs) == 11 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
         "shapes-16px"}
 
 
