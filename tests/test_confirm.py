@@ -146,6 +146,15 @@ def test_a_changed_recommendation_keeps_the_old_runs_labelled_and_gets_its_own(m
     assert labels == ["trial 5 · own"] * 6 + ["trial 7 · own"] * 6
 
 
+def test_the_report_picks_the_study_not_its_confirmation_where_the_storage_holds_both(mock_study):
+    from study.report.cli import resolve_study_name
+
+    assert run_mocked(["--trials", "4", *SMALL, "--confirm", "1"]) == 0
+    url = f"sqlite:///{mock_study / 'optuna.db'}"
+    assert sorted(optuna.get_all_study_names(url)) == [STUDY, COMPANION]
+    assert resolve_study_name(optuna.storages.RDBStorage(url), url, "") == STUDY
+
+
 def test_confirm_0_trains_no_confirmation(mock_study):
     trainer = OrderedTrainer()
     assert run_mocked(["--trials", "5", *SMALL, "--confirm", "0"], train_fn=trainer) == 0

@@ -74,7 +74,9 @@ def test_a_dataset_name_becomes_a_valid_study_name(dataset, name):
 def test_a_data_folder_with_an_odd_name_gives_a_study_name_by_the_study_name_rules(work, tmp_path):
     root = make_folder(tmp_path / "<img src=x>", {"cat": 6, "dog": 6}, size=16)
     assert run_mocked(["--trials", "1", "--data_dir", str(root), "--pruner", "none", *SMALL]) == 0
-    assert optuna.get_all_study_names(f"sqlite:///{work / 'optuna.db'}") == ["img src-x-16px"]
+    # Beside it, its confirmation's companion study (the default --confirm 3).
+    assert optuna.get_all_study_names(f"sqlite:///{work / 'optuna.db'}") == [
+        "img src-x-16px", "img src-x-16px/confirmation"]
 
 
 def _stored_settings(work) -> dict:

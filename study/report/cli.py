@@ -56,7 +56,9 @@ def resolve_study_name(storage, url: str, requested: str) -> str:
     """The study to report from Optuna's `storage` (opened from `url`); UsageError naming the choices."""
     import optuna
 
-    names = sorted(optuna.get_all_study_names(storage=storage))
+    # A study's confirmation (`--confirm`) is a companion study on the same storage, reported with its study.
+    names = sorted(name for name in optuna.get_all_study_names(storage=storage)
+                   if not name.endswith(contract.CONFIRMATION_SUFFIX))
     listing = ", ".join(repr(n) for n in names) if names else "none"
     where = masked(url)
     if requested:
