@@ -215,10 +215,12 @@ def take(folder: Path, binary: str) -> dict:
 
     client = mlflow.MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
     storage = f"sqlite:///{folder / 'optuna.db'}"
-    (name,) = optuna.get_all_study_names(storage)
-    study = optuna.load_study(study_name=name, storage=storage)
     sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
     from study import contract
+
+    # The study, not its confirmation's companion study (`--confirm`) on the same storage.
+    (name,) = [n for n in optuna.get_all_study_names(storage) if not n.endswith(contract.CONFIRMATION_SUFFIX)]
+    study = optuna.load_study(study_name=name, storage=storage)
 
     experiment = client.get_experiment_by_name(name).experiment_id
     parent = study.user_attrs[contract.PARENT_RUN_ID_ATTR]
