@@ -205,12 +205,20 @@ def _assert_study_is_whole(storage: str, trials: int, killed: int | None, tracki
     runs = client.search_runs([parent.info.experiment_id], max_results=1000)
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent_id}
-    numbers = [int(r.data.tags["optuna_trial_number"]) for r in children]
+    # The study's own trial runs; its confirmation's (the default --confirm 3) carry its companion's name.
+    numbers = [int(r.data.tags["optuna_trial_number"]) for r in children if r.data.tags["study_name"] == STUDY]
     assert len(numbers) == len(set(numbers)), "no trial number has two runs"
     finished = {n for n, state in states.items() if state in ("COMPLETE", "PRUNED")}
     assert finished <= set(numbers), "every finished trial has its run"
     assert all(r.info.status != "RUNNING" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
     assert parent.info.status == "FINISHED"
+    # The workers shared the default confirmation (--confirm 3): exactly 3 trainings per arm, nothing doubled.
+    companion = optuna.load_study(study_name=f"{STUDY}/confirmation", storage=storage)
+    key = companion.user_attrs["recommendation"]["key"]
+    confirmed = [(t.user_attrs["arm"], t.user_attrs["seed"]) for t in companion.trials
+                 if t.state.name == "COMPLETE" and t.user_attrs["confirms"] == key]
+    assert len(confirmed) == len(set(confirmed)) == 3 * len({arm for arm, _ in confirmed}), confirmed
+    assert "RUNNING" not in {t.state.name for t in companion.trials}
     if killed is not None:
         assert states[killed] == "FAIL"
         run = next(r for r in children if r.data.tags["optuna_trial_number"] == str(killed))
