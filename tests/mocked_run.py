@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import exit_code, fake_train
+from tests.helpers import exit_code, fake_train
 
 TRIAL_SECONDS_ENV = "GAPLAB_TEST_TRIAL_SECONDS"
 PAUSE_AFTER_RUN_ENV = "GAPLAB_TEST_PAUSE_AFTER_RUN"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import assert_one_study, finish, start_mocked
+from tests.helpers import assert_one_study, finish, start_mocked
 
 SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 

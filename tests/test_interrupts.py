@@ -3,7 +3,7 @@
 Real processes (`python -m tests.mocked_run`, the command with the mock trainer) and real signals:
 SIGINT (one, two or three), SIGTERM and kill -9, at a sweep of moments across start-up, inside presets and
 sampled trials, and around the creation of a trial's MLflow run. Each stopped study is rerun and must end
-as an uninterrupted run does (tests.conftest.assert_one_study).
+as an uninterrupted run does (tests.helpers.assert_one_study).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from study import stopping, tracking
 from study.contract import PARENT_RUN_ID_ATTR, WORKER_ATTR
-from tests.conftest import (
+from tests.helpers import (
     assert_one_study,
     finish,
     run_mocked,

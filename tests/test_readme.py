@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-from tests.conftest import ROOT, make_folder
+from tests.helpers import ROOT, make_folder
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)

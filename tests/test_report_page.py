@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from study import contract
-from tests.conftest import subprocess_env
+from tests.helpers import subprocess_env
 from tests.test_report import _chromium, _chromium_run, _distributions, _report, _run_cli, build_study, records
 
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")

@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import stopping, workers
-from tests.conftest import ROOT, run_mocked, subprocess_env, wait_for_running_trial
+from tests.helpers import ROOT, run_mocked, subprocess_env, wait_for_running_trial
 
 GRACE_S = 3
 STUDY = "shapes-16px"

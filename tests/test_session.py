@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from study import run as run_module
 from study import session, stopping, tracking, workers
-from tests.conftest import fake_train
+from tests.helpers import fake_train
 
 STUDY = "shapes-16px"
 

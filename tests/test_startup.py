@@ -15,7 +15,7 @@ import pytest
 from study import contract, workers
 from study.settings import STUDY_NAME_PATTERN, default_study_name
 from study.storage import open_optuna_storage
-from tests.conftest import make_folder, run_mocked, subprocess_env
+from tests.helpers import make_folder, run_mocked, subprocess_env
 
 SMALL = ["--epochs", "1", "--image_size", "16"]
 

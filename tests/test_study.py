@@ -20,7 +20,7 @@ from mlflow.tracking import MlflowClient
 from gaplab.config import TrainConfig
 from study import contract, stopping
 from study import run as run_module
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     child_runs,
     configured_backend,
@@ -426,8 +426,6 @@ def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
 
 
 def test_a_bad_image_stops_the_study_naming_the_flag_that_skips_it(mock_study, capsys):
-    from tests.conftest import make_folder
-
     root = make_folder(mock_study / "photos", {"cat": 6, "dog": 6}, size=16)
     (root / "dog" / "broken.jpg").write_bytes(b"not an image")
     args = ["--trials", "1", "--data_dir", str(root), "--image_size", "16", "--epochs", "1", "--pruner", "none"]

@@ -11,7 +11,7 @@ from gaplab.compiled import variable_values
 from gaplab.model import build_model
 from study import figures, space
 from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
-from tests.conftest import child_runs, fake_train, load_study, run_mocked
+from tests.helpers import child_runs, fake_train, load_study, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 

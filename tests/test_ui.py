@@ -20,7 +20,7 @@ from study.contract import (
     TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
     VAL_ACCURACY_AT_MOMENTUM_METRIC,
 )
-from tests.conftest import fake_train, run_mocked
+from tests.helpers import fake_train, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 NAME = "shapes-16px"

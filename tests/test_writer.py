@@ -25,7 +25,7 @@ from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
 from study import stopping, writer
-from tests.conftest import fake_train, run_mocked, subprocess_env
+from tests.helpers import fake_train, run_mocked, subprocess_env
 
 STUDY = "shapes-16px"
 SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
@@ -35,7 +35,7 @@ SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 SLOW_WRITER_STUDY = r"""
 import sys, time
 from study import run, writer
-from tests.conftest import fake_train
+from tests.helpers import fake_train
 
 delay, drain = float(sys.argv[1]), float(sys.argv[2])
 write_now = writer.write_trial
