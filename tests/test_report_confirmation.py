@@ -337,7 +337,7 @@ def test_an_old_study_without_curves_settings_or_companion_renders_and_says_not_
     root.mkdir()
     storage = f"sqlite:///{root / 'optuna.db'}"
     study = optuna.create_study(study_name="old-study", storage=storage, direction="maximize")
-    for number, val in enumerate((0.6, 0.7, 0.65)):
+    for val in (0.6, 0.7, 0.65):
         distributions = {p.optuna_name: p.distribution() for p in space.PARAMS if p.name != "bn_momentum"}
         params = {p.optuna_name: p.to_optuna({"dropout": 0.1, "batch_size": 32, "depth": 2}[p.name])
                   for p in space.PARAMS if p.name != "bn_momentum"}
@@ -352,4 +352,7 @@ def test_an_old_study_without_curves_settings_or_companion_renders_and_says_not_
     assert block["recommendation"] == {"key": "trial-1/own", "trial": 1, "option": "own", "momentum": None}
     assert block["command"] == "python -m study.run --trials 3 --study_name old-study --confirm 5"
     assert data["confirmed"][0].startswith("Not confirmed") and block["command"] in data["confirmed"][0]
+    markdown = (tmp_path / "out" / "old-study" / "report.md").read_text()
+    section = markdown[markdown.index("## 2. Confirmation on fresh seeds"):markdown.index("## 3. ")]
+    assert "Not confirmed. Confirm on 5 fresh seeds per arm with: python -m study.run --trials 3" in section
     assert optuna.get_all_study_names(storage) == ["old-study"]

@@ -257,7 +257,8 @@ def winners_curse(views: list[TrialView], current: Recommendation, recommended: 
 def _mean_text(mean: stats.Mean, digits: int = 3) -> str:
     if not math.isfinite(mean.low):
         return f"{fmt(mean.estimate, digits)} (n={mean.n}, no interval from one seed)"
-    return f"{fmt(mean.estimate, digits)} (95 % interval {fmt(mean.low, digits)} to {fmt(mean.high, digits)}, n={mean.n})"
+    low, high = fmt(mean.low, digits), fmt(mean.high, digits)
+    return f"{fmt(mean.estimate, digits)} (95 % interval {low} to {high}, n={mean.n})"
 
 
 def _points_text(mean: stats.Mean) -> str:
@@ -358,8 +359,9 @@ def _top_up(confirmation: Confirmation) -> str:
     short = [a for a in confirmation.arms if confirmation.k and len(a.trainings) < confirmation.k]
     if not short and not confirmation.pending:
         return ""
-    return (f" Not every training has finished ({', '.join(f'{a.name} {len(a.trainings)}' for a in short) or 'all arms'}"
-            f" of {confirmation.k or '?'}); top it up with: {confirmation.command} {next_steps.STORAGE_NOTE}.")
+    done = ", ".join(f"{a.name} {len(a.trainings)}" for a in short) or "all arms"
+    return (f" Not every training has finished ({done} of {confirmation.k or '?'}); top it up with: "
+            f"{confirmation.command} {next_steps.STORAGE_NOTE}.")
 
 
 # ---------------------------------------------------------------- the section and findings.json
@@ -372,10 +374,11 @@ def section(confirmation: Confirmation) -> Section:
         "t-intervals; the recommended setting both with its fix, read off each training's own momentum curve or "
         "PreciseBN, and as trained."])
     if not confirmation.confirmed:
-        out.paragraphs.append("Not confirmed" + (" for the current recommendation." if confirmation.exists else "."))
-        if confirmation.recommendation is not None:
-            out.code.append((f"Confirm on {confirmation.k or SUGGESTED_K} fresh seeds per arm "
-                             f"{next_steps.STORAGE_NOTE}:", confirmation.command))
+        # The command as text, not a code block: it holds the study's name, which only text escaping keeps inert.
+        confirm = (f" Confirm on {confirmation.k or SUGGESTED_K} fresh seeds per arm with: {confirmation.command} "
+                   f"{next_steps.STORAGE_NOTE}." if confirmation.recommendation is not None else "")
+        out.paragraphs.append("Not confirmed" + (" for the current recommendation." if confirmation.exists else ".")
+                              + confirm)
     rows = []
     for arm in confirmation.arms:
         if arm.fixed:

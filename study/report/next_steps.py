@@ -73,8 +73,8 @@ def trials_needed(views: list[TrialView], with_curves: list[TrialView], study_na
             f"the end (not pruned); this study has {have}, of {finished} finished (the first 4 trials are the seed's "
             f"presets, "
             f"{PRESETS_WITHOUT_BATCHNORM} of them without batchnorm, so at least {need + PRESETS_WITHOUT_BATCHNORM} "
-            f"trials in all).{shown} Add {need - have} with: {study_command(finished + need - have, study_name, settings)}"
-            f" {STORAGE_NOTE}."]
+            f"trials in all).{shown} Add {need - have} with: "
+            f"{study_command(finished + need - have, study_name, settings)} {STORAGE_NOTE}."]
 
 
 # What the commands below leave out: the storage is not among the stored settings.
