@@ -259,8 +259,10 @@ def test_an_unfinished_confirmation_states_what_it_has_and_how_to_top_it_up(tmp_
     info = build_search(tmp_path)
     add_confirmation(info, k=3, seeds=SEEDS[:1], recommended={k: v[:1] for k, v in RECOMMENDED.items()})
     companion = optuna.load_study(study_name=contract.confirmation_study_name(info["name"]), storage=info["storage"])
-    companion.add_trial(_training(contract.RECOMMENDED_ARM, SEEDS[1], KEY, RECOMMENDED_TRIAL, 0.0, 0.0,
-                                  state=TrialState.FAIL))
+    # Seed 202's training failed; seed 101's failed once too, then trained (a rerun): only 202 is unfinished.
+    for seed in SEEDS[:2]:
+        companion.add_trial(_training(contract.RECOMMENDED_ARM, seed, KEY, RECOMMENDED_TRIAL, 0.0, 0.0,
+                                      state=TrialState.FAIL))
     read, found = _confirmation(info)
     assert read.confirmed and read.pending == 1 and [len(a.trainings) for a in read.arms] == [1, 1, 1]
     arm = found[0]

@@ -152,9 +152,12 @@ class Arm:
         """Held-out accuracy by seed, with the fix where the arm has one."""
         out = {}
         for view in self.trainings:
-            read = with_fix(view, recommendation) if self.fixed else None
-            out[view.attrs.get(contract.SEED_ATTR)] = read[1] if read else (math.nan if self.fixed
-                                                                            else view.get("test_accuracy"))
+            if self.fixed:
+                read = with_fix(view, recommendation)
+                held_out = read[1] if read else math.nan  # left out of the pairs, as of the means with the fix
+            else:
+                held_out = view.get("test_accuracy")
+            out[view.attrs.get(contract.SEED_ATTR)] = held_out
         return out
 
 
@@ -177,8 +180,8 @@ def arm_of(name: str, trainings: list[TrialView], recommendation: Recommendation
 class Confirmation:
     """What the companion study holds for the report's current recommendation: the arms (complete trainings of it
     only), the paired difference, the winner's curse; `older`: per earlier recommendation's key, its complete
-    trainings (kept apart); `pending`: the current recommendation's trainings not finished (queued, running,
-    failed); `k`: the K last asked for; `command`: the one that confirms or tops the confirmation up."""
+    trainings (kept apart); `pending`: the current recommendation's (arm, seed)s with no complete training (queued,
+    running, failed); `k`: the K last asked for; `command`: the one that confirms or tops the confirmation up."""
 
     recommendation: Recommendation | None
     k: int | None
@@ -205,9 +208,10 @@ def confirmation_of(study, views: list[TrialView], settings: dict) -> Confirmati
     current = recommendation_of(views)
     companion = load_companion(study)
     k = companion.user_attrs.get(contract.CONFIRM_K_ATTR) if companion is not None else None
+    k = k if isinstance(k, int) and not isinstance(k, bool) and k > 0 else None
     finished = sum(v.state in contract.FINISHED_STATES for v in views)
     command = next_steps.study_command(finished, study.study_name, settings, "--confirm", str(k or SUGGESTED_K))
-    out = Confirmation(current, k if isinstance(k, int) else None, command=command, exists=companion is not None)
+    out = Confirmation(current, k, command=command, exists=companion is not None)
     if companion is None:
         return out
     stored = _stored_recommendation(companion)
@@ -221,10 +225,12 @@ def confirmation_of(study, views: list[TrialView], settings: dict) -> Confirmati
             out.older.setdefault(str(confirms), []).append(view)
     mine = [v for v in trainings if v.attrs.get(contract.CONFIRMS_ATTR) == key]
     out.key, out.trainings = key, trainings
-    out.pending = sum(v.state != TrialState.COMPLETE for v in mine)
+    # An (arm, seed) whose training failed and was trained again is done; one with no complete training is not.
+    trained = {(v.attrs.get(contract.ARM_ATTR), v.attrs.get(contract.SEED_ATTR)) for v in mine
+               if v.state == TrialState.COMPLETE}
+    out.pending = len({(v.attrs.get(contract.ARM_ATTR), v.attrs.get(contract.SEED_ATTR)) for v in mine} - trained)
     for name in contract.ARMS:
-        done = sorted((v for v in mine if v.state == TrialState.COMPLETE and v.attrs.get(contract.ARM_ATTR) == name),
-                      key=lambda v: (str(v.attrs.get(contract.SEED_ATTR)), v.number))
+        done = [v for v in mine if v.state == TrialState.COMPLETE and v.attrs.get(contract.ARM_ATTR) == name]
         if done:
             out.arms.append(arm_of(name, done, current))
     if current is None:
