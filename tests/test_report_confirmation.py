@@ -354,6 +354,7 @@ def test_an_old_study_without_curves_settings_or_companion_renders_and_says_not_
     assert block["recommendation"] == {"key": "trial-1/own", "trial": 1, "option": "own", "momentum": None}
     assert block["command"] == "python -m study.run --trials 3 --study_name old-study --confirm 5"
     assert data["confirmed"][0].startswith("Not confirmed") and block["command"] in data["confirmed"][0]
+    assert "the recommended setting (trial 1, as trained)" in data["confirmed"][0]
     markdown = (tmp_path / "out" / "old-study" / "report.md").read_text()
     section = markdown[markdown.index("## 2. Confirmation on fresh seeds"):markdown.index("## 3. ")]
     assert "Not confirmed. Confirm on 5 fresh seeds per arm with: python -m study.run --trials 3" in section

@@ -61,6 +61,8 @@ class Recommendation:
         return {"key": self.key, "trial": self.trial, "option": self.option, "momentum": self.momentum}
 
     def words(self) -> str:
+        if self.option == paired.OWN:  # no fix: as trained, batchnorm or not
+            return f"trial {self.trial}, as trained"
         return f"trial {self.trial}, evaluated {paired.how_applied(self.option, self.momentum)}"
 
 
