@@ -395,3 +395,17 @@ def test_the_default_experiment_has_the_id_mlflow_names_it_by(client):
     from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
     assert client.get_experiment_by_name("Default").experiment_id == DEFAULT_EXPERIMENT_ID
+
+
+def test_a_loaded_study_keeps_its_storage_for_loading_another_study_on_it(tmp_path):
+    """study.report.confirmation reads a study's companion (its --confirm trainings) through `Study._storage`, and
+    learns it is absent from load_study's KeyError, which creates nothing."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    loaded = optuna.load_study(study_name="s", storage=url)
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name="s/confirmation", storage=loaded._storage)
+    optuna.create_study(study_name="s/confirmation", storage=url).set_user_attr("k", 3)
+    companion = optuna.load_study(study_name="s/confirmation", storage=loaded._storage)
+    assert companion.user_attrs == {"k": 3} and study.study_name == "s"
+    assert sorted(optuna.get_all_study_names(url)) == ["s", "s/confirmation"]

@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 XSS = "<img src=x onerror=alert(1)>"
 CLASSES = ["cat", XSS, "dog|pipe"]
 # The report's sections, by name and title, in their order: their numbers are their places here.
-SECTIONS = {"findings": "Findings", "seed_presets": "Seed presets", "decomposition": "Gap decomposition",
-            "importance": "Parameter importance", "figures": "Figures", "top_trials": "Top trials",
-            "caveats": "Caveats"}
+SECTIONS = {"findings": "Findings", "confirmation": "Confirmation on fresh seeds", "seed_presets": "Seed presets",
+            "decomposition": "Gap decomposition", "importance": "Parameter importance", "figures": "Figures",
+            "top_trials": "Top trials", "caveats": "Caveats"}
 NUMBERED_TITLES = [(number, title) for number, title in enumerate(SECTIONS.values(), 1)]
 NUMBER = r"[-−+]?\d+(?:\.\d+)?"
 

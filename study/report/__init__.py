@@ -8,6 +8,7 @@ nothing); `to_markdown(report)` and `to_html(report)` render it. Modules, by wha
 * `views`: stored trials read into `TrialView`s (public parameter names, metrics, the momentum curve);
 * `findings`, `paired`, `caveats`: the sentences (`paired`: from the momentum curves; `findings`: across trials);
 * `stats`: the statistics they share;
+* `confirmation`: the answer retrained on fresh seeds (`--confirm K`), read from the companion study;
 * `tables`, `figures`: the report's tables and PNG figures;
 * `links`: the MLflow UI's addresses of the study's runs and model; `next_steps`: the best setting as a
   command, and the trials a paired answer still needs;

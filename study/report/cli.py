@@ -56,9 +56,16 @@ def resolve_study_name(storage, url: str, requested: str) -> str:
     """The study to report from Optuna's `storage` (opened from `url`); UsageError naming the choices."""
     import optuna
 
-    names = sorted(optuna.get_all_study_names(storage=storage))
+    stored = set(optuna.get_all_study_names(storage=storage))
+    # A study's confirmation (--confirm K) lives in a companion study beside it: its report is the study's.
+    companions = {contract.confirmation_study_name(name) for name in stored} & stored
+    names = sorted(stored - companions)
     listing = ", ".join(repr(n) for n in names) if names else "none"
     where = masked(url)
+    if requested in companions:
+        study = requested.removesuffix(contract.CONFIRMATION_SUFFIX)
+        raise UsageError(f"--study_name={requested!r} holds the confirmation of study {study!r}; its report is "
+                         f"that study's: pass --study_name {study!r}.")
     if requested:
         if requested not in names:
             raise UsageError(f"--study_name={requested!r} is not in {where}; studies there: {listing}.")

@@ -80,7 +80,9 @@ class Section:
 @dataclass
 class Report:
     """`next_steps`: lines below the first screen's headline (what more trials would answer); `ui`: the
-    MLflow UI's addresses of the study's runs and model, None to link nothing."""
+    MLflow UI's addresses of the study's runs and model, None to link nothing; `confirmed`: the first screen's
+    lines on the answer retrained on fresh seeds, or "not confirmed" (`study.report.confirmation`), right under
+    the headline; `confirmation`: the same as plain data for findings.json."""
 
     study_name: str
     summary: list[str]
@@ -89,6 +91,8 @@ class Report:
     sections: list[Section]
     next_steps: list[str] = field(default_factory=list)
     ui: UiLinks | None = None
+    confirmed: list[str] = field(default_factory=list)
+    confirmation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def figures(self) -> list[FigureImage]:
