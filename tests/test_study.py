@@ -1,6 +1,8 @@
-"""The study: the MLflow contract, resume, failures, Ctrl-C.
+"""The study end to end: what each trial logs, pruning, diverged and interrupted trials, the MLflow contract (for
+real, slow), Ctrl-C and resume, and where the stores are.
 
-Bad input is in tests/test_cli.py, the MLproject and conda.yaml checks in tests/test_mlproject.py.
+Bad input is in tests/test_cli.py, the MLproject and conda.yaml checks in tests/test_mlproject.py, the session's
+behaviour across reruns (top-ups, presets, failed trials) in tests/test_session.py.
 """
 
 from __future__ import annotations
@@ -33,44 +35,6 @@ from tests.helpers import (
 )
 
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
-
-
-def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
-    args = ["--epochs", "2", "--image_size", "16", "--pruner", "none"]
-    assert run_mocked(["--trials", "3", *args]) == 0
-    assert run_mocked(["--trials", "5", *args]) == 0
-    assert run_mocked(["--trials", "5", *args]) == 0  # already there: runs nothing
-    study = load_study(mock_study)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
-    presets = [t.user_attrs.get("preset") for t in study.trials]
-    assert presets == ["seed-initial", "seed-deeper", "seed-bn", "seed-final", None], "presets once, first"
-    children = child_runs("shapes-16px")
-    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3, 4]
-    parents = {r.data.tags["mlflow.parentRunId"] for r in children}
-    assert parents == {study.user_attrs["mlflow_parent_run_id"]}, "every invocation attaches to the study's run"
-    experiment = MlflowClient().get_experiment_by_name("shapes-16px")
-    runs = MlflowClient().search_runs([experiment.experiment_id])
-    assert len(runs) == 6, "one parent run, five trial runs: the rerun with nothing to do creates no run"
-    assert {r.info.status for r in runs} == {"FINISHED"}
-
-
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypatch):
-    from study import space
-
-    real_suggest = space.suggest
-
-    def crash_trial_5(trial, base):
-        config = real_suggest(trial, base)
-        return config.replace(dropout=0.99) if trial.number == 5 else config
-
-    monkeypatch.setattr(space, "suggest", crash_trial_5)
-    assert run_mocked(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
-    study = load_study(mock_study)
-    states = {t.number: t.state.name for t in study.trials}
-    assert states[5] == "FAIL" and list(states.values()).count("COMPLETE") == 6
-    failed = next(r for r in child_runs("shapes-16px") if r.data.tags["optuna_trial_number"] == "5")
-    assert failed.info.status == "FAILED" and failed.data.tags["trial_state"] == "FAIL"
-    assert "simulated crash" in failed.data.tags["error"]
 
 
 def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study):
@@ -315,30 +279,6 @@ def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
         "shapes-16px"}
 
 
-def test_the_eta_is_bounded_and_readable_for_any_trial_count():
-    # A huge --trials printed "ETA 2522579688333431852236m48s".
-    from study.session import _format_seconds
-
-    assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
-    assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
-    assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
-
-
-def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
-    # After --trials 3 the fourth preset stayed queued, and the report said the study "was interrupted or has not
-    # been resumed". Presets are now queued as they start: the fourth is not queued at all.
-    from study.report.build import build_report
-
-    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
-    assert run_mocked(["--trials", "3", *args]) == 0
-    study = load_study(mock_study)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    caveats = build_report(study, MlflowClient()).section("caveats").bullets
-    assert not any("interrupted" in line for line in caveats), caveats
-    assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
-            "study.run with a larger --trials to train it.") in caveats
-
-
 def test_a_moved_stores_folder_is_refused_on_rerun_and_the_old_path_is_not_re_created(tmp_path, monkeypatch, capsys):
     # The rerun used to re-create the old folder and write the new trials' artifacts there.
     old, new = tmp_path / "old", tmp_path / "new"
@@ -384,22 +324,3 @@ def test_a_tracking_server_that_answers_its_health_check_passes_even_behind_a_lo
     finally:
         server.shutdown()
         server.server_close()
-
-
-def test_a_preset_that_failed_by_its_own_error_is_not_retried_and_does_not_block_reruns(mock_study):
-    # Before, a failed preset was trained again first by every later command: one that always fails (too
-    # deep for the images, out of memory) failed each rerun, which then stopped at its allowed failures.
-    def deeper_fails(config, data, **options):
-        if config.depth == 3 and not config.batchnorm:
-            raise RuntimeError("out of memory")
-        return fake_train(config, data, **options)
-
-    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
-    assert run_mocked(["--trials", "3", *args], train_fn=deeper_fails) == 0
-    assert run_mocked(["--trials", "5", *args], train_fn=deeper_fails) == 0
-    study = load_study(mock_study)
-    trials = [(t.user_attrs.get(contract.PRESET_ATTR), t.state.name) for t in study.trials]
-    assert trials[:5] == [("seed-initial", "COMPLETE"), ("seed-deeper", "FAIL"), ("seed-bn", "COMPLETE"),
-                          ("seed-final", "COMPLETE"), (None, "COMPLETE")]
-    assert study.trials[1].user_attrs[contract.FAILED_BY_ERROR_ATTR] == "RuntimeError"
-    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5 and len(study.trials) == 6
