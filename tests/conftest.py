@@ -74,9 +74,10 @@ def tiny_data():
     return generate_shapes(image_size=16, n_images=96, seed=0)
 
 
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster on a free loopback port; yields its base URL (user postgres, trust)."""
+@pytest.fixture(scope="session")
+def _postgres_cluster():
+    """A throwaway PostgreSQL cluster on a free loopback port, one per test process (xdist worker): initdb takes
+    about 20 s, so each test gets fresh databases on it instead (`postgres`). Yields (port, the `runuser` prefix)."""
     if not (PG_BIN / "initdb").exists():
         pytest.skip(f"PostgreSQL binaries absent ({PG_BIN}); apt-get install postgresql (.ci/run does)")
     folder = Path(tempfile.mkdtemp(prefix="gaplab-pg-"))
@@ -88,14 +89,24 @@ def postgres():
     subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-l", str(folder / "log"), "-w",
                     "-o", f"-p {port} -h 127.0.0.1 -k {folder}", "start"], check=True, capture_output=True)
     try:
-        for database in ("optuna", "mlflow"):
-            subprocess.run([*as_postgres, str(PG_BIN / "createdb"), "-h", "127.0.0.1", "-p", str(port), database],
-                           check=True, capture_output=True)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+        yield port, as_postgres
     finally:
         subprocess.run([*as_postgres, str(PG_BIN / "pg_ctl"), "-D", str(folder / "data"), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres(_postgres_cluster):
+    """Empty databases `optuna` and `mlflow` on a throwaway PostgreSQL cluster; yields its base URL (user postgres,
+    trust). Whatever an earlier test left there (a killed worker's connections included) is dropped first."""
+    port, as_postgres = _postgres_cluster
+    server = ["-h", "127.0.0.1", "-p", str(port)]
+    for database in ("optuna", "mlflow"):
+        subprocess.run([*as_postgres, str(PG_BIN / "dropdb"), *server, "--if-exists", "--force", database],
+                       check=True, capture_output=True)
+        subprocess.run([*as_postgres, str(PG_BIN / "createdb"), *server, database], check=True, capture_output=True)
+    return f"postgresql+psycopg://postgres@127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 
 def _scripts() -> dict[str, str]:
     """pyproject's [project.scripts]: installed name -> module."""
-    import tomllib  # Python 3.11+, as in tests/test_study.py
+    import tomllib  # Python 3.11+, as in tests/test_mlproject.py
 
     scripts = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["scripts"]
     return {name: target.split(":")[0] for name, target in scripts.items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import build_study
+from tests.report_studies import build_study
 from tests.test_stores import read_only
 
 ROOT = Path(__file__).resolve().parents[1]
