@@ -267,7 +267,7 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
         per_epoch = client.get_metric_history(run_id, "val_accuracy_at_best_momentum")
         assert [m.step for m in per_epoch] == [2]
     # trials.csv keeps the curve's summary, not the nested curve.
-    from study.summary import trials_table
+    from study.tracking.summary import trials_table
 
     columns = set(trials_table(load_study(mock_study)).columns)
     assert "user_attrs_best_momentum" in columns and "user_attrs_" + MOMENTUM_CURVE_ATTR not in columns
@@ -449,11 +449,11 @@ def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
 
 def test_the_eta_is_bounded_and_readable_for_any_trial_count():
     # A huge --trials printed "ETA 2522579688333431852236m48s".
-    from study.session import _format_seconds
+    from study.progress import format_seconds
 
-    assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
-    assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
-    assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
+    assert [format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
+    assert format_seconds(2.0 * 10**9 * 60) == format_seconds(1e300) == "over a year"
+    assert format_seconds(float("inf")) == format_seconds(float("nan")) == "?"
 
 
 def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):

@@ -61,7 +61,7 @@ def test_mlflow_params_match_optuna_and_models_without_batchnorm_have_no_momentu
     parent = MlflowClient().get_run(study.user_attrs["mlflow_parent_run_id"]).data.metrics
     assert "best_bn_momentum" not in parent
     assert parent["best_dropout"] == 0.5 and parent["best_depth"] == 2 and parent["best_trial_number"] == 0
-    from study.summary import trials_table
+    from study.tracking.summary import trials_table
 
     table = trials_table(study)
     assert {"params_bn_momentum", "params_dropout"} <= set(table.columns)
