@@ -92,7 +92,7 @@ def validate(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"--batch_size={args.batch_size} is invalid; use 0 (search space) or a positive size.")
     if args.json:
         check_json_path(args.json)
-    from study import workers  # imports NumPy: after the checks that need none
+    from study import workers  # imports NumPy and Optuna: after the checks that need none
 
     workers.check_worker_count(args.workers, args.device, workers.parse_gpus("", workers.list_gpus()))
     return base
@@ -113,6 +113,7 @@ def check_json_path(value: str) -> None:
 
 def synthetic_data(image_size: int, images: int, seed: int):
     """Random pixels in the seed's shape, 6 balanced classes, split 70/15/15 per class as folders are."""
+    # After the arguments are checked, as every heavy import here (see `run_bench`).
     import numpy as np
 
     from gaplab.data import dataset_from_arrays

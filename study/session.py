@@ -225,8 +225,7 @@ def close(start: Start, settings: Settings, tracker: Tracker, code: int, seconds
         tracker.close(Ending.FAILED)
         return StudyOutcome.of(opened, parent_id, 1)
     # One process at a time: commands that end together register the best model once.
-    with opened.lock():
-        tracker.summarize(opened.study, {"study_seconds": seconds})
+    tracker.summarize(opened.study, {"study_seconds": seconds}, holding=opened.lock())
     tracker.close(Ending.WRITTEN)
     return StudyOutcome.of(opened, parent_id, 0 if code == 0 else 1)
 

@@ -20,6 +20,9 @@
   try of at most TRACKING_SERVER_TIMEOUT_S seconds instead of MLflow's minutes of retries;
 * bad URLs, missing drivers, wrong passwords and absent databases become a `UsageError` that names
   the URL with its password masked.
+
+The imports of SQLAlchemy, Optuna and MLflow sit inside the functions that use them: study.run imports this
+module before it checks its flags, and a bad flag is answered before any of them loads (tests/test_startup.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
@@ -34,8 +39,6 @@ def _state_colours(views):
 
 
 def params_figure(finished: list[TrialView]) -> bytes | None:
-    from matplotlib.figure import Figure
-
     if not finished:
         return None
 
@@ -75,8 +78,6 @@ def _axis(ax, param: space.Param) -> None:
 
 
 def horizon_figure(finished: list[TrialView]) -> bytes | None:
-    from matplotlib.figure import Figure
-
     subset = [v for v in finished if v.batchnorm and math.isfinite(v.horizon) and v.horizon > 0]
     if not subset:  # nothing to place on a log axis
         return None
@@ -99,8 +100,6 @@ def horizon_figure(finished: list[TrialView]) -> bytes | None:
 
 
 def momentum_batch_figure(finished: list[TrialView]) -> bytes | None:
-    from matplotlib.figure import Figure
-
     subset = [v for v in finished if v.batchnorm and "bn_momentum" in v.params and "batch_size" in v.params]
     if not subset:
         # An empty colour scale on log axes is what raised "Data cannot be log-scaled" into the caveats.
@@ -151,10 +150,6 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
 def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> bytes | None:
     """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps; the
     curves of `labels` (trial number -> name) drawn thicker and named in the legend."""
-    from matplotlib import colormaps
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
-
     if not paired:
         return None
     steps = [v.get("steps") for v in paired]
@@ -184,9 +179,6 @@ def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> b
 def band_figure(bands) -> bytes | None:
     """Training steps against momentum: each step group's band (`study.report.paired.Band`) as a box over the
     group's steps, labelled with its momenta, size and leave-one-out hits; a group with no band hatched grey."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     if not any(b.low is not None for b in bands):
         return None
     figure = Figure(figsize=(8, 5.5))
@@ -239,11 +231,6 @@ PARALLEL_CAPTION = ("One line per finished trial across its searched values, gap
 
 def parallel_figure(finished: list[TrialView]) -> bytes | None:
     """Parallel coordinates: every finished trial as one line across `parallel_axes()`, coloured by its gap."""
-    from matplotlib import colormaps
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
     trials = [v for v in finished if math.isfinite(v.get("gap"))]
     if len(trials) < 2:
         return None

@@ -86,11 +86,14 @@ class Tracker:
             log_dataset(data)
         return self.parent_run_id
 
-    def summarize(self, study: optuna.Study, extra_metrics: dict[str, float] | None = None) -> None:
-        """The end-of-study summary on the parent run (study.tracking.summary), once every trial run is written."""
+    def summarize(self, study: optuna.Study, extra_metrics: dict[str, float] | None = None,
+                  holding: contextlib.AbstractContextManager = contextlib.nullcontext()) -> None:
+        """The end-of-study summary on the parent run (study.tracking.summary), once every trial run is written;
+        `holding` (e.g. the study's lock) is held while it is logged, not while the writer is waited for."""
         self._writer.drain()
-        recovery.end_unwritten_trial_runs(study)
-        summary.log_study_summary(study, self.study_name, extra_metrics)
+        with holding:
+            recovery.end_unwritten_trial_runs(study)
+            summary.log_study_summary(study, self.study_name, extra_metrics)
 
     def describe(self, study: optuna.Study, ending: str) -> None:
         """The parent run's description (study.tracking.summary.describe_parent_run), `ending` saying how the
