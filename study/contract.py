@@ -120,6 +120,13 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # A trial whose worker died (no heartbeat): its run ends KILLED, trial_state FAIL, and the error
 # tag starts with this.
 WORKER_DIED = "worker died"
+# A finished trial's run that was never written (its process stopped first): KILLED, the error tag starts so.
+NOT_WRITTEN = "not written"
+# A trial's run whose writing failed: FAILED, the error tag starts so (the trial keeps its Optuna state).
+WRITE_FAILED = "writing the run failed"
+# A trial run's confusion matrices ({"split", "class_names", "matrix"}), on val and on test.
+CONFUSION_MATRIX_ARTIFACT = "confusion_matrix.json"
+CONFUSION_MATRIX_TEST_ARTIFACT = "confusion_matrix_test.json"
 # The study's experiment is tagged as model training. A UI that reads the tag (experiment types,
 # MLflow 3.4 until workflow-based navigation replaced them, mlflow/mlflow#20161) opens the experiment
 # in its runs view, not the GenAI one, and does not ask for its type. MLflow 3.17's UI ignores the

@@ -250,9 +250,10 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
 
     Each trial starts with the study's lock held (`OpenStudy.lock`): the finished and running trials are
     counted, and only while they are fewer than `target` is the queue filled (`fill_queue`, by default the
-    next seed preset, study.space) and the trial created, so that any number of processes on the study stop at exactly `target`. While the
-    others' running trials would reach it, this worker waits, failing trials whose process died so that
-    their place is taken.
+    next seed preset, study.space) and the trial created, so that any number of processes on the study
+    stop at exactly `target`. While the others' running trials would reach it, this worker waits, failing
+    trials whose process died so that their place is taken. `fill_queue` lets another study (e.g. one of
+    enqueued fixed trainings) run the same loop.
 
     A stop request ends the trial running (study.tracking.Tracker.trial ends its run) and gives
     stopping.EXIT_CODE; the caller's Tracker ends the runs still open.

@@ -102,7 +102,8 @@ def test_mlflow_tags_the_ui_reads_keep_their_names(client, experiment):
 
 
 def test_search_runs_filters_on_the_status_attribute(client, experiment):
-    """study.tracking.recovery.end_unwritten_trial_runs finds the runs left open with "attributes.status = 'RUNNING'"."""
+    """study.tracking.recovery.end_unwritten_trial_runs finds the runs left open with
+    "attributes.status = 'RUNNING'"."""
     running = client.create_run(experiment).info.run_id
     ended = client.create_run(experiment).info.run_id
     client.set_terminated(ended, "KILLED")

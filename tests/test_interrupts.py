@@ -23,8 +23,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import stopping
-from study.tracking import recovery
 from study.contract import PARENT_RUN_ID_ATTR, WORKER_ATTR
+from study.tracking import recovery
 from tests.conftest import (
     assert_one_study,
     finish,

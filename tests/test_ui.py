@@ -11,7 +11,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gaplab.curve import momentum_step
-from study.tracking import Tracker, summary
 from study.contract import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -20,6 +19,7 @@ from study.contract import (
     TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
     VAL_ACCURACY_AT_MOMENTUM_METRIC,
 )
+from study.tracking import Tracker, summary
 from tests.conftest import fake_train, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]

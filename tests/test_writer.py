@@ -1,4 +1,5 @@
-"""The tracking writer (study.tracking.writer): trial runs are written off the training path and still end only once written.
+"""The tracking writer (study.tracking.writer): trial runs are written off the training path and still end only once
+written.
 
 Real processes and real signals where a signal is involved: a study whose writer is slowed down (the
 subprocess wraps study.tracking.writer.write_trial in a sleep) is stopped by Ctrl-C, SIGTERM or kill -9 while

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+
 @dataclass
 class Finding:
     """One finding: its sentence and the numbers behind it (`findings.json` holds these, the pages render them).

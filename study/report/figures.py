@@ -23,8 +23,8 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
+from study import contract, space
 from study import figures as study_figures
-from study import space
 from study.report.views import TrialView
 
 
@@ -139,7 +139,7 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
     if not best.run_id:
         return None
     with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(best.run_id, "confusion_matrix.json", folder)
+        path = client.download_artifacts(best.run_id, contract.CONFUSION_MATRIX_ARTIFACT, folder)
         data = json.loads(Path(path).read_text())
     names = [str(name) for name in data["class_names"]]
     figure = study_figures.confusion_figure(data["matrix"], names,

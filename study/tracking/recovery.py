@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from study.contract import (
     MODEL_URI_ATTR,
+    NOT_WRITTEN,
     PARENT_RUN_ID_ATTR,
     STUDY_TAG,
     TRIAL_NUMBER_TAG,
@@ -27,9 +28,6 @@ from study.contract import (
     worker_name,
 )
 from study.tracking.runs import Ending, end_run, experiment_of, fail_pending_model
-
-# The error tag of a finished trial's run that was never written (its process stopped first) starts with this.
-NOT_WRITTEN = "not written"
 
 
 def end_stale_trial_run(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from gaplab.curve import MomentumCurve, momentum_step
 from gaplab.data import Dataset
 from study.contract import (
+    BEST_MODEL_ALIAS,
     ERROR_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -143,7 +144,7 @@ def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str | None
               file=sys.stderr)
         return None
     with contextlib.suppress(mlflow.exceptions.MlflowException):
-        current = client.get_model_version_by_alias(study_name, "best")
+        current = client.get_model_version_by_alias(study_name, BEST_MODEL_ALIAS)
         if current.run_id == run_id:
             return current.version
     val_accuracy, test_accuracy = float(best.value), float(best.user_attrs.get("test_accuracy", float("nan")))
@@ -153,7 +154,7 @@ def register_best(study_name: str, best: optuna.trial.FrozenTrial) -> str | None
     client.update_model_version(study_name, version.version, description=(
         f"The best trial of study {study_name!r} when registered: trial {best.number}, val_accuracy "
         f"{val_accuracy:.4f} (the objective), test_accuracy {test_accuracy:.4f}; MLflow run {run_id}."))
-    client.set_registered_model_alias(study_name, "best", version.version)
+    client.set_registered_model_alias(study_name, BEST_MODEL_ALIAS, version.version)
     return version.version
 
 

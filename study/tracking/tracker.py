@@ -87,11 +87,11 @@ class Tracker:
         return self.parent_run_id
 
     def summarize(self, study: optuna.Study, extra_metrics: dict[str, float] | None = None,
-                  holding: contextlib.AbstractContextManager = contextlib.nullcontext()) -> None:
+                  holding: contextlib.AbstractContextManager | None = None) -> None:
         """The end-of-study summary on the parent run (study.tracking.summary), once every trial run is written;
         `holding` (e.g. the study's lock) is held while it is logged, not while the writer is waited for."""
         self._writer.drain()
-        with holding:
+        with holding or contextlib.nullcontext():
             recovery.end_unwritten_trial_runs(study)
             summary.log_study_summary(study, self.study_name, extra_metrics)
 

@@ -16,11 +16,11 @@ then ends the run (`end_trial_run`). What the study promises still holds:
   the training thread does not wait for a store write per epoch (12 ms on SQLite with 2 busy cores;
   training on a GPU is about 20x faster, the write is not), and the epochs do not wait behind a
   trial's figures and model. A run's trial write, and the end of a run
-  that is not handed over (study.objective), wait for that run's epochs first; an epoch that cannot
+  that is not handed over (study.tracking.Tracker), wait for that run's epochs first; an epoch that cannot
   be written ends a handed-over run FAILED like a failed write;
-* before the summary (study.tracking.summary) and when its Tracker closes, the process waits for the writer; after a stop
-  (Ctrl-C, SIGTERM) for at most STOP_DRAIN_SECONDS, after which the runs not written are ended KILLED
-  (error tag starting "not written") and one line says so;
+* before the summary (study.tracking.summary) and when its Tracker closes, the process waits for the
+  writer; after a stop (Ctrl-C, SIGTERM) for at most STOP_DRAIN_SECONDS, after which the runs not
+  written are ended KILLED (error tag starting "not written") and one line says so;
 * after kill -9 a run the writer held stays RUNNING until study.tracking.recovery.end_unwritten_trial_runs
   ends it KILLED: the heartbeat path does where the process died during its next trial, and every
   start of the study and every summary does for processes of its host.
@@ -56,8 +56,15 @@ from gaplab.data import Dataset
 from gaplab.device import backend_package
 from gaplab.trainer import EpochCallback, TrainResult
 from study import figures, stopping
-from study.contract import MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, TIMING_METRIC_PREFIX
-from study.tracking.recovery import NOT_WRITTEN
+from study.contract import (
+    CONFUSION_MATRIX_ARTIFACT,
+    CONFUSION_MATRIX_TEST_ARTIFACT,
+    MOMENTUM_CURVE_ARTIFACT,
+    MOMENTUM_CURVE_FIGURE,
+    NOT_WRITTEN,
+    TIMING_METRIC_PREFIX,
+    WRITE_FAILED,
+)
 from study.tracking.runs import Ending, TrialRun, end_run, fail_pending_model, momentum_curve_metrics
 
 # After a stop request, how long the process waits for the writer before ending its runs KILLED.
@@ -67,8 +74,6 @@ DRAIN_POLL_SECONDS = 0.2
 # How long a run that ends on the training thread (not handed over) waits for its epochs' metrics; only a
 # stuck store makes it wait at all.
 EPOCHS_WAIT_SECONDS = 10.0
-# The error tag of a run whose writing failed starts with this.
-WRITE_FAILED = "writing the run failed"
 
 
 @dataclass
@@ -77,7 +82,7 @@ class TrialWrite:
 
     `trial_state` is the Optuna state the trial ends in (COMPLETE, PRUNED, or FAIL where training
     diverged, with `error`). `model` is the stock-Keras model to log, built on the training thread
-    (see study.writer), under the logged model `model_id` created there.
+    (see the module docstring), under the logged model `model_id` created there.
     """
 
     run: TrialRun
@@ -133,12 +138,11 @@ def write_trial(write: TrialWrite) -> None:
     client.log_batch(run_id, metrics=finals + timings, tags=[RunTag("diverged", str(result.diverged).lower())])
     names = list(result.class_names)
     confusion = figures.trial_confusion_renderer(tuple(names))
-    for split, matrix in (("val", result.confusion_val), ("test", result.confusion_test)):
-        suffix = "" if split == "val" else "_test"
-        client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()},
-                        f"confusion_matrix{suffix}.json")
+    for split, matrix, artifact in (("val", result.confusion_val, CONFUSION_MATRIX_ARTIFACT),
+                                    ("test", result.confusion_test, CONFUSION_MATRIX_TEST_ARTIFACT)):
+        client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()}, artifact)
         client.log_image(run_id, confusion(matrix, f"Trial {number}: confusion matrix ({split})"),
-                         artifact_file=f"confusion_matrix{suffix}.png")
+                         artifact_file=artifact.removesuffix(".json") + ".png")
     curves = figures.trial_curves_renderer(result.config.epochs)
     client.log_image(run_id, curves(result.history, f"Trial {number}: learning curves"),
                      artifact_file="learning_curves.png")
