@@ -48,7 +48,7 @@ from pathlib import Path
 
 from gaplab.config import TrainConfig
 from gaplab.device import DEVICES, DeviceError, prepare_backend
-from study.cli import ArgumentParser, UsageError, command, fail, native_logs_filtered, quiet_logging
+from study.commands import ArgumentParser, UsageError, command, fail, native_logs_filtered, quiet_logging
 from study.settings import check_training_values
 
 

@@ -15,7 +15,7 @@ import optuna
 
 from gaplab.data import Dataset
 from study import contract, describe, stopping
-from study.cli import UsageError
+from study.commands import UsageError
 from study.objective import Objective, Trainer
 from study.settings import Settings, default_study_name
 from study.storage import StudyLock, fail_orphaned_trials, fail_stale_trials, open_optuna_storage

@@ -24,7 +24,7 @@ from gaplab.dataset import DataError
 from gaplab.device import DeviceError, prepare_backend
 from gaplab.folders import list_image_folder
 from study import stopping
-from study.cli import (
+from study.commands import (
     ArgumentParser,
     UsageError,
     command,
@@ -157,7 +157,7 @@ def _command(argv: list[str], train_fn, program: str) -> int:
     try:
         # Heavy imports after validation, so bad input is answered at once. A signal while the backend's
         # native modules load is acted on once they have (study.stopping), and their C++ start-up lines are
-        # dropped (study.cli).
+        # dropped (study.commands).
         with stopping.interrupts_deferred(), native_logs_filtered():
             from study import session
             from study.objective import Trainer

@@ -30,7 +30,7 @@ import optuna
 from gaplab import device
 from gaplab.data import DEFAULT_IMAGES, Dataset, generate_shapes, load_image_folder
 from study import contract, space, stopping, workers
-from study.cli import fail
+from study.commands import fail
 from study.contract import TrialCounts
 from study.objective import Trainer
 from study.optuna_study import (

@@ -64,7 +64,7 @@ def graceful_stop(process_exits: bool = False) -> Iterator[None]:
 
     `process_exits`: the process ends after the block (the command run as a program). Once a stop was
     requested, further signals are then ignored instead: they would cut the interpreter's exit short
-    (its atexit handlers, the tracking writer's among them) and turn exit code 130 into a death by signal.
+    (its atexit handlers, MLflow's among them) and turn exit code 130 into a death by signal.
     """
     requested.clear()
     repeated.clear()

@@ -38,7 +38,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from study.cli import UsageError, command
+from study.commands import UsageError, command
 from study.stopping import signals_deferred
 
 # Seconds without a heartbeat after which a RUNNING trial counts as dead. Tests shorten it.

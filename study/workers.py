@@ -21,7 +21,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 import numpy as np
 
 from study import stopping
-from study.cli import UsageError
+from study.commands import UsageError
 from study.contract import worker_name
 
 # Set in a worker's environment: its index. Its presence makes `python -m study.run` a worker

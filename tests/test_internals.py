@@ -51,7 +51,7 @@ def experiment(client, request) -> str:
 
 
 def test_mlflow_eprint_looks_up_the_logging_stream_when_it_prints():
-    """study.cli.quiet_logging silences MLflow's notes by replacing `logging_utils.MLFLOW_LOGGING_STREAM`."""
+    """study.commands.quiet_logging silences MLflow's notes by replacing `logging_utils.MLFLOW_LOGGING_STREAM`."""
     from mlflow.utils import logging_utils
 
     saved, stream = logging_utils.MLFLOW_LOGGING_STREAM, io.StringIO()

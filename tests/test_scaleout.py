@@ -315,7 +315,7 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_pat
           f"total {time.time() - started:.0f} s")
     _assert_study_is_whole(storage, trials, number, mlflow_server)
 
-    from study.cli import UsageError
+    from study.commands import UsageError
     from study.storage import open_optuna_storage
 
     assert open_optuna_storage(storage).engine.pool._pre_ping, "dropped connections are re-opened"

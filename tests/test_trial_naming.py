@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from gaplab.compiled import variable_values
 from gaplab.model import build_model
-from study import figures, space
+from study import shared_figures as figures
+from study import space
 from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
 from tests.conftest import child_runs, fake_train, load_study, run_mocked
 

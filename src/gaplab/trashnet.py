@@ -25,9 +25,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from gaplab.cli import ArgumentParser, fail
 from gaplab.config import image_size_problem
 from gaplab.dataset import DataError
+from gaplab.usage import ArgumentParser, fail
 
 SOURCE_URL = "https://github.com/garythung/trashnet"
 # Images per class in TrashNet's data/dataset-resized, and in trashnet150.

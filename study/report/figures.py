@@ -1,7 +1,7 @@
 """The report's figures, as PNG bytes: every trial's momentum curve, parameters, EMA horizon,
 momentum × batch size, learning curves and the best trial's confusion matrix. Trial figures, and
 the confusion-matrix and learning-curve figures the report shares with the trials, are in
-`study.figures`.
+`study.shared_figures`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
-from study import contract, space
-from study import figures as study_figures
+from study import contract, shared_figures, space
 from study.report.views import TrialView
 
 
@@ -132,7 +131,7 @@ def curves_figure(client, top: list[TrialView]) -> bytes | None:
             histories[f"trial {v.number}"] = history
     if not histories:
         return None
-    return _png(study_figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
+    return _png(shared_figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
 
 
 def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
@@ -142,7 +141,7 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
         path = client.download_artifacts(best.run_id, contract.CONFUSION_MATRIX_ARTIFACT, folder)
         data = json.loads(Path(path).read_text())
     names = [str(name) for name in data["class_names"]]
-    figure = study_figures.confusion_figure(data["matrix"], names,
+    figure = shared_figures.confusion_figure(data["matrix"], names,
                                       f"Trial {best.number}, {data.get('split', 'val')} split")
     return _png(figure), names
 
@@ -165,7 +164,7 @@ def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> b
         ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", **style)
         ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=style["color"],
                 markeredgecolor="k", markersize=5)
-    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
+    shared_figures.momentum_axis(ax, shared_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
     ax.set_ylabel("val accuracy (same weights)")
     ax.set_title(f"Momentum curves of {len(paired)} trials (dot: the trial's own momentum)")
     ax.grid(alpha=0.3)
@@ -183,7 +182,7 @@ def band_figure(bands) -> bytes | None:
         return None
     figure = Figure(figsize=(8, 5.5))
     ax = figure.subplots()
-    decades = study_figures.momentum_decades(m for b in bands if b.low is not None for m in (b.low, b.high))
+    decades = shared_figures.momentum_decades(m for b in bands if b.low is not None for m in (b.low, b.high))
     # A band of one grid momentum, or a group of one step count, still gets a box one can see.
     half_height, half_width = 10 ** 0.12, 10 ** 0.06
     for b in bands:
@@ -206,7 +205,7 @@ def band_figure(bands) -> bytes | None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(
         lambda x, _: f"{x:g}" if x > 0 and round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
-    study_figures.momentum_axis(ax, decades, which="y")
+    shared_figures.momentum_axis(ax, decades, which="y")
     ax.set_title("Momenta within one val standard error of the val-best for 3 in 4 trials")
     ax.grid(alpha=0.3)
     ax.legend(handles=[Patch(color="C2", alpha=0.4, label="band: momenta to train at"),

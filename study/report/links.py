@@ -12,7 +12,7 @@ import re
 from urllib.parse import quote, urlsplit
 
 from study import contract
-from study.cli import UsageError
+from study.commands import UsageError
 from study.report.document import Link, UiLinks
 
 # Where `mlflow ui` (and `mlflow server`) listens unless told otherwise.

@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 
 from gaplab.config import PRESETS, TrainConfig
 from study import contract, space
-from study.cli import command
+from study.commands import command
 from study.report import stats
 from study.report.views import TrialView, fmt_param, points
 

@@ -55,7 +55,7 @@ from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
 from gaplab.device import backend_package
 from gaplab.trainer import EpochCallback, TrainResult
-from study import figures, stopping
+from study import shared_figures, stopping
 from study.contract import (
     CONFUSION_MATRIX_ARTIFACT,
     CONFUSION_MATRIX_TEST_ARTIFACT,
@@ -137,13 +137,13 @@ def write_trial(write: TrialWrite) -> None:
     timings = [Metric(f"{TIMING_METRIC_PREFIX}{key}", value, timestamp, 0) for key, value in result.timings.items()]
     client.log_batch(run_id, metrics=finals + timings, tags=[RunTag("diverged", str(result.diverged).lower())])
     names = list(result.class_names)
-    confusion = figures.trial_confusion_renderer(tuple(names))
+    confusion = shared_figures.trial_confusion_renderer(tuple(names))
     for split, matrix, artifact in (("val", result.confusion_val, CONFUSION_MATRIX_ARTIFACT),
                                     ("test", result.confusion_test, CONFUSION_MATRIX_TEST_ARTIFACT)):
         client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()}, artifact)
         client.log_image(run_id, confusion(matrix, f"Trial {number}: confusion matrix ({split})"),
                          artifact_file=artifact.removesuffix(".json") + ".png")
-    curves = figures.trial_curves_renderer(result.config.epochs)
+    curves = shared_figures.trial_curves_renderer(result.config.epochs)
     client.log_image(run_id, curves(result.history, f"Trial {number}: learning curves"),
                      artifact_file="learning_curves.png")
     if result.momentum_curve is not None:
@@ -181,7 +181,7 @@ def log_momentum_curve(client: MlflowClient, run_id: str, curve: MomentumCurve, 
     labelled) and the curve's metrics, on run `run_id`."""
     data = curve.as_dict()
     client.log_dict(run_id, data, MOMENTUM_CURVE_ARTIFACT)
-    render = figures.trial_momentum_renderer(tuple(grid), figures.momentum_decades(curve.momentum))
+    render = shared_figures.trial_momentum_renderer(tuple(grid), shared_figures.momentum_decades(curve.momentum))
     title = f"Trial {trial_number}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
     client.log_image(run_id, render(data, title), artifact_file=MOMENTUM_CURVE_FIGURE)
     client.log_batch(run_id, metrics=momentum_curve_metrics(curve))

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from study import contract
-from study.cli import ArgumentParser, UsageError, command, fail, quiet_logging
+from study.commands import ArgumentParser, UsageError, command, fail, quiet_logging
 from study.report.build import build_report
 from study.report.links import DEFAULT_UI_URL, check_ui_url
 from study.report.render import write_report
