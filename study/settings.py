@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from gaplab.config import ConfigError, TrainConfig
 from gaplab.device import DEVICES
-from study.cli import UsageError
+from study.commands import UsageError
 
 # The smallest --image_size at which every seed preset fits the model: the depth-3 presets need 14 px
 # (gaplab.model.allowed_depths; test_space checks this against it). A study always queues the presets, so

@@ -22,8 +22,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import stopping, tracking
+from study import stopping
 from study.contract import PARENT_RUN_ID_ATTR, WORKER_ATTR
+from study.tracking import recovery
 from tests.helpers import (
     assert_one_study,
     finish,
@@ -127,7 +128,7 @@ def test_a_stale_trial_whose_run_id_never_reached_optuna_has_its_run_found_by_it
     trial.set_user_attr(WORKER_ATTR, "elsewhere:1")
     run = client.create_run(parent.info.experiment_id, run_name="trial-001", tags={
         "optuna_trial_number": "1", "study_name": STUDY, "mlflow.parentRunId": parent.info.run_id})
-    tracking.end_stale_trial_run(study, study.trials[1])
+    recovery.end_stale_trial_run(study, study.trials[1])
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert client.get_run(run.info.run_id).data.tags["error"].startswith("worker died: elsewhere:1")
     assert client.get_run(parent.info.run_id).info.status == "FINISHED", "only the trial's run is ended"

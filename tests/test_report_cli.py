@@ -189,7 +189,7 @@ def test_a_study_with_no_finished_trial_is_one_line_exit_3_and_no_report(tmp_pat
                                                                           expected):
     from optuna.trial import TrialState
 
-    from study.report.cli import NOTHING_TO_REPORT
+    from study.report.command import NOTHING_TO_REPORT
 
     storage = _bare_study(tmp_path / "stores", "empty", [TrialState[state] for state in states],
                           "ValueError: depth=3 is too deep for image_size=8\nTraceback (most recent call last): ...")

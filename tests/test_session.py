@@ -8,8 +8,9 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
-from study import contract, session, stopping, tracking, workers
+from study import contract, session, stopping, workers
 from study import run as run_module
+from study.objective import Trainer
 from tests.helpers import child_runs, fake_train, load_study, run_mocked
 
 STUDY = "shapes-16px"
@@ -37,7 +38,7 @@ def test_the_outcome_counts_the_trials_and_names_the_parent_run_as_the_stores_ho
         return fake_train(config, data, callbacks, **options)
 
     settings = _settings("--trials", "12", "--epochs", "2", "--pruner", "median")
-    outcome = session.run_study(settings, [], train_fn=seed_bn_crashes)
+    outcome = session.run_study(settings, [], Trainer(seed_bn_crashes))
 
     study, runs = _stores(mock_study)
     assert outcome.exit_code == 0 and outcome.study_name == STUDY
@@ -56,7 +57,7 @@ def test_a_study_whose_every_trial_fails_ends_with_exit_1_and_its_parent_run_fai
     def crashes(config, data, callbacks=(), verbose=0, **options):
         raise RuntimeError("simulated crash")
 
-    outcome = session.run_study(_settings("--trials", "2", "--epochs", "1", "--pruner", "none"), [], crashes)
+    outcome = session.run_study(_settings("--trials", "2", "--epochs", "1", "--pruner", "none"), [], Trainer(crashes))
 
     study, runs = _stores(mock_study)
     assert (outcome.exit_code, outcome.finished, outcome.pruned, outcome.failed) == (1, 0, 0, 2)
@@ -73,7 +74,7 @@ def test_an_interrupt_during_a_trial_ends_with_the_stop_exit_code_and_every_run_
         return fake_train(config, data, callbacks, **options)
 
     settings = _settings("--trials", "3", "--epochs", "1", "--pruner", "none")
-    outcome = session.run_study(settings, [], interrupted_in_the_second_trial)
+    outcome = session.run_study(settings, [], Trainer(interrupted_in_the_second_trial))
 
     study, runs = _stores(mock_study)
     assert (outcome.exit_code, outcome.finished, outcome.failed) == (stopping.EXIT_CODE, 1, 1)
@@ -82,18 +83,6 @@ def test_an_interrupt_during_a_trial_ends_with_the_stop_exit_code_and_every_run_
     assert statuses.pop(outcome.parent_run_id) == "KILLED"
     assert sorted(statuses.values()) == ["FINISHED", "KILLED"]
     assert mlflow.active_run() is None
-
-
-def test_end_active_runs_ends_the_inner_runs_and_leaves_the_kept_one_open(mock_study):
-    mlflow.set_experiment("runs")
-    parent = mlflow.start_run().info.run_id
-    child = mlflow.start_run(nested=True).info.run_id
-    tracking.end_active_runs("KILLED", keep=parent)
-    assert mlflow.active_run().info.run_id == parent
-    assert MlflowClient().get_run(child).info.status == "KILLED"
-    tracking.end_active_runs("KILLED")
-    assert mlflow.active_run() is None
-    assert MlflowClient().get_run(parent).info.status == "KILLED"
 
 
 @pytest.mark.parametrize("environ, taken", [({"MLFLOW_RUN_ID": "abc", "PATH": "/bin"}, "abc"),
@@ -113,9 +102,9 @@ def test_a_rerun_after_an_interrupted_preset_trains_it_first_and_ends_as_an_unin
         return fake_train(config, data, callbacks, **options)
 
     settings = _settings("--trials", "3", "--epochs", "1", "--pruner", "none")
-    assert session.run_study(settings, [], interrupted_in_seed_deeper).exit_code == stopping.EXIT_CODE
+    assert session.run_study(settings, [], Trainer(interrupted_in_seed_deeper)).exit_code == stopping.EXIT_CODE
     capsys.readouterr()
-    assert session.run_study(settings, [], fake_train).exit_code == 0
+    assert session.run_study(settings, [], Trainer(fake_train)).exit_code == 0
     assert ("to train: 2 trial(s), first the preset(s) seed-deeper, seed-bn"
             in capsys.readouterr().out.splitlines()[0])
     study, _ = _stores(mock_study)
@@ -168,11 +157,11 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypat
 
 def test_the_eta_is_bounded_and_readable_for_any_trial_count():
     # A huge --trials printed "ETA 2522579688333431852236m48s".
-    from study.session import _format_seconds
+    from study.progress import format_seconds
 
-    assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
-    assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
-    assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
+    assert [format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
+    assert format_seconds(2.0 * 10**9 * 60) == format_seconds(1e300) == "over a year"
+    assert format_seconds(float("inf")) == format_seconds(float("nan")) == "?"
 
 
 

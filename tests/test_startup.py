@@ -145,7 +145,7 @@ def test_a_short_real_study_prints_no_library_chatter(tmp_path):
 
 
 def test_the_backends_start_up_lines_are_dropped_below_the_threshold_and_the_rest_kept(monkeypatch, capfd):
-    from study.cli import native_logs_filtered
+    from study.commands import native_logs_filtered
 
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     written = [

@@ -101,7 +101,7 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
         per_epoch = client.get_metric_history(run_id, "val_accuracy_at_best_momentum")
         assert [m.step for m in per_epoch] == [2]
     # trials.csv keeps the curve's summary, not the nested curve.
-    from study.summary import trials_table
+    from study.tracking.summary import trials_table
 
     columns = set(trials_table(load_study(mock_study)).columns)
     assert "user_attrs_best_momentum" in columns and "user_attrs_" + MOMENTUM_CURVE_ATTR not in columns

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from gaplab.compiled import variable_values
 from gaplab.model import build_model
-from study import figures, space
+from study import shared_figures as figures
+from study import space
 from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR
 from tests.helpers import child_runs, fake_train, load_study, run_mocked
 
@@ -61,7 +62,7 @@ def test_mlflow_params_match_optuna_and_models_without_batchnorm_have_no_momentu
     parent = MlflowClient().get_run(study.user_attrs["mlflow_parent_run_id"]).data.metrics
     assert "best_bn_momentum" not in parent
     assert parent["best_dropout"] == 0.5 and parent["best_depth"] == 2 and parent["best_trial_number"] == 0
-    from study.summary import trials_table
+    from study.tracking.summary import trials_table
 
     table = trials_table(study)
     assert {"params_bn_momentum", "params_dropout"} <= set(table.columns)

@@ -1,6 +1,6 @@
 """The study report: findings, tables and figures, every number read from the stored study.
 
-    python -m study.report --study_name shapes-32px      # see study.report.cli
+    python -m study.report --study_name shapes-32px      # see study.report.command
 
 `build_report(study, client)` is the analysis (pure: it reads the study and MLflow, writes
 nothing); `to_markdown(report)` and `to_html(report)` render it. Modules, by what changes together:
@@ -13,11 +13,11 @@ nothing); `to_markdown(report)` and `to_html(report)` render it. Modules, by wha
 * `links`: the MLflow UI's addresses of the study's runs and model; `next_steps`: the best setting as a
   command, and the trials a paired answer still needs;
 * `document`: the `Report` as plain data; `render`: Markdown, HTML and the files;
-* `build`: `build_report`; `cli`: the command line.
+* `build`: `build_report`; `command`: the command line.
 """
 
 from study.report.build import build_report
-from study.report.cli import build_parser, main
+from study.report.command import build_parser, main
 from study.report.document import Report
 from study.report.render import to_html, to_markdown, write_report
 

@@ -13,9 +13,9 @@ from typing import Any
 from study import contract
 from study.report import confirmation, figures, next_steps, paired, tables
 from study.report.caveats import caveats
-from study.report.document import FigureImage, Finding, Report, Section, headings
+from study.report.document import FigureImage, Finding, Report, Section, UiLinks, headings
 from study.report.findings import across_trial_findings, best_setting
-from study.report.links import UiLinks, mlflow_links
+from study.report.links import mlflow_links
 from study.report.views import TrialView, complete_by_value, fmt, points, trial_views
 from study.report.views import finished as finished_trials
 

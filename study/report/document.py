@@ -6,10 +6,8 @@ Everything here is plain text and numbers; the renderers (`study.report.render`)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from study.report.links import UiLinks
 
 @dataclass
 class Finding:
@@ -41,6 +39,21 @@ class Link:
 
     def __str__(self) -> str:
         return self.text
+
+
+@dataclass
+class UiLinks:
+    """The MLflow UI's addresses for one study: `runs` maps run ids to their pages (the renderers link every
+    occurrence of those ids), `overview` is the study's experiment, parent run and registered model, and
+    `served_by` says how to open the UI when the store is local ("" for a tracking server)."""
+
+    base: str
+    runs: dict[str, str] = field(default_factory=dict)
+    overview: list[Link] = field(default_factory=list)
+    served_by: str = ""
+
+    def run(self, run_id: str) -> str | None:
+        return self.runs.get(run_id)
 
 
 @dataclass

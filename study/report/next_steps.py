@@ -8,8 +8,9 @@ import shlex
 
 from optuna.trial import TrialState
 
+from gaplab.config import PRESETS, TrainConfig
 from study import contract, space
-from study.cli import command
+from study.commands import command
 from study.report import stats
 from study.report.views import TrialView, fmt_param, points
 
@@ -27,8 +28,6 @@ def retrain(best: TrialView | None, settings: dict) -> list[tuple[str, str]]:
     given setting, so the command is the library call."""
     if best is None:
         return []
-    from gaplab.config import PRESETS, TrainConfig
-
     base = PRESETS.get(best.preset or "", TrainConfig())
     values = {"batchnorm": best.batchnorm, **{p.name: best.params.get(p.name, getattr(base, p.name))
                                               for p in space.PARAMS if p.exists(best.batchnorm)}}

@@ -22,8 +22,13 @@ import os
 import sys
 from pathlib import Path
 
+import mlflow
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
 from study import contract
-from study.cli import ArgumentParser, UsageError, command, fail, quiet_logging
+from study.commands import ArgumentParser, UsageError, command, fail, quiet_logging
 from study.report.build import build_report
 from study.report.links import DEFAULT_UI_URL, check_ui_url
 from study.report.render import write_report
@@ -54,8 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_study_name(storage, url: str, requested: str) -> str:
     """The study to report from Optuna's `storage` (opened from `url`); UsageError naming the choices."""
-    import optuna
-
     stored = set(optuna.get_all_study_names(storage=storage))
     # A study's confirmation (--confirm K) lives in a companion study beside it: its report is the study's.
     companions = {contract.confirmation_study_name(name) for name in stored} & stored
@@ -93,9 +96,6 @@ def check_out_folder(out: str) -> Path:
 def open_study(args: argparse.Namespace):
     """(study, tracking URI): the study read from its storage and the MLflow store it recorded (or the one
     given), both checked; nothing is created or written."""
-    import mlflow
-    import optuna
-
     storage = args.storage or default_storage(args.tracking_uri or mlflow.get_tracking_uri())
     check_storage_url(storage, must_exist=True)
     optuna_storage = open_optuna_storage(storage, create=False)
@@ -115,9 +115,6 @@ def open_study(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_logging()
-    import optuna
-    from mlflow.tracking import MlflowClient
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = args.out or "reports"
     try:
@@ -156,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def nothing_to_report(study, client) -> str | None:
     """Why `study` has nothing to report (no complete or pruned trial yet), in one line; None when it has."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     if any(t.state in contract.FINISHED_STATES for t in trials):
         return None

@@ -1,9 +1,8 @@
 """End-of-study results on the parent run: best trial, importances, trials table, registered model, and the
 run's description (the study in a few lines, and how to get its report), which the MLflow UI shows first.
 
-The summary first waits for this process's tracking writer (study.writer) and ends the runs whose
-process stopped before writing them, so that the registered model exists and every trial run it
-reads is written.
+The Tracker (study.tracking.Tracker.summarize) first waits for its writer and ends the runs whose process
+stopped before writing them, so that the registered model exists and every trial run it reads is written.
 """
 
 from __future__ import annotations
@@ -19,15 +18,18 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import TrialState
 
-from study import space, tracking, writer
+from study import space
 from study.contract import (
     MODEL_URI_ATTR,
     MOMENTUM_CURVE_ATTR,
     PARENT_RUN_ID_ATTR,
     PRESET_ATTR,
     RUN_ID_ATTR,
+    TrialCounts,
+    trial_run_name,
 )
 from study.importance import IMPORTANCE_TARGETS, param_importances
+from study.tracking.runs import log_json, register_best
 
 
 def trials_table(study: optuna.Study):
@@ -49,10 +51,8 @@ def best_values(best: optuna.trial.FrozenTrial) -> dict[str, float]:
     return {name: float(values[name]) for name in space.names() if name in values}
 
 
-def log_study_summary(study: optuna.Study, study_name: str) -> None:
-    """Log best trial, importances, trials.csv and register the best model, on the active run."""
-    writer.drain_process_writer()
-    tracking.end_unwritten_trial_runs(study)
+def log_study_summary(study: optuna.Study, study_name: str, extra_metrics: dict[str, float] | None = None) -> None:
+    """Log best trial, importances, trials.csv, `extra_metrics` and register the best model, on the active run."""
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = study.best_trial
         mlflow.log_metrics({
@@ -60,13 +60,15 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
             "best_trial_number": float(best.number),
             **{f"best_{name}": value for name, value in best_values(best).items()},
         })
-        if best.user_attrs.get(MODEL_URI_ATTR) and (version := tracking.register_best(study_name, best)):
+        if best.user_attrs.get(MODEL_URI_ATTR) and (version := register_best(study_name, best)):
             mlflow.set_tag("registered_model", f"models:/{study_name}@best (version {version})")
     importances = param_importances(study)
-    tracking.log_json(importances, "param_importances.json")
+    log_json(importances, "param_importances.json")
     for target in IMPORTANCE_TARGETS:
         for name, score in importances.get(target, {}).items():
             mlflow.log_metric(f"importance_{target}.{name}", score)
+    if extra_metrics:
+        mlflow.log_metrics(extra_metrics)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trials.csv"
         trials_table(study).to_csv(path, index=False)
@@ -96,9 +98,8 @@ def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "fin
         raise ValueError(f"ending={ending!r} is unknown; use one of {', '.join(COMMAND_ENDINGS)}.")
     client = MlflowClient()
     parent = client.get_run(run_id or study.user_attrs[PARENT_RUN_ID_ATTR])
-    states = [trial.state for trial in study.get_trials(deepcopy=False)]
-    complete, pruned, failed, running = (states.count(state) for state in (
-        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))
+    counts = TrialCounts.of(study)
+    complete, pruned, failed, running = counts.complete, counts.pruned, counts.failed, counts.running
     lines = [f"**Study {study_name}**: {complete + pruned} trials finished ({complete} complete, {pruned} pruned), "
              f"{failed} failed" + (f", {running} running" if running else "") + "."]
     if complete:
@@ -119,7 +120,7 @@ def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "fin
 
 def _best_trial_line(best: optuna.trial.FrozenTrial, experiment_id: str) -> str:
     attrs = best.user_attrs
-    run_name = f"trial-{best.number:03d}"
+    run_name = trial_run_name(best.number)
     run = (f"[{run_name}](#/experiments/{experiment_id}/runs/{attrs[RUN_ID_ATTR]})" if RUN_ID_ATTR in attrs
            else run_name)
     preset = f", preset {attrs[PRESET_ATTR]}" if attrs.get(PRESET_ATTR) else ""
