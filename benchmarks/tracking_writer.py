@@ -4,8 +4,8 @@
 
 Two studies on the built-in data, in throw-away stores, take turns trial by trial with the same sampler
 seed (so the same configs): one writes each trial's run on the training thread (figures, artifacts, final
-metrics, model, then the run's end: what the objective did before study.writer), the other hands it to
-the background writer (study.writer). Per trial it prints the seconds the objective spent outside
+metrics, model, then the run's end: what the objective did before study.tracking.writer), the other hands it to
+the background writer (study.tracking.writer). Per trial it prints the seconds the objective spent outside
 training and sampling (run start, user attributes, preparing the write, waiting for the writer, handing
 over), the train() call's seconds (with the per-epoch callbacks: the inline study writes each epoch's
 metrics there; the writer thread shares the CPU), and the seconds each thread spent writing.
@@ -26,8 +26,9 @@ import optuna
 from gaplab.config import TrainConfig
 from gaplab.data import DEFAULT_IMAGES, generate_shapes
 from gaplab.trainer import train
-from study import space, writer
+from study import space
 from study.objective import Objective
+from study.tracking import Tracker, writer
 
 
 class InlineWriter(writer.TrackingWriter):
@@ -38,7 +39,6 @@ class InlineWriter(writer.TrackingWriter):
         writer.write_epoch(epoch)
 
     def submit(self, write: writer.TrialWrite) -> None:
-        write.run.handed_off = True
         failure = None
         try:
             writer.write_trial(write)
@@ -92,9 +92,9 @@ def main() -> None:
                 return config
 
             tracking_writer = InlineWriter() if mode == "inline" else writer.TrackingWriter()
-            objectives[mode] = (Objective(mode, data, base, {}, prune_on="own_momentum", parent_run_id=parents[mode],
-                                          train_fn=timed_train, suggest_fn=timed_suggest,
-                                          tracking_writer=tracking_writer), outside, tracking_writer)
+            tracker = Tracker(mode, parent_run_id=parents[mode], tracking_writer=tracking_writer)
+            objectives[mode] = (Objective(tracker, data, base, {}, prune_on="own_momentum", train_fn=timed_train,
+                                          suggest_fn=timed_suggest), outside, tracking_writer)
         for _ in range(args.trials):
             for mode, (objective, outside, _) in objectives.items():
                 outside.clear()

@@ -51,10 +51,12 @@ COMMAND = "python scripts/screenshots.py"
 # Each picture: what it shows (its caption), and the files whose code decides what it shows.
 PICTURES = {
     "docs/mlflow-experiment.png": ("The study's experiment in the MLflow UI: one run per trial, sorted by val_accuracy",
-                                   ["study/tracking.py", "study/writer.py", "study/space.py", "study/contract.py"]),
-    "docs/mlflow-parent-run.png": ("The parent run's description", ["study/summary.py", "study/contract.py"]),
+                                   ["study/tracking/tracker.py", "study/tracking/writer.py", "study/space.py",
+                                    "study/contract.py"]),
+    "docs/mlflow-parent-run.png": ("The parent run's description", ["study/tracking/summary.py", "study/contract.py"]),
     "docs/mlflow-trial.png": ("A trial's Model metrics: the momentum curve first",
-                              ["study/writer.py", "study/tracking.py", "study/contract.py", "src/gaplab/curve.py"]),
+                              ["study/tracking/writer.py", "study/tracking/runs.py", "study/contract.py",
+                               "src/gaplab/curve.py"]),
     "docs/optuna-dashboard.png": ("The study in optuna-dashboard", ["study/describe.py", "study/space.py"]),
     "docs/optuna-dashboard-note.png": ("The study's note in optuna-dashboard: how to read its page",
                                        ["study/describe.py", "study/space.py", "study/importance.py"]),

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from gaplab.config import TrainConfig
 from gaplab.device import DEVICES, DeviceError, prepare_backend
-from study.cli import ArgumentParser, UsageError, command, fail, native_logs_filtered, quiet_logging
+from study.commands import ArgumentParser, UsageError, command, fail, native_logs_filtered, quiet_logging
 from study.settings import check_training_values
 
 
@@ -92,7 +92,7 @@ def validate(args: argparse.Namespace) -> TrainConfig:
         raise UsageError(f"--batch_size={args.batch_size} is invalid; use 0 (search space) or a positive size.")
     if args.json:
         check_json_path(args.json)
-    from study import workers  # imports NumPy: after the checks that need none
+    from study import workers  # imports NumPy and Optuna: after the checks that need none
 
     workers.check_worker_count(args.workers, args.device, workers.parse_gpus("", workers.list_gpus()))
     return base
@@ -113,6 +113,7 @@ def check_json_path(value: str) -> None:
 
 def synthetic_data(image_size: int, images: int, seed: int):
     """Random pixels in the seed's shape, 6 balanced classes, split 70/15/15 per class as folders are."""
+    # After the arguments are checked, as every heavy import here (see `run_bench`).
     import numpy as np
 
     from gaplab.data import dataset_from_arrays
@@ -159,9 +160,10 @@ def run_bench(args: argparse.Namespace, base: TrainConfig, started: float) -> di
 
         from gaplab import device
         from gaplab.trainer import train
-        from study import space, summary
+        from study import space
         from study.objective import Objective
         from study.session import training_device_for
+        from study.tracking import Tracker
 
         training_device = training_device_for(args.device)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -178,22 +180,24 @@ def run_bench(args: argparse.Namespace, base: TrainConfig, started: float) -> di
             sampler = optuna.samplers.PartialFixedSampler({"batch_size": args.batch_size}, sampler)
         study = optuna.create_study(study_name=study_name, storage=f"sqlite:///{Path(folder) / 'optuna.db'}",
                                     direction="maximize", sampler=sampler, pruner=optuna.pruners.NopPruner())
-        fixed = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed, "device": training_device}
-        objective = Objective(study_name, data, base, fixed, train_fn=clock.timed(train, "train_call"),
-                              suggest_fn=clock.timed(space.suggest, "sampling"))
+        study_params = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed,
+                        "device": training_device}
+        with mlflow.start_run(run_name=study_name) as parent, \
+                Tracker(study_name, parent_run_id=parent.info.run_id) as tracker:
+            objective = Objective(tracker, data, base, study_params, train_fn=clock.timed(train, "train_call"),
+                                  suggest_fn=clock.timed(space.suggest, "sampling"))
 
-        def timed_objective(trial):
-            clock.trials.append({"number": trial.number, "began": time.perf_counter()})
-            try:
-                return objective(trial)
-            finally:
-                clock.trials[-1]["ended"] = time.perf_counter()
+            def timed_objective(trial):
+                clock.trials.append({"number": trial.number, "began": time.perf_counter()})
+                try:
+                    return objective(trial)
+                finally:
+                    clock.trials[-1]["ended"] = time.perf_counter()
 
-        with mlflow.start_run(run_name=study_name):
             mlflow.log_params({"backend": device.backend(), "backend_version": device.backend_version(),
                                "device": args.device})
             study.optimize(timed_objective, n_trials=args.trials, catch=(Exception,), gc_after_trial=False)
-            summary.log_study_summary(study, study_name)
+            tracker.summarize(study)
         failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
         if failed:
             raise BenchFailed(f"{len(failed)} of {args.trials} benchmark trials failed (first: trial "

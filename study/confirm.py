@@ -4,7 +4,7 @@ The search's best trial is the largest of many noisy val accuracies, measured on
 initialisation, one data order). The confirmation retrains, once the study has its `--trials`:
 
 * `recommended`: the best trial's parameters, chosen on val with the report's recommended batchnorm fix
-  applied (study.report.paired: the same trial and option the report names);
+  applied (study.report.confirmation.current_recommendation: the same trial and option the report names);
 * `best_without_bn`: the best trial without batchnorm, chosen on val, where the study has one and the
   recommended trial has batchnorm (otherwise it would train the recommended setting again);
 * `starting_point`: the seed's own setting, the `seed-bn` preset (batchnorm at momentum 0.99).
@@ -39,14 +39,14 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from gaplab.config import MAX_SEED, TrainConfig
-from gaplab.curve import MomentumCurve
-from study import contract, space, stopping, tracking, writer
-from study.cli import fail
-from study.report import paired, stats
-from study.report.views import finished as finished_views
+from study import contract, space, stopping
+from study.commands import fail
+from study.optuna_study import OpenStudy
+from study.progress import format_seconds
+from study.report.confirmation import Recommendation, best_without_batchnorm, recommendation_of
 from study.report.views import trial_views
-from study.session import OpenStudy, TrainFn, _ending_the_start, _format_seconds
-from study.storage import fail_orphaned_trials, fail_stale_trials
+from study.session import _ending_the_start
+from study.tracking import Tracker
 
 # Confirmation seed i (from 1) is the study's seed + SEED_OFFSET + i: never the study's own seed, and read at
 # a glance in a run's name (seed 0's confirmation seeds are 1001, 1002, ...).
@@ -60,47 +60,12 @@ def confirmation_seeds(study_seed: int, k: int) -> list[int]:
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    """The search trial the report recommends (chosen on val with the fix applied) and the fix (a
-    study.report.paired option: own, precise or band, with the band's momentum)."""
-
-    trial: int
-    option: str
-    momentum: float | None
-
-    @property
-    def key(self) -> str:
-        return f"trial {self.trial} · {self.option}"
-
-    def as_attr(self) -> dict[str, object]:
-        return {"key": self.key, "trial": self.trial, "option": self.option, "momentum": self.momentum}
-
-
-@dataclass(frozen=True)
 class Arm:
     """One arm: its name, the search trial it retrains (None: a preset the study never finished) and its config."""
 
     name: str
     source_trial: int | None
     config: TrainConfig
-
-
-def recommend(study: optuna.Study) -> tuple[Recommendation, int | None] | None:
-    """(the recommendation, the best trial without batchnorm or None) from the report's own functions;
-    None while no trial is complete."""
-    finished = finished_views(trial_views(study))
-    found, split = paired.pairs(paired.with_curves(finished))
-    option, scored = paired.OWN, []
-    if split == "test" and len(found) >= stats.MIN_PAIRED_N:
-        scored = paired.options(found, paired.bands(found))
-        option = paired.recommend([o for o in scored if o.pair.complete])
-    ranked = paired.ranked_with_fix(scored, finished, option)
-    if not ranked:
-        return None
-    best = ranked[0]
-    band = next((o.band_momentum for o in scored if o.number == best.number), None)
-    without = next((v.number for v in ranked if not v.batchnorm), None) if best.batchnorm else None
-    return Recommendation(best.number, option, band if option == paired.BAND else None), without
 
 
 def trial_config(trial: FrozenTrial, base: TrainConfig) -> TrainConfig:
@@ -158,16 +123,17 @@ def open_companion(opened: OpenStudy) -> optuna.Study:
 
 
 def plan(opened: OpenStudy, companion: optuna.Study, k: int) -> Plan | None:
-    """The confirmation of the study's current recommendation with K seeds, recorded on the companion study;
-    None where no trial is complete. The caller holds the lock."""
-    found = recommend(opened.study)
-    if found is None:
+    """The confirmation of the study's current recommendation (the report's own,
+    study.report.confirmation.recommendation_of) with K seeds, recorded on the companion study; None where no
+    trial is complete. The caller holds the lock."""
+    views = trial_views(opened.study)
+    recommendation = recommendation_of(views)
+    if recommendation is None:
         return None
-    recommendation, without_bn = found
     base = opened.settings.base
     companion.set_user_attr(contract.CONFIRM_K_ATTR, k)
     companion.set_user_attr(contract.RECOMMENDATION_ATTR, recommendation.as_attr())
-    return Plan(recommendation, arms(opened.study, base, recommendation, without_bn),
+    return Plan(recommendation, arms(opened.study, base, recommendation, best_without_batchnorm(views, recommendation)),
                 confirmation_seeds(base.seed, k))
 
 
@@ -206,7 +172,7 @@ def cost_line(opened: OpenStudy, confirmation: Plan, missing: list[tuple[Arm, in
     """What the confirmation will cost: trainings in all and still to train, and the time the search's trials
     took for the same configs (divided among `--workers`)."""
     seconds = estimated_seconds(opened.study, missing) / opened.settings.workers
-    estimate = (f"; about {_format_seconds(seconds)}, as long as the search took for the same settings"
+    estimate = (f"; about {format_seconds(seconds)}, as long as the search took for the same settings"
                 if math.isfinite(seconds) else "")
     names = ", ".join(arm.name for arm in confirmation.arms)
     return (f"confirmation of {confirmation.recommendation.key}: {len(confirmation.arms)} arm(s) ({names}) x "
@@ -214,38 +180,43 @@ def cost_line(opened: OpenStudy, confirmation: Plan, missing: list[tuple[Arm, in
             + (f"{len(missing)} to train{estimate}" if missing else "all trained"))
 
 
-def run_confirmation(opened: OpenStudy, parent_run_id: str, k: int, train_fn: TrainFn | None = None,
-                     label: str = "", poll_s: float = 1.0) -> int:
+def run_confirmation(opened: OpenStudy, parent_run_id: str, k: int, label: str = "", poll_s: float = 1.0) -> int:
     """Confirm the study's recommendation with `k` seeds per arm (nothing for k 0); 0 when every (arm, seed)
-    pair has a trial that ended, stopping.EXIT_CODE if stopped. Runs in every worker after the search."""
+    pair has a trial that ended, stopping.EXIT_CODE if stopped. Runs in every worker after the search, training
+    with the study's trainer (`opened.trainer`)."""
     if k == 0:
         return 0
-    with opened.lock(), stopping.interrupts_deferred():
-        companion = open_companion(opened)
-        tracking.end_unwritten_trial_runs(companion)  # runs a killed process's writer held
-        confirmation = plan(opened, companion, k)
-        missing = confirmation.missing(companion) if confirmation else []
-    if confirmation is None:
-        print(f"{label}no confirmation: the study has no complete trial to confirm.", file=sys.stderr, flush=True)
-        return 0
-    print(label + cost_line(opened, confirmation, missing), flush=True)
-    # The objective of the companion: its runs are tagged with its name, its trials are the fixed ones queued here.
-    on_companion = dataclasses.replace(opened, study=companion, name=companion.study_name)
-    objective = on_companion.objective(parent_run_id, train_fn, suggest_fn=confirmation_config,
-                                       run_identity=run_identity)
-    try:
-        return _train_missing(opened, companion, confirmation, objective, label, poll_s)
-    except KeyboardInterrupt:
-        writer.drain_process_writer(writer.STOP_DRAIN_SECONDS)
-        tracking.end_active_runs("KILLED", keep=parent_run_id)
-        return stopping.EXIT_CODE
+    # The companion's runs nest in the study's parent run and carry the companion's name (contract.STUDY_TAG), so
+    # that study.tracking.recovery finds a dead confirmation training's run in the companion study.
+    with Tracker(contract.confirmation_study_name(opened.name), parent_run_id=parent_run_id) as tracker:
+        with opened.lock(), stopping.interrupts_deferred():
+            companion = open_companion(opened)
+            tracker.recover(companion)  # runs a killed process's writer held
+            confirmation = plan(opened, companion, k)
+            missing = confirmation.missing(companion) if confirmation else []
+        if confirmation is None:
+            print(f"{label}no confirmation: the study has no complete trial to confirm.", file=sys.stderr, flush=True)
+            return 0
+        print(label + cost_line(opened, confirmation, missing), flush=True)
+        # The companion's handle: its dead trials failed, its trials the fixed ones queued here, named by arm and seed.
+        on_companion = dataclasses.replace(opened, study=companion, name=companion.study_name)
+        objective = on_companion.objective(tracker, suggest_fn=confirmation_config, run_identity=run_identity)
+        try:
+            return _train_missing(opened, on_companion, confirmation, objective, label, poll_s)
+        except KeyboardInterrupt:
+            return stopping.EXIT_CODE  # the Tracker ends its runs KILLED on leaving
 
 
-def _train_missing(opened: OpenStudy, companion: optuna.Study, confirmation: Plan,
+def _train_missing(opened: OpenStudy, on_companion: OpenStudy, confirmation: Plan,
                    objective: Callable[[optuna.Trial], float], label: str, poll_s: float) -> int:
     """study.session.run_worker's loop, for the companion: each start, under the study's lock, fails dead trials,
     queues the next missing pair and trains it; waits while others train the last ones. 1 once as many trainings
-    in a row failed without their own error (a store that refuses every run) as there are pairs."""
+    in a row failed without their own error (a store that refuses every run) as there are pairs.
+
+    Not run_worker itself: it ends at a count of finished trials, and the confirmation ends when every pair is
+    held (`Plan.missing`), which no count says: a pair whose training failed by its own error is done, and an
+    earlier recommendation's trainings in the companion count for nothing."""
+    companion = on_companion.study
     total = len(confirmation.wanted())
     failures = 0
     while True:
@@ -253,8 +224,7 @@ def _train_missing(opened: OpenStudy, companion: optuna.Study, confirmation: Pla
         with contextlib.ExitStack() as start:
             start.enter_context(opened.lock())
             start.enter_context(stopping.interrupts_deferred())
-            fail_stale_trials(companion)
-            fail_orphaned_trials(companion, opened.storage, tracking.end_stale_trial_run)
+            on_companion.fail_dead_trials()
             missing = confirmation.missing(companion)
             waiting = companion.get_trials(deepcopy=False, states=(TrialState.WAITING,))
             running = companion.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -289,70 +259,3 @@ class _Progress:
         print(f"{self.label}[confirm {self.done}/{self.total}] {attrs.get(contract.ARM_ATTR)} seed "
               f"{attrs.get(contract.SEED_ATTR)} {trial.state.name:<8} val={attrs.get('val_accuracy', math.nan):.3f} "
               f"test={attrs.get('test_accuracy', math.nan):.3f}", flush=True)
-
-
-# ---------------------------------------------------------------- reading a confirmation back
-def load_companion(study: optuna.Study) -> optuna.Study | None:
-    """The study's companion study, None where it has none."""
-    try:
-        # Optuna has no public accessor for a study's storage; the companion lives on the same one.
-        return optuna.load_study(study_name=contract.confirmation_study_name(study.study_name), storage=study._storage)
-    except KeyError:
-        return None
-
-
-def fixed_test_accuracy(attrs: dict, recommendation: dict) -> float:
-    """A confirmation training's test accuracy with the recommended fix (PreciseBN, or the band's momentum read
-    off its curve); as trained where the option is its own momentum or the training has no curve."""
-    try:
-        curve = MomentumCurve.read(attrs[contract.MOMENTUM_CURVE_ATTR])
-    except (KeyError, ValueError):
-        return float(attrs.get("test_accuracy", math.nan))
-    if recommendation["option"] == paired.PRECISE and curve.recalibrated_test_accuracy is not None:
-        return curve.recalibrated_test_accuracy
-    if recommendation["option"] == paired.BAND and recommendation["momentum"] is not None and curve.test_accuracy:
-        return curve.test_accuracy[paired._index_at(curve, recommendation["momentum"])]
-    return float(attrs.get("test_accuracy", math.nan))
-
-
-@dataclass(frozen=True)
-class Confirmed:
-    """The current recommendation's confirmation read back: per arm, the complete trainings' attributes."""
-
-    recommendation: dict
-    k: int
-    by_arm: dict[str, list[dict]]
-
-    def mean_test(self, arm: str, with_fix: bool = False) -> float:
-        values = [fixed_test_accuracy(a, self.recommendation) if with_fix else a.get("test_accuracy", math.nan)
-                  for a in self.by_arm.get(arm, [])]
-        return statistics.fmean(values) if values else math.nan
-
-
-def confirmed(study: optuna.Study) -> Confirmed | None:
-    """The confirmation of the study's latest recommendation; None where there is none."""
-    companion = load_companion(study)
-    recommendation = companion.user_attrs.get(contract.RECOMMENDATION_ATTR) if companion else None
-    if recommendation is None:
-        return None
-    by_arm: dict[str, list[dict]] = {}
-    for trial in companion.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if trial.user_attrs.get(contract.CONFIRMS_ATTR) == recommendation["key"]:
-            by_arm.setdefault(trial.user_attrs[contract.ARM_ATTR], []).append(dict(trial.user_attrs))
-    return Confirmed(recommendation, int(companion.user_attrs.get(contract.CONFIRM_K_ATTR, 0)), by_arm)
-
-
-def describe_line(found: Confirmed) -> str:
-    """The confirmed numbers for the parent run's description: mean test accuracy per arm over its seeds, and n."""
-    option = found.recommendation["option"]
-    parts = []
-    for arm in contract.ARMS:
-        n = len(found.by_arm.get(arm, []))
-        if not n:
-            continue
-        text = f"{arm} {found.mean_test(arm):.4f}"
-        if arm == contract.RECOMMENDED_ARM and option != paired.OWN:
-            text += f" as trained, {found.mean_test(arm, with_fix=True):.4f} with {option}"
-        parts.append(f"{text} (n={n})")
-    return (f"**Confirmed** ({found.recommendation['key']}, {found.k} fresh seeds per arm): mean test_accuracy "
-            + ("; ".join(parts) if parts else "none trained yet") + ".")

@@ -1,6 +1,6 @@
 """The study↔report contract: every name the study writes and the report (or a user) reads back.
 
-The study (`study.run`, `study.objective`, `study.tracking`, `study.summary`) writes these into
+The study (`study.run`, `study.objective`, `study.tracking`) writes these into
 Optuna's storage and MLflow; the report, the importances and the tests read them. Each name is
 defined here once, so "where is `mlflow_run_id` defined?" has one answer. Nothing here imports
 Keras or MLflow.
@@ -8,6 +8,12 @@ Keras or MLflow.
 
 from __future__ import annotations
 
+import os
+import socket
+from collections import Counter
+from dataclasses import dataclass
+
+import optuna
 from optuna.trial import TrialState
 
 from gaplab import curve
@@ -17,6 +23,29 @@ from gaplab import curve
 
 # What `--trials` counts, and what the report treats as measured.
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+@dataclass(frozen=True)
+class TrialCounts:
+    """A study's trials by state: `finished` (complete and pruned) is what `--trials` counts."""
+
+    complete: int
+    pruned: int
+    failed: int
+    running: int
+    waiting: int
+
+    @property
+    def finished(self) -> int:
+        return self.complete + self.pruned
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> TrialCounts:
+        states = Counter(trial.state for trial in study.get_trials(deepcopy=False))
+        return cls(complete=states[TrialState.COMPLETE], pruned=states[TrialState.PRUNED],
+                   failed=states[TrialState.FAIL], running=states[TrialState.RUNNING],
+                   waiting=states[TrialState.WAITING])
+
 
 # ---------------------------------------------------------------- study user attributes
 PARENT_RUN_ID_ATTR = "mlflow_parent_run_id"
@@ -28,12 +57,12 @@ TRIALS_TARGET_ATTR = "trials_target"
 # How many commands began the study (set-up counts itself in, under the study's lock): a command's sampler
 # seed draws on it, so that commands started together on one study do not sample alike.
 COMMANDS_STARTED_ATTR = "commands_started"
-# The study's fixed settings (image size, epochs, seed, data, dataset digest, pruner, prune_on) and
-# its data_dir: a resume with other settings is refused, and the report reads the seed and prune_on
-# from here. Studies begun before pruner and prune_on were fixed lack those two keys.
+# The study's settings every process must share (image size, epochs, seed, data, dataset digest, pruner,
+# prune_on) and its data_dir: a resume with other settings is refused, and the report reads the seed and
+# prune_on from here. Studies begun before pruner and prune_on were fixed lack those two keys.
 SETTINGS_ATTR = "settings"
 # The keys of SETTINGS_ATTR that must match for a process to resume or join the study.
-FIXED_SETTINGS = ("dataset", "dataset_digest", "image_size", "epochs", "seed", "pruner", "prune_on")
+SHARED_SETTING_KEYS = ("dataset", "dataset_digest", "image_size", "epochs", "seed", "pruner", "prune_on")
 
 # ---------------------------------------------------------------- trial user attributes
 PRESET_ATTR = "preset"
@@ -45,12 +74,29 @@ MODEL_URI_ATTR = "model_uri"
 # complement), and whether the model has batchnorm at all (presets without BN).
 BN_MOMENTUM_ATTR = "bn_momentum"
 BATCHNORM_ATTR = "batchnorm"
-# "host:pid" of the worker process that ran the trial: names the trial of a worker that died.
+# "host:pid" of the worker process that ran the trial (`worker_name`): names the trial of a worker that died.
 WORKER_ATTR = "worker"
+
+
+def worker_name(host: str | None = None, pid: int | None = None) -> str:
+    """`host:pid`, the name of a worker process (this one by default), as WORKER_ATTR holds it."""
+    return f"{host or socket.gethostname()}:{os.getpid() if pid is None else pid}"
+
+
+def parse_worker_name(worker: str) -> tuple[str, int | None]:
+    """(host, pid) of a `worker_name`; pid None where it is not one."""
+    host, _, pid = worker.rpartition(":")
+    return host, int(pid) if pid.isdigit() else None
+
 # Besides these, every key of `gaplab.trainer.TrainResult.final_metrics()` is a trial user
 # attribute of the same name (val_accuracy, gap, mode_gap, steps, ...).
 
 # ---------------------------------------------------------------- MLflow tags and statuses
+def trial_run_name(trial_number: int) -> str:
+    """The name of a trial's MLflow run and of its logged model: `trial-007`."""
+    return f"trial-{trial_number:03d}"
+
+
 TRIAL_STATE_TAG = "trial_state"
 TRIAL_NUMBER_TAG = "optuna_trial_number"
 STUDY_TAG = "study_name"
@@ -74,6 +120,13 @@ RUN_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 # A trial whose worker died (no heartbeat): its run ends KILLED, trial_state FAIL, and the error
 # tag starts with this.
 WORKER_DIED = "worker died"
+# A finished trial's run that was never written (its process stopped first): KILLED, the error tag starts so.
+NOT_WRITTEN = "not written"
+# A trial's run whose writing failed: FAILED, the error tag starts so (the trial keeps its Optuna state).
+WRITE_FAILED = "writing the run failed"
+# A trial run's confusion matrices ({"split", "class_names", "matrix"}), on val and on test.
+CONFUSION_MATRIX_ARTIFACT = "confusion_matrix.json"
+CONFUSION_MATRIX_TEST_ARTIFACT = "confusion_matrix_test.json"
 # The study's experiment is tagged as model training. A UI that reads the tag (experiment types,
 # MLflow 3.4 until workflow-based navigation replaced them, mlflow/mlflow#20161) opens the experiment
 # in its runs view, not the GenAI one, and does not ask for its type. MLflow 3.17's UI ignores the
@@ -130,6 +183,10 @@ DEFAULT_PRUNE_ON = "best_momentum"
 # After the search, each arm is retrained on K fresh seeds in a companion Optuna study on the same storage,
 # named confirmation_study_name(study): enqueued fixed trials, no sampler, never counted by `--trials`.
 CONFIRMATION_SUFFIX = "/confirmation"
+# `--confirm K`'s default: the command's, MLproject's (tests/test_mlproject.py checks they are equal) and the K the
+# report's "not confirmed" command asks for where the study never stored one. 3 costs 18 % of the default study's
+# wall (docs/costs.md#confirmation).
+DEFAULT_CONFIRM_K = 3
 # The arms, in the report's order: the best trial's parameters (evaluated with the report's recommended
 # batchnorm fix, read off the same training's momentum curve or PreciseBN, and as trained); the best
 # trial without batchnorm, where the study has any and the recommended trial has batchnorm (else it is the

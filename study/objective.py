@@ -2,8 +2,8 @@
 
 Pruning never throws inside training: `PruningCallback` only stops it, so a pruned trial is
 still measured at the epoch where it stopped and logs the same final metrics as a complete one.
-A trained trial's run is written by the process's tracking writer (study.writer) while the next
-trial trains; each epoch's metrics are written by the writer too, as the epoch ends.
+A trial's run comes from the process's Tracker (study.tracking), whose writer writes a trained trial's
+run while the next trial trains, and each epoch's metrics as the epoch ends.
 The seed presets report to the pruner but are never pruned. The pruner is fed, per `prune_on`,
 the val accuracy at the trial's own momentum or at the best grid momentum (the same weights with
 better-settled statistics); the objective is always the val accuracy at the own momentum.
@@ -11,8 +11,8 @@ better-settled statistics); the objective is always the val accuracy at the own 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import optuna
@@ -20,7 +20,7 @@ import optuna
 from gaplab.config import TrainConfig
 from gaplab.data import Dataset
 from gaplab.trainer import EpochCallback, TrainResult, train
-from study import space, stopping, tracking, writer
+from study import space, stopping
 from study.contract import (
     BATCHNORM_ATTR,
     BN_MOMENTUM_ATTR,
@@ -32,6 +32,17 @@ from study.contract import (
     PRUNE_ON_METRIC,
 )
 from study.pruning import read_epochs
+from study.tracking import Tracker, TrialRun
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """What trains a trial's config, chosen once per command (study.run.main): the function (gaplab.trainer.train;
+    tests inject stand-ins) and the program (a module run with `python -m`) that each `--workers` process runs,
+    which trains with the same function, so that one worker and N train alike."""
+
+    train: Callable[..., TrainResult] = train
+    program: str = "study.run"
 
 
 class TrainingDiverged(RuntimeError):
@@ -83,58 +94,45 @@ class PruningCallback(EpochCallback):
 class Objective:
     """Callable for `study.optimize`; the data is loaded once by the caller and shared.
 
-    `train_fn` is the trainer (gaplab.trainer.train) and `suggest_fn` samples a trial's config
-    (study.space.suggest); tests pass stand-ins, and study.bench passes them timed. `tracking_writer`
-    writes the trained trials' runs (default: study.writer.process_writer()). `run_identity(trial)` gives
-    a trial run's name and extra tags (default: `trial-NNN`, none; study.confirm names its runs by arm and seed).
+    `tracker` (study.tracking.Tracker) holds the trials' runs: they nest in its parent run. `study_params`
+    are the params every trial's run logs that are the study's rather than the trial's (image size,
+    epochs, seed, device). `train_fn` is the trainer (gaplab.trainer.train) and `suggest_fn` samples a
+    trial's config (study.space.suggest); tests pass stand-ins, and study.bench passes them timed.
+    `run_identity(trial)` gives a trial run's name and extra tags (default: `trial-NNN`, none; study.confirm
+    names its runs by arm and seed).
     """
 
-    def __init__(self, study_name: str, data: Dataset, base: TrainConfig, fixed_params: dict[str, object],
-                 prune_on: str = DEFAULT_PRUNE_ON, parent_run_id: str | None = None,
-                 train_fn: Callable[..., TrainResult] | None = None,
+    def __init__(self, tracker: Tracker, data: Dataset, base: TrainConfig, study_params: dict[str, object],
+                 prune_on: str = DEFAULT_PRUNE_ON, train_fn: Callable[..., TrainResult] | None = None,
                  suggest_fn: Callable[[optuna.Trial, TrainConfig], TrainConfig] | None = None,
-                 tracking_writer: writer.TrackingWriter | None = None,
                  run_identity: Callable[[optuna.Trial], tuple[str | None, dict[str, str]]] | None = None):
+        self.tracker = tracker
         self.run_identity = run_identity or (lambda trial: (None, {}))
         self.train_fn = train_fn or train
-        self.writer = tracking_writer or writer.process_writer()
         self.suggest_fn = suggest_fn or space.suggest
-        self.study_name = study_name
-        self.parent_run_id = parent_run_id
         self.data = data
         self.base = base
-        self.fixed_params = fixed_params
+        self.study_params = study_params
         self.prune_on = prune_on
 
     def __call__(self, trial: optuna.Trial) -> float:
         stopping.raise_if_requested()
         config = self.suggest_fn(trial, self.base)
         preset = trial.user_attrs.get(PRESET_ATTR)
-        params = {**self.fixed_params, **space.logged_params(config), **({PRESET_ATTR: preset} if preset else {})}
-        run_name, extra_tags = self.run_identity(trial)
-        with tracking.trial_run(self.study_name, trial, params, self.parent_run_id, run_name, extra_tags) as run:
-            try:
+        params = {**self.study_params, **space.logged_params(config), **({PRESET_ATTR: preset} if preset else {})}
+        run_name, tags = self.run_identity(trial)
+        try:
+            with self.tracker.trial(trial, params, run_name=run_name, tags=tags) as run:
                 return self._train_and_log(trial, config, preset, run)
-            except Exception as error:
-                if stopping.is_interruption(error) and not isinstance(error, optuna.TrialPruned):
-                    raise KeyboardInterrupt(f"stop requested; {type(error).__name__}: {error}") from error
-                if not isinstance(error, optuna.TrialPruned):
-                    trial.set_user_attr(FAILED_BY_ERROR_ATTR, type(error).__name__)
-                raise
-            finally:
-                if not run.handed_off:
-                    # trial_run ends this run here: after the epochs' metrics the writer still holds for it.
-                    failure = self.writer.wait_for_epochs(run.run_id, writer.EPOCHS_WAIT_SECONDS)
-                    if failure is not None:
-                        print(f"trial {trial.number}: its epochs' metrics could not all be written to MLflow "
-                              f"({type(failure).__name__}: {failure}).", file=sys.stderr, flush=True)
+        except Exception as error:  # an interruption leaves the tracker as KeyboardInterrupt, not an Exception
+            if not isinstance(error, optuna.TrialPruned):
+                trial.set_user_attr(FAILED_BY_ERROR_ATTR, type(error).__name__)
+            raise
 
-    def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None,
-                       run: tracking.TrialRun) -> float:
-        run_id = run.run_id
+    def _train_and_log(self, trial: optuna.Trial, config: TrainConfig, preset: str | None, run: TrialRun) -> float:
         read = read_epochs(trial.study.pruner, prunable=preset is None)
         pruning = PruningCallback(trial, prunable=preset is None, prune_on=self.prune_on, read=read)
-        callbacks = [StopRequestCallback(), writer.EpochLogger(run_id, self.writer), pruning]
+        callbacks = [StopRequestCallback(), self.tracker.epoch_logger(run), pruning]
         # The grid's val passes are only paid for where the pruner reads them.
         with stopping.stops_between_batches():
             result = self.train_fn(config, self.data, callbacks=callbacks,
@@ -150,13 +148,13 @@ class Objective:
         diverged = (TrainingDiverged(f"loss became NaN or inf by epoch {result.epochs}; config {config}")
                     if result.diverged else None)
         state = "FAIL" if diverged else "PRUNED" if pruned else "COMPLETE"
-        write = writer.prepare_write(run, result, self.data, state,
-                                     f"TrainingDiverged: {diverged}" if diverged else None,
-                                     with_model=state == "COMPLETE")
+        write = self.tracker.prepare_write(run, result, self.data, state,
+                                           f"TrainingDiverged: {diverged}" if diverged else None,
+                                           with_model=state == "COMPLETE")
         if write.model_uri:
             trial.set_user_attr(MODEL_URI_ATTR, write.model_uri)
         # Last, so that the run is handed over only with the outcome the trial ends in.
-        self.writer.submit(write)
+        self.tracker.hand_over(write)
         if diverged:
             raise diverged
         if pruned:

@@ -26,7 +26,7 @@ from gaplab.dataset import DataError
 from gaplab.device import DeviceError, prepare_backend
 from gaplab.folders import list_image_folder
 from study import stopping
-from study.cli import (
+from study.commands import (
     ArgumentParser,
     UsageError,
     command,
@@ -34,8 +34,8 @@ from study.cli import (
     native_logs_filtered,
     quiet_logging,
 )
+from study.contract import DEFAULT_CONFIRM_K
 from study.settings import (
-    DEFAULT_CONFIRM,
     MAX_CONFIRM,
     STUDY_NAME_PATTERN,
     Settings,
@@ -48,7 +48,7 @@ PRUNERS = ("median", "hyperband", "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from study.contract import DEFAULT_PRUNE_ON
+    from study.contract import DEFAULT_PRUNE_ON  # imports Optuna: `--help` and bad flags are answered without it
 
     defaults = TrainConfig()
     parser = ArgumentParser(prog=command("study.run"), description=__doc__.split("\n\n")[0])
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--workers", type=int, default=1,
         help="worker processes training trials of the study at the same time; at most one per CPU core when "
              "training on CPUs, 4 per GPU otherwise (default %(default)s)")
-    add("--confirm", type=int, default=DEFAULT_CONFIRM,
+    add("--confirm", type=int, default=DEFAULT_CONFIRM_K,
         help="after the trials, retrain the recommended setting, the best one without batchnorm and the seed's "
              "setting with this many fresh seeds each, to confirm the answer on held-out images; 0: off; a rerun "
              f"tops it up (0 to {MAX_CONFIRM}, default %(default)s)")
@@ -111,17 +111,17 @@ def validate(args: argparse.Namespace) -> Settings:
             list_image_folder(args.data_dir)  # its layout and classes, without decoding an image
         except DataError as error:
             raise UsageError(f"--data_dir={args.data_dir!r}: {error}") from None
-    from study import workers  # imports NumPy: after the checks that need none
+    from study import workers  # imports NumPy and Optuna: after the checks that need none
 
     gpus = workers.parse_gpus(args.gpus, workers.list_gpus())
     workers.check_worker_count(args.workers, args.device, gpus)
-    from study.contract import PRUNE_ON_METRIC  # imports Optuna: after the checks that need none
+    from study.contract import PRUNE_ON_METRIC
 
     if args.prune_on not in PRUNE_ON_METRIC:
         raise UsageError(f"--prune_on={args.prune_on!r} is unknown; use one of {', '.join(PRUNE_ON_METRIC)}.")
     storage = args.storage or default_storage()
     check_storage_url(storage)
-    import mlflow
+    import mlflow  # the stores' checks come last: MLflow is the heaviest import of all
 
     from study.storage import check_tracking_reachable, check_tracking_store
 
@@ -134,25 +134,28 @@ def validate(args: argparse.Namespace) -> Settings:
                     gpus=gpus, confirm=args.confirm)
 
 
-def main(argv: list[str] | None = None, *, train_fn=None, process_exits: bool | None = None) -> int:
-    """The command; its exit code. `train_fn` stands in for gaplab.trainer.train (tests).
+def main(argv: list[str] | None = None, *, train_fn=None, program: str = "study.run",
+         process_exits: bool | None = None) -> int:
+    """The command; its exit code. `train_fn` stands in for gaplab.trainer.train (tests), in this process and in
+    every `--workers` process, each of which runs `python -m <program>` (a program that passes the same
+    `train_fn`): study.objective.Trainer, chosen here once.
 
     `process_exits` (by default: when the arguments are the process's own, `argv` None) says that the process
     ends with the command: after a stop, further signals are then ignored (study.stopping.graceful_stop).
     """
     with stopping.graceful_stop(process_exits=argv is None if process_exits is None else process_exits):
         try:
-            return _command(list(sys.argv[1:] if argv is None else argv), train_fn)
+            return _command(list(sys.argv[1:] if argv is None else argv), train_fn, program)
         except (KeyboardInterrupt, Exception) as error:
             if not stopping.is_interruption(error):
                 raise
             # Before or after the trials (start-up, loading data, writing the summary): nothing
-            # half-trained to mark; study.session ended the runs this process had open KILLED.
+            # half-trained to mark; the session's Tracker ended the runs this process had open KILLED.
             print("\ninterrupted; rerun the same command to resume.", file=sys.stderr)
             return stopping.EXIT_CODE
 
 
-def _command(argv: list[str], train_fn) -> int:
+def _command(argv: list[str], train_fn, program: str) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = validate(args)
@@ -160,7 +163,7 @@ def _command(argv: list[str], train_fn) -> int:
         prepare_backend(settings.device)
     except (UsageError, DeviceError) as error:
         return fail(str(error))
-    from study import workers
+    from study import workers  # imported by `validate` already; at the top it would slow every bad flag's answer
 
     worker_index = os.environ.get(workers.WORKER_INDEX_ENV)
     if worker_index is None and settings.workers == 1:
@@ -169,14 +172,16 @@ def _command(argv: list[str], train_fn) -> int:
     try:
         # Heavy imports after validation, so bad input is answered at once. A signal while the backend's
         # native modules load is acted on once they have (study.stopping), and their C++ start-up lines are
-        # dropped (study.cli).
+        # dropped (study.commands).
         with stopping.interrupts_deferred(), native_logs_filtered():
             from study import session
+            from study.objective import Trainer
 
             session.training_device_for(settings.device)
+        trainer = Trainer(train_fn, program) if train_fn else Trainer(program=program)
         if worker_index is not None:
-            return session.run_worker_process(settings, int(worker_index))
-        return session.run_study(settings, argv, train_fn).exit_code
+            return session.run_worker_process(settings, int(worker_index), trainer)
+        return session.run_study(settings, argv, trainer).exit_code
     except (DataError, DeviceError, UsageError) as error:
         return fail(str(error))
     except StudyLocked as error:

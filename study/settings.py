@@ -16,16 +16,15 @@ from dataclasses import dataclass
 
 from gaplab.config import ConfigError, TrainConfig
 from gaplab.device import DEVICES
-from study.cli import UsageError
+from study.commands import UsageError
+from study.contract import DEFAULT_CONFIRM_K
 
 # The smallest --image_size at which every seed preset fits the model: the depth-3 presets need 14 px
 # (gaplab.model.allowed_depths; test_space checks this against it). A study always queues the presets, so
 # below it they would fail; gaplab itself trains 1 and 2 conv blocks from MIN_IMAGE_SIZE (8) px.
 MIN_STUDY_IMAGE_SIZE = 14
-# `--confirm K`'s default and its largest value (study.confirm): K fresh seeds per arm after the search. 3 costs
-# 18 % of the default study's wall (docs/costs.md#confirmation). Beyond MAX_CONFIRM the interval over seeds
-# narrows little, and a typo (--confirm 5000) would queue days of training.
-DEFAULT_CONFIRM = 3
+# `--confirm K`'s largest value (study.confirm; its default is contract.DEFAULT_CONFIRM_K): beyond it the interval
+# over seeds narrows little, and a typo (--confirm 5000) would queue days of training.
 MAX_CONFIRM = 100
 # A study's name is also its MLflow experiment and registered model, and goes into file names and URLs.
 STUDY_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\- ]{0,99}$")
@@ -50,7 +49,7 @@ class Settings:
     device: str = "auto"
     workers: int = 1
     gpus: tuple[str, ...] = ()
-    confirm: int = DEFAULT_CONFIRM
+    confirm: int = DEFAULT_CONFIRM_K
 
 
 def check_training_values(args: argparse.Namespace) -> TrainConfig:

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import optuna
+from optuna.trial import TrialState
 
 from gaplab.config import PRESETS, TrainConfig
 from study.contract import FAILED_BY_ERROR_ATTR, FINISHED_STATES, PRESET_ATTR
@@ -236,8 +237,6 @@ def presets_to_train(study: optuna.Study) -> list[str]:
     earlier one, by any process, is trained again, first; one that failed by its own error is not retried
     (it would fail again, and block every rerun), and its run's error tag says why.
     """
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     queued = [t.user_attrs[PRESET_ATTR] for t in trials
               if t.state == TrialState.WAITING and PRESET_ATTR in t.user_attrs]
@@ -271,8 +270,6 @@ def enqueue_next_preset(study: optuna.Study, base: TrainConfig) -> str | None:
     Presets are queued one at a time, just before they train, so that an interrupted one trains again
     before the presets after it, and none waits in the queue past `--trials`.
     """
-    from optuna.trial import TrialState
-
     if study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         return None
     name = next(iter(presets_to_train(study)), None)

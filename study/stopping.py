@@ -2,7 +2,8 @@
 
 The contract: while `graceful_stop()` is active (study.run's command holds it), SIGINT and SIGTERM
 set `requested` and raise KeyboardInterrupt. The trial that was running ends FAIL in Optuna with its
-MLflow run KILLED (study.tracking.trial_run), nothing else is started, and the command exits 130;
+MLflow run KILLED (study.tracking.Tracker.trial, the one place that turns an error raised once a stop was
+requested into the interrupt), nothing else is started, and the command exits 130;
 on leaving the block the previous signal handlers are back. Signals after the first set `repeated`
 and raise nothing (except in training, below): a second or third Ctrl-C cuts the stop's waits short
 but never its clean-up, which would leave runs RUNNING.
@@ -63,7 +64,7 @@ def graceful_stop(process_exits: bool = False) -> Iterator[None]:
 
     `process_exits`: the process ends after the block (the command run as a program). Once a stop was
     requested, further signals are then ignored instead: they would cut the interpreter's exit short
-    (its atexit handlers, the tracking writer's among them) and turn exit code 130 into a death by signal.
+    (its atexit handlers, MLflow's among them) and turn exit code 130 into a death by signal.
     """
     requested.clear()
     repeated.clear()

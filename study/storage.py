@@ -20,6 +20,9 @@
   try of at most TRACKING_SERVER_TIMEOUT_S seconds instead of MLflow's minutes of retries;
 * bad URLs, missing drivers, wrong passwords and absent databases become a `UsageError` that names
   the URL with its password masked.
+
+The imports of SQLAlchemy, Optuna and MLflow sit inside the functions that use them: study.run imports this
+module before it checks its flags, and a bad flag is answered before any of them loads (tests/test_startup.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
-from study.cli import UsageError, command
+from study.commands import UsageError, command
 from study.stopping import signals_deferred
 
 # Seconds without a heartbeat after which a RUNNING trial counts as dead. Tests shorten it.

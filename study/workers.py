@@ -21,7 +21,8 @@ from collections.abc import Callable, MutableMapping, Sequence
 import numpy as np
 
 from study import stopping
-from study.cli import UsageError
+from study.commands import UsageError
+from study.contract import worker_name
 
 # Set in a worker's environment: its index. Its presence makes `python -m study.run` a worker
 # (no stores to create, no summary), so the CLI and MLproject stay free of internal flags.
@@ -126,19 +127,18 @@ def sampler_seed(seed: int, trials_at_start: int, worker_index: int, joining_liv
 
 
 def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
-                trial_of: Callable[[str], str], poll_s: float = 0.5) -> tuple[bool, list[str]]:
-    """Run one worker (`python -m study.run *argv`) per sampler seed to their end.
+                trial_of: Callable[[str], str], poll_s: float = 0.5,
+                program: str = "study.run") -> tuple[bool, list[str]]:
+    """Run one worker (`python -m <program> *argv`, the command's own program: study.objective.Trainer) per
+    sampler seed to their end.
 
     Returns (interrupted, one report per worker that died).
 
     `trial_of(host_pid)` names the trial a dead worker was running.
     """
-    import socket
-
-    host = socket.gethostname()
     processes = [
         # Own process group: a terminal's Ctrl-C reaches the workers once, forwarded from here.
-        subprocess.Popen([sys.executable, "-m", "study.run", *argv], start_new_session=True,
+        subprocess.Popen([sys.executable, "-m", program, *argv], start_new_session=True,
                          env=worker_environment(dict(os.environ), index, gpus, seed))
         for index, seed in enumerate(seeds)
     ]
@@ -162,7 +162,7 @@ def run_workers(argv: Sequence[str], seeds: Sequence[int], gpus: Sequence[str],
                 if code < 0 or (code not in (0, stopping.EXIT_CODE) and not interrupted):
                     cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                     report = (f"worker {index} (pid {process.pid}) died from {cause} during "
-                              f"{trial_of(f'{host}:{process.pid}')}")
+                              f"{trial_of(worker_name(pid=process.pid))}")
                     deaths.append(report)
                     print(f"{report}; the other {len(running)} worker(s) go on.", file=sys.stderr, flush=True)
         except KeyboardInterrupt:

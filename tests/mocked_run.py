@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import exit_code, fake_train
+from tests.helpers import exit_code, fake_train
 
 TRIAL_SECONDS_ENV = "GAPLAB_TEST_TRIAL_SECONDS"
 PAUSE_AFTER_RUN_ENV = "GAPLAB_TEST_PAUSE_AFTER_RUN"
@@ -56,5 +56,6 @@ if __name__ == "__main__":
         pause_after_trial_runs_are_created(float(os.environ[PAUSE_AFTER_RUN_ENV]), Path(os.environ[MARKER_ENV]))
     from study import run
 
-    # As `python -m study.run` does: the process ends with the command.
-    sys.exit(exit_code(run.main, sys.argv[1:], train_fn=slow_fake_train, process_exits=True))
+    # As `python -m study.run` does: the process ends with the command. Its `--workers` processes run this module too.
+    sys.exit(exit_code(run.main, sys.argv[1:], train_fn=slow_fake_train, program="tests.mocked_run",
+                       process_exits=True))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from study import bench
-from tests.conftest import configured_backend, subprocess_env
+from tests.helpers import configured_backend, subprocess_env
 
 
 def test_bad_bench_input_is_one_line_and_exit_2(tmp_path):

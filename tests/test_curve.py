@@ -124,7 +124,7 @@ def test_the_curve_is_logged_as_metrics_at_its_momentum_steps_test_accuracy_wher
         TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
         VAL_ACCURACY_AT_MOMENTUM_METRIC,
     )
-    from study.tracking import momentum_curve_metrics
+    from study.tracking.runs import momentum_curve_metrics
 
     def points(curve: MomentumCurve) -> dict[str, dict[int, float]]:
         found: dict[str, dict[int, float]] = {}

@@ -12,7 +12,7 @@ from PIL import Image
 from gaplab import images as image_module
 from gaplab.cache import cache_key
 from gaplab.data import DataError, decode_image, generate_shapes, load_image_folder
-from tests.conftest import make_folder, write_image
+from tests.helpers import make_folder, write_image
 
 
 def test_folder_loads_sorted_classes_resized_rgb(image_folder, tmp_path):

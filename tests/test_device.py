@@ -8,7 +8,7 @@ import re
 import pytest
 
 from gaplab.device import DeviceError, backend_version, choose_device, hide_gpus, visible_gpus
-from tests.conftest import configured_backend
+from tests.helpers import configured_backend
 
 
 def test_unknown_device_names_the_choices():

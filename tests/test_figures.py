@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from study import figures
+from study import shared_figures as figures
 
 NAMES = ("cat", "dog", "<img src=x>")
 

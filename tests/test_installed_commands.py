@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import subprocess_env
+from tests.helpers import subprocess_env
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 def _scripts() -> dict[str, str]:
     """pyproject's [project.scripts]: installed name -> module."""
-    import tomllib  # Python 3.11+, as in tests/test_study.py
+    import tomllib  # Python 3.11+, as in tests/test_mlproject.py
 
     scripts = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["scripts"]
     return {name: target.split(":")[0] for name, target in scripts.items()}
@@ -29,13 +29,14 @@ def _parser_of(module: str):
 
 
 def test_every_installed_command_is_known_by_the_name_pyproject_installs():
-    from study.cli import INSTALLED_COMMANDS
+    from study.commands import INSTALLED_COMMANDS
 
-    modules = {name: "study.report" if module == "study.report.cli" else module for name, module in _scripts().items()}
+    modules = {name: "study.report" if module == "study.report.command" else module
+               for name, module in _scripts().items()}
     assert {module: name for name, module in modules.items()} == INSTALLED_COMMANDS
 
 
-@pytest.mark.parametrize("script, module", [("gaplab-study", "study.run"), ("gaplab-report", "study.report.cli"),
+@pytest.mark.parametrize("script, module", [("gaplab-study", "study.run"), ("gaplab-report", "study.report.command"),
                                             ("gaplab-bench", "study.bench")])
 def test_usage_names_the_installed_command_when_started_as_one(monkeypatch, capsys, script, module):
     monkeypatch.setattr(sys, "argv", [f"/home/user/.local/bin/{script}"])
@@ -47,10 +48,10 @@ def test_usage_names_the_installed_command_when_started_as_one(monkeypatch, caps
     assert capsys.readouterr().err == f"error: unrecognized arguments: --no_such_flag; see {script} --help\n"
 
 
-@pytest.mark.parametrize("module", ["study.run", "study.report.cli", "study.bench"])
+@pytest.mark.parametrize("module", ["study.run", "study.report.command", "study.bench"])
 def test_usage_names_python_m_otherwise(monkeypatch, module):
     monkeypatch.setattr(sys, "argv", [str(REPOSITORY / (module.replace(".", "/") + ".py"))])
-    shown = "study.report" if module == "study.report.cli" else module
+    shown = "study.report" if module == "study.report.command" else module
     assert _parser_of(module).format_usage().startswith(f"usage: python -m {shown} ")
 
 
@@ -62,7 +63,7 @@ def test_an_installed_report_points_to_the_installed_study_command(tmp_path):
     optuna.storages.RDBStorage(storage)  # an Optuna database with no study in it
     script = tmp_path / "bin" / "gaplab-report"
     script.parent.mkdir()
-    script.write_text("import sys\nfrom study.report.cli import main\nsys.exit(main())\n")
+    script.write_text("import sys\nfrom study.report.command import main\nsys.exit(main())\n")
     done = subprocess.run([sys.executable, str(script), "--storage", storage], cwd=tmp_path,
                           env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr

@@ -51,7 +51,7 @@ def experiment(client, request) -> str:
 
 
 def test_mlflow_eprint_looks_up_the_logging_stream_when_it_prints():
-    """study.cli.quiet_logging silences MLflow's notes by replacing `logging_utils.MLFLOW_LOGGING_STREAM`."""
+    """study.commands.quiet_logging silences MLflow's notes by replacing `logging_utils.MLFLOW_LOGGING_STREAM`."""
     from mlflow.utils import logging_utils
 
     saved, stream = logging_utils.MLFLOW_LOGGING_STREAM, io.StringIO()
@@ -78,7 +78,7 @@ def test_sqlalchemy_store_creates_the_schema_and_disposes_its_engine(store):
 
 
 def test_run_context_registry_adds_the_source_tags_a_fluent_run_gets():
-    """study.tracking.trial_run creates trial runs with MlflowClient.create_run, which adds no context tags;
+    """study.tracking.Tracker.trial creates trial runs with MlflowClient.create_run, which adds no context tags;
     `mlflow.tracking.context.registry.resolve_tags` adds them (user, source) and keeps the given ones."""
     from mlflow.tracking.context import registry
 
@@ -88,7 +88,7 @@ def test_run_context_registry_adds_the_source_tags_a_fluent_run_gets():
 
 
 def test_mlflow_tags_the_ui_reads_keep_their_names(client, experiment):
-    """study.tracking and study.summary write these tags by name: the UI nests runs by the parent tag and shows
+    """study.tracking and study.tracking.summary write these tags by name: the UI nests runs by the parent tag and shows
     the note as the run's description."""
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME, MLFLOW_RUN_NOTE
 
@@ -102,7 +102,8 @@ def test_mlflow_tags_the_ui_reads_keep_their_names(client, experiment):
 
 
 def test_search_runs_filters_on_the_status_attribute(client, experiment):
-    """study.tracking.end_unwritten_trial_runs finds the runs left open with "attributes.status = 'RUNNING'"."""
+    """study.tracking.recovery.end_unwritten_trial_runs finds the runs left open with
+    "attributes.status = 'RUNNING'"."""
     running = client.create_run(experiment).info.run_id
     ended = client.create_run(experiment).info.run_id
     client.set_terminated(ended, "KILLED")
@@ -112,7 +113,7 @@ def test_search_runs_filters_on_the_status_attribute(client, experiment):
 
 
 def test_a_prepared_logged_model_is_logged_by_run_id_off_the_active_run(client, experiment):
-    """study.writer: `mlflow.initialize_logged_model` prepares a PENDING model on the training thread, and
+    """study.tracking.writer: `mlflow.initialize_logged_model` prepares a PENDING model on the training thread, and
     `mlflow.models.Model.log(None, flavor, run_id=..., model_id=..., ...)` writes it on the writer's thread
     to that run, without starting an active run there, READY afterwards; metadata and extra keywords reach
     the flavor."""
@@ -144,7 +145,7 @@ def test_a_prepared_logged_model_is_logged_by_run_id_off_the_active_run(client, 
 
 
 def test_a_pending_logged_model_can_be_finalized_failed(client, experiment):
-    """study.tracking.fail_pending_model: a model whose write failed is finalized FAILED, not left PENDING."""
+    """study.tracking.runs.fail_pending_model: a model whose write failed is finalized FAILED, not left PENDING."""
     from mlflow.entities import LoggedModelStatus
 
     run_id = client.create_run(experiment).info.run_id
@@ -181,7 +182,7 @@ def test_the_ui_serves_the_hash_routes_the_report_links_to():
 
 
 def test_a_numpy_dataset_keeps_the_name_and_digest_given(client, experiment):
-    """study.tracking.log_dataset logs an empty array under the dataset's own name and digest."""
+    """study.tracking.runs.log_dataset logs an empty array under the dataset's own name and digest."""
     import numpy as np
 
     dataset = mlflow.data.from_numpy(np.zeros((0, 16, 16, 3), dtype=np.uint8), name="shapes", digest="abc123")
@@ -222,7 +223,7 @@ def test_rdb_storage_takes_the_heartbeat_settings_and_has_an_engine(tmp_path):
 
 
 def test_a_stale_trial_is_failed_and_handed_to_the_callback(tmp_path):
-    """study.storage.fail_stale_trials and study.tracking.end_stale_trial_run: a RUNNING trial whose heartbeat
+    """study.storage.fail_stale_trials and study.tracking.recovery.end_stale_trial_run: a RUNNING trial whose heartbeat
     is older than the grace period is failed, and the callback gets (study, the trial) with its user attrs."""
     called = []
     with warnings.catch_warnings():
@@ -395,3 +396,17 @@ def test_the_default_experiment_has_the_id_mlflow_names_it_by(client):
     from mlflow.tracking.default_experiment import DEFAULT_EXPERIMENT_ID
 
     assert client.get_experiment_by_name("Default").experiment_id == DEFAULT_EXPERIMENT_ID
+
+
+def test_a_loaded_study_keeps_its_storage_for_loading_another_study_on_it(tmp_path):
+    """study.report.confirmation reads a study's companion (its --confirm trainings) through `Study._storage`, and
+    learns it is absent from load_study's KeyError, which creates nothing."""
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=url)
+    loaded = optuna.load_study(study_name="s", storage=url)
+    with pytest.raises(KeyError):
+        optuna.load_study(study_name="s/confirmation", storage=loaded._storage)
+    optuna.create_study(study_name="s/confirmation", storage=url).set_user_attr("k", 3)
+    companion = optuna.load_study(study_name="s/confirmation", storage=loaded._storage)
+    assert companion.user_attrs == {"k": 3} and study.study_name == "s"
+    assert sorted(optuna.get_all_study_names(url)) == ["s", "s/confirmation"]

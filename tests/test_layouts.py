@@ -8,7 +8,7 @@ import pytest
 
 from gaplab import images as image_module
 from gaplab.data import ACCEPTED_LAYOUTS, DataError, list_image_folder, load_image_folder
-from tests.conftest import make_folder, write_image
+from tests.helpers import make_folder, write_image
 
 
 def _rows(split) -> set[bytes]:

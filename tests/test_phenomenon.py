@@ -12,7 +12,7 @@ import pytest
 from gaplab.__main__ import compare_presets
 from gaplab.config import TrainConfig
 from gaplab.data import generate_shapes, load_image_folder
-from tests.conftest import TRASHNET
+from tests.helpers import TRASHNET
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-from tests.conftest import ROOT, make_folder
+from tests.helpers import ROOT, make_folder
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
@@ -127,5 +127,5 @@ def test_ci_runs_the_readmes_test_command():
     readme = (ROOT / "README.md").read_text()
     test_section = readme[readme.index("\n## Test\n"):]
     command = FENCE.search(test_section).group(2).strip()
-    assert command == "python -m pytest -n 2 --dist load"
+    assert command == "python -m pytest -n 2 --dist worksteal"
     assert command in (ROOT / ".ci" / "run").read_text().splitlines()

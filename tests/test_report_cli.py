@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_report import build_study
+from tests.report_studies import build_study
 from tests.test_stores import read_only
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,7 +189,7 @@ def test_a_study_with_no_finished_trial_is_one_line_exit_3_and_no_report(tmp_pat
                                                                           expected):
     from optuna.trial import TrialState
 
-    from study.report.cli import NOTHING_TO_REPORT
+    from study.report.command import NOTHING_TO_REPORT
 
     storage = _bare_study(tmp_path / "stores", "empty", [TrialState[state] for state in states],
                           "ValueError: depth=3 is too deep for image_size=8\nTraceback (most recent call last): ...")

@@ -17,8 +17,9 @@ import pytest
 from optuna.trial import TrialState
 
 from study import contract
-from tests.conftest import subprocess_env
-from tests.test_report import _chromium, _chromium_run, _distributions, _report, _run_cli, build_study, records
+from tests.helpers import subprocess_env
+from tests.report_studies import _distributions, _report, _run_cli, build_study, records
+from tests.test_report import _chromium, _chromium_run
 
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
 

@@ -312,3 +312,38 @@ def test_the_first_screen_says_first_when_the_best_setting_has_no_gap():
     number = re.search(r"chosen on val: trial (\d+) ", best.text).group(1)
     assert screen[0].startswith(f"The study's best setting (trial {number}, chosen on val) has no gap to close"), screen
     assert "nan" not in best.text
+
+
+# ---------------------------------------------------------------- a confirmation's K seeds: the t-interval
+def _t_coverage(samples: np.ndarray, truth: float) -> float:
+    _, low, high = stats.mean_intervals(samples)
+    return float(np.mean((low <= truth) & (truth <= high)))
+
+
+@pytest.mark.parametrize("k", [3, 5, 10])
+def test_the_t_interval_of_k_seeds_holds_its_level(k):
+    """Simulated coverage of the true mean by the 95 % t-interval over k seeds' accuracies, 20,000 samples each:
+    normally spread (exact), counted on 100 images (lumpy, ties), and skewed and bounded (Beta(18, 2): mean
+    0.9, skewness −1.1, as a few seeds landing low make it); and of a paired difference of two such arms. What
+    it finds is what stats.T_INTERVAL_COVERAGE tells the reader."""
+    rng = np.random.default_rng(k)
+    reps = 20_000
+    error = 3 * math.sqrt(0.05 * 0.95 / reps)
+    normal = _t_coverage(rng.normal(0.8, 0.03, size=(reps, k)), 0.8)
+    lumpy = _t_coverage(rng.binomial(100, 0.9, size=(reps, k)) / 100, 0.9)
+    skewed = _t_coverage(rng.beta(18, 2, size=(reps, k)), 0.9)
+    difference = _t_coverage(rng.beta(18, 2, size=(reps, k)) - rng.beta(16, 4, size=(reps, k)), 0.9 - 0.8)
+    assert abs(normal - stats.CONFIDENCE) <= error, normal
+    assert lumpy >= 0.94 - error and skewed >= 0.92 - error and difference >= 0.94 - error, (lumpy, skewed, difference)
+    assert skewed <= stats.CONFIDENCE, skewed  # skew costs coverage: the report says so, and by how much
+
+
+def test_the_mean_interval_is_the_t_interval_and_needs_two_seeds():
+    mean = stats.mean_interval([0.80, 0.82, 0.78, math.nan])
+    # mean 0.80, standard deviation 0.02, t(0.975, 2 df) = 4.3027: half-width 4.3027 · 0.02 / √3 = 0.04968.
+    assert mean.n == 3 and mean.estimate == pytest.approx(0.80)
+    assert (mean.low, mean.high) == (pytest.approx(0.80 - 0.04968, abs=1e-5), pytest.approx(0.80 + 0.04968, abs=1e-5))
+    assert not mean.holds_zero and stats.mean_interval([-0.01, 0.02, 0.03]).holds_zero
+    one = stats.mean_interval([0.7])
+    assert one.n == 1 and one.estimate == 0.7 and math.isnan(one.low) and one.holds_zero
+    assert stats.mean_interval([]).n == 0

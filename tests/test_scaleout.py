@@ -18,7 +18,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import stopping, workers
-from tests.conftest import ROOT, run_mocked, subprocess_env, wait_for_running_trial
+from tests.helpers import ROOT, finish, run_mocked, start_mocked, subprocess_env, wait_for_running_trial
 
 GRACE_S = 3
 STUDY = "shapes-16px"
@@ -163,6 +163,18 @@ def test_under_mlflow_run_with_the_experiment_named_the_launchers_run_is_the_par
     children = client.search_runs([client.get_run(launcher).info.experiment_id],
                                   filter_string=f"tags.mlflow.parentRunId = '{launcher}'")
     assert {r.info.run_id for r in children} == trial_runs
+
+
+def test_the_injected_trainer_trains_every_worker_of_a_command(tmp_path):
+    """study.objective.Trainer: a command with a stand-in trainer runs its `--workers` processes as its own
+    program, so that they train with the stand-in too (the mock's train_accuracy is 0.9, a CNN's is not)."""
+    process = start_mocked(tmp_path, ["--trials", "4", "--workers", "2", *SMALL, "--device", "cpu"])
+    [(code, out, err)] = finish([process], timeout=300)
+    assert code == 0, err[-3000:]
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert all(not trial.user_attrs["worker"].endswith(f":{process.pid}") for trial in study.trials), \
+        "the workers train, not the command"
+    assert [trial.user_attrs["train_accuracy"] for trial in study.trials] == [0.9] * 4
 
 
 @pytest.mark.slow
@@ -311,7 +323,7 @@ def test_two_workers_on_postgresql_and_an_mlflow_server_survive_a_kill_9(tmp_pat
           f"total {time.time() - started:.0f} s")
     _assert_study_is_whole(storage, trials, number, mlflow_server)
 
-    from study.cli import UsageError
+    from study.commands import UsageError
     from study.storage import open_optuna_storage
 
     assert open_optuna_storage(storage).engine.pool._pre_ping, "dropped connections are re-opened"

@@ -12,7 +12,7 @@ from gaplab.config import PRESETS, TrainConfig
 from study import describe, space
 from study.contract import BATCHNORM_ATTR, PRESET_ATTR
 from study.importance import param_importances
-from tests.conftest import load_study, run_mocked
+from tests.helpers import load_study, run_mocked
 
 BASE = TrainConfig(image_size=16, epochs=1)
 WITHOUT_BATCHNORM = {name for name, preset in PRESETS.items() if not preset.batchnorm}

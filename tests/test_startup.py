@@ -15,7 +15,7 @@ import pytest
 from study import contract, workers
 from study.settings import STUDY_NAME_PATTERN, default_study_name
 from study.storage import open_optuna_storage
-from tests.conftest import make_folder, run_mocked, subprocess_env
+from tests.helpers import make_folder, run_mocked, subprocess_env
 
 SMALL = ["--epochs", "1", "--image_size", "16"]
 
@@ -147,7 +147,7 @@ def test_a_short_real_study_prints_no_library_chatter(tmp_path):
 
 
 def test_the_backends_start_up_lines_are_dropped_below_the_threshold_and_the_rest_kept(monkeypatch, capfd):
-    from study.cli import native_logs_filtered
+    from study.commands import native_logs_filtered
 
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
     written = [

@@ -14,7 +14,7 @@ import pytest
 
 from study import run as run_module
 from study import stopping
-from tests.conftest import configured_backend, subprocess_env, wait_for_running_trial
+from tests.helpers import configured_backend, subprocess_env, wait_for_running_trial
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

@@ -149,7 +149,7 @@ def test_a_store_an_older_version_left_half_created_is_named_and_created_anew(tm
     store = half_created(tmp_path / "mlflow.db")
     check_tracking_store(f"sqlite:///{store}", create=True)
     assert check_tracking_uri(f"sqlite:///{store}") == f"sqlite:///{store}"
-    # (MLflow's own INFO lines follow here; the commands silence them with study.cli.quiet_logging.)
+    # (MLflow's own INFO lines follow here; the commands silence them with study.commands.quiet_logging.)
     assert capsys.readouterr().err.splitlines()[0] == (f"note: {store} was left half-created by an interrupted run "
                                                        "of an older version and held no experiment or run; creating "
                                                        "it anew.")
@@ -157,7 +157,7 @@ def test_a_store_an_older_version_left_half_created_is_named_and_created_anew(tm
 
 
 def test_a_reader_names_a_half_created_store_and_leaves_it(tmp_path):
-    from study.cli import UsageError
+    from study.commands import UsageError
     from study.storage import check_tracking_store
 
     store = half_created(tmp_path / "mlflow.db")

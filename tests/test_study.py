@@ -1,4 +1,9 @@
-"""The study: CLI/MLproject agreement, bad parameters, the MLflow contract, resume, failures, Ctrl-C."""
+"""The study end to end: what each trial logs, pruning, diverged and interrupted trials, the MLflow contract (for
+real, slow), Ctrl-C and resume, and where the stores are.
+
+Bad input is in tests/test_cli.py, the MLproject and conda.yaml checks in tests/test_mlproject.py, the session's
+behaviour across reruns (top-ups, presets, failed trials) in tests/test_session.py.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +13,16 @@ import math
 import signal
 import subprocess
 import sys
-import time
 
 import mlflow
 import numpy as np
 import optuna
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from gaplab.config import TrainConfig
 from study import contract, stopping
-from study import run as run_module
-from tests.conftest import (
+from tests.helpers import (
     ROOT,
     child_runs,
     configured_backend,
@@ -32,178 +34,7 @@ from tests.conftest import (
     wait_for_running_trial,
 )
 
-MLPROJECT_TYPES = {"int": int, "float": float, "string": str}
-
-
-@pytest.mark.parametrize("entry_point", ["main", "report"])
-def test_mlproject_parameters_match_the_cli(entry_point):
-    from study import report
-
-    parser_factory = {"main": run_module.build_parser, "report": report.build_parser}[entry_point]
-    spec = yaml.safe_load((ROOT / "MLproject").read_text())
-    declared = spec["entry_points"][entry_point]["parameters"]
-    actions = {action.dest: action for action in parser_factory()._actions if action.dest != "help"}
-    assert set(declared) == set(actions), "MLproject and the CLI must offer the same parameters"
-    command = spec["entry_points"][entry_point]["command"]
-    for name, declaration in declared.items():
-        action = actions[name]
-        assert f"--{name}" in action.option_strings
-        assert f"--{name} {{{name}}}" in command, f"MLproject command must pass --{name}"
-        assert (action.type or str) is MLPROJECT_TYPES[declaration["type"]], name
-        assert action.default == declaration["default"], name
-    assert spec["conda_env"] == "conda.yaml"
-
-
-def test_conda_env_lists_the_same_dependencies_as_pyproject():
-    import tomllib
-
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    conda = yaml.safe_load((ROOT / "conda.yaml").read_text())["dependencies"]
-    pip = next(item["pip"] for item in conda if isinstance(item, dict))
-    assert set(pyproject) <= set(pip)
-
-
-BAD_PARAMETERS = [
-    (["--trials", "0"], "--trials=0 is invalid"),
-    (["--data_dir", "no/such/folder"], "--data_dir='no/such/folder' is not a folder"),
-    (["--pruner", "sometimes"], "--pruner='sometimes' is unknown; use one of median, hyperband, none"),
-    (["--prune_on", "stale"], "--prune_on='stale' is unknown; use one of best_momentum, own_momentum"),
-    (["--storage", "not a url"], "--storage='not a url' is not a database URL"),
-    (["--storage", "sqlite:///missing/dir/o.db"], "does not exist"),
-    (["--storage", "sqlite:///."], "is a folder, not a database file"),
-    (["--study_name", "../etc"], "--study_name='../etc' is invalid"),
-    (["--image_size", "4"], "--image_size=4 is invalid; use at least 14 pixels"),
-    (["--image_size", "13"], "--image_size=13 is invalid; use at least 14 pixels: the seed presets every study "
-                             "trains have 3 conv blocks, which need 14."),
-    (["--epochs", "0"], "--epochs=0 is invalid; use at least 1"),
-    (["--tri", "2"], "unrecognized arguments: --tri 2"),
-    (["--skip_bad_images", "yes"], "--skip_bad_images='yes' is invalid; use true or false"),
-    (["--device", "tpu"], "--device='tpu' is unknown; use one of auto, cpu, gpu"),
-]
-
-
-def test_bad_input_exits_2_with_one_line_from_the_real_command(tmp_path):
-    # End to end once, as a user meets it: the process's exit code and stderr. The other cases run in-process.
-    done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "0"], cwd=tmp_path,
-                          env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2
-    assert done.stderr.strip() == "error: --trials=0 is invalid; use at least 1."
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing may be created"
-
-
-# The command in a child that says, after it exits, which deep learning backends it had imported.
-_REFUSING_CHILD = ("import sys\nfrom study import run\ncode = run.main(sys.argv[1:])\n"
-                   "print(' '.join(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))\nsys.exit(code)")
-
-EARLY_REFUSALS = [
-    (["--storage", "sqlit:///x.db"], {}, "--storage='sqlit:///x.db' names the database 'sqlit', which SQLAlchemy "
-                                         "does not know"),
-    (["--storage", "postgresql+psycopg://u:pw@127.0.0.1:1/db"], {},
-     "--storage='postgresql+psycopg://u:***@127.0.0.1:1/db' cannot be opened (connection failed"),
-    (["--storage", "postgresql+pg8000://u@127.0.0.1:1/db"], {}, "needs the database driver 'pg8000'"),
-    ([], {"MLFLOW_TRACKING_URI": "sqlit:///m.db"}, "MLFLOW_TRACKING_URI='sqlit:///m.db' has the scheme 'sqlit', "
-                                                   "which MLflow does not know"),
-    ([], {"MLFLOW_TRACKING_URI": "http://127.0.0.1:1"},
-     "MLFLOW_TRACKING_URI='http://127.0.0.1:1' cannot be used (one try of at most 10 s)"),
-    ([], {"MLFLOW_TRACKING_URI": "postgresql+psycopg://u@127.0.0.1:1/m"},
-     "MLFLOW_TRACKING_URI='postgresql+psycopg://u@127.0.0.1:1/m' cannot be opened (connection failed"),
-    (["--data_dir", "one"], {}, "class 'b' in one has 1 image(s); the 70/15/15 split needs at least 3 per class"),
-]
-
-
-@pytest.mark.parametrize("args, env_extra, message", EARLY_REFUSALS)
-def test_stores_tracking_uris_and_class_sizes_are_refused_before_keras_and_create_nothing(
-        tmp_path, args, env_extra, message):
-    work = tmp_path / "work"
-    make_folder(work / "one", {"a": 5, "b": 1}, size=16)
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-c", _REFUSING_CHILD, "--trials", "1", *args], cwd=work,
-                          env={**subprocess_env(tmp_path), **env_extra}, capture_output=True, text=True, timeout=120)
-    took = time.monotonic() - started
-    assert done.returncode == 2, done.stderr[-3000:]
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
-    assert done.stdout.strip() == "", f"a backend was imported before the refusal: {done.stdout}"
-    assert took < 20, f"refused after {took:.1f} s"  # about 1 s here; the bound allows a loaded machine
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"], "no store may be created"
-    assert sorted(p.name for p in work.iterdir()) == ["one"]
-
-
-@pytest.mark.parametrize("args, message", BAD_PARAMETERS)
-def test_bad_parameters_get_one_line_and_exit_2_before_anything_is_created(mock_study, capsys, args, message):
-    assert run_mocked(args) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and err.startswith("error: ") and message in err, err
-    assert sorted(p.name for p in mock_study.iterdir()) == [], "nothing may be created"
-
-
-def test_device_gpu_without_a_gpu_is_one_line_naming_the_backend_and_exit_2(mock_study, capsys):
-    from gaplab.device import visible_gpus
-
-    if visible_gpus():
-        pytest.skip("this machine has a GPU")
-    assert run_mocked(["--device", "gpu"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.count("\n") == 0
-    assert error.startswith(f"error: device 'gpu' was asked for but the Keras backend {configured_backend()}")
-    assert "sees no GPU" in error and error.endswith("or use --device cpu.")
-    assert sorted(p.name for p in mock_study.iterdir()) == [], "nothing may be created"
-
-
-def test_a_keras_backend_that_is_not_installed_is_one_line_and_exit_2(mock_study, monkeypatch, capsys):
-    if importlib.util.find_spec("torch") is not None:
-        pytest.skip("torch is installed here")
-    # The check reads KERAS_BACKEND (as Keras will), so it answers before any backend is imported.
-    monkeypatch.setenv("KERAS_BACKEND", "torch")
-    assert run_mocked([]) == 2
-    assert capsys.readouterr().err.strip() == (
-        "error: the Keras backend is torch (KERAS_BACKEND) but torch is not installed; install it (e.g. pip "
-        "install -e \".[jax]\" and set KERAS_BACKEND=jax) or choose an installed backend.")
-    assert sorted(p.name for p in mock_study.iterdir()) == []
-
-
 # -- tuner logic with a mock trainer: fast, no Keras -------------------------------------------
-
-
-def test_resume_tops_up_to_the_total_without_duplicates(mock_study):
-    args = ["--epochs", "2", "--image_size", "16", "--pruner", "none"]
-    assert run_mocked(["--trials", "3", *args]) == 0
-    assert run_mocked(["--trials", "5", *args]) == 0
-    assert run_mocked(["--trials", "5", *args]) == 0  # already there: runs nothing
-    study = load_study(mock_study)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 5
-    presets = [t.user_attrs.get("preset") for t in study.trials]
-    assert presets == ["seed-initial", "seed-deeper", "seed-bn", "seed-final", None], "presets once, first"
-    children = child_runs("shapes-16px")
-    assert sorted(int(r.data.tags["optuna_trial_number"]) for r in children) == [0, 1, 2, 3, 4]
-    parents = {r.data.tags["mlflow.parentRunId"] for r in children}
-    assert parents == {study.user_attrs["mlflow_parent_run_id"]}, "every invocation attaches to the study's run"
-    experiment = MlflowClient().get_experiment_by_name("shapes-16px")
-    runs = MlflowClient().search_runs([experiment.experiment_id])
-    confirmations = [r for r in runs if "confirm_arm" in r.data.tags]
-    # The default --confirm 3 confirmed trial 0 (the best from the first command on) in 2 arms, once.
-    assert len(confirmations) == 6 and len(runs) == 12, ("one parent run, five trial runs and the confirmation's "
-                                                         "six: the rerun with nothing to do creates no run")
-    assert {r.info.status for r in runs} == {"FINISHED"}
-
-
-def test_a_failing_trial_is_recorded_and_the_study_goes_on(mock_study, monkeypatch):
-    from study import space
-
-    real_suggest = space.suggest
-
-    def crash_trial_5(trial, base):
-        config = real_suggest(trial, base)
-        return config.replace(dropout=0.99) if trial.number == 5 else config
-
-    monkeypatch.setattr(space, "suggest", crash_trial_5)
-    assert run_mocked(["--trials", "6", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
-    study = load_study(mock_study)
-    states = {t.number: t.state.name for t in study.trials}
-    assert states[5] == "FAIL" and list(states.values()).count("COMPLETE") == 6
-    failed = next(r for r in child_runs("shapes-16px") if r.data.tags["optuna_trial_number"] == "5")
-    assert failed.info.status == "FAILED" and failed.data.tags["trial_state"] == "FAIL"
-    assert "simulated crash" in failed.data.tags["error"]
 
 
 def test_pruned_trials_log_final_metrics_and_presets_are_never_pruned(mock_study):
@@ -270,7 +101,7 @@ def test_each_trial_logs_its_momentum_curve_as_json_figure_metrics_and_user_attr
         per_epoch = client.get_metric_history(run_id, "val_accuracy_at_best_momentum")
         assert [m.step for m in per_epoch] == [2]
     # trials.csv keeps the curve's summary, not the nested curve.
-    from study.summary import trials_table
+    from study.tracking.summary import trials_table
 
     columns = set(trials_table(load_study(mock_study)).columns)
     assert "user_attrs_best_momentum" in columns and "user_attrs_" + MOMENTUM_CURVE_ATTR not in columns
@@ -429,8 +260,6 @@ def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
 
 
 def test_a_bad_image_stops_the_study_naming_the_flag_that_skips_it(mock_study, capsys):
-    from tests.conftest import make_folder
-
     root = make_folder(mock_study / "photos", {"cat": 6, "dog": 6}, size=16)
     (root / "dog" / "broken.jpg").write_bytes(b"not an image")
     args = ["--trials", "1", "--data_dir", str(root), "--image_size", "16", "--epochs", "1", "--pruner", "none"]
@@ -446,33 +275,8 @@ def test_a_study_honours_mlflow_experiment_name(mock_study, monkeypatch):
     assert run_mocked(["--trials", "4", "--epochs", "1", "--image_size", "16", "--pruner", "none"]) == 0
     client = MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("my experiments").experiment_id])
-    # The parent, 4 trial runs and the default confirmation's 6 (2 arms x 3 seeds), all in that experiment.
-    assert len(runs) == 11 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
+    assert len(runs) == 5 and {r.info.run_name for r in runs if "mlflow.parentRunId" not in r.data.tags} == {
         "shapes-16px"}
-
-
-def test_the_eta_is_bounded_and_readable_for_any_trial_count():
-    # A huge --trials printed "ETA 2522579688333431852236m48s".
-    from study.session import _format_seconds
-
-    assert [_format_seconds(s) for s in (7, 303, 7500, 3 * 86400 + 4 * 3600 + 59)] == ["7s", "5m03s", "2h05m", "3d04h"]
-    assert _format_seconds(2.0 * 10**9 * 60) == _format_seconds(1e300) == "over a year"
-    assert _format_seconds(float("inf")) == _format_seconds(float("nan")) == "?"
-
-
-def test_presets_past_the_trials_total_are_not_called_interrupted(mock_study):
-    # After --trials 3 the fourth preset stayed queued, and the report said the study "was interrupted or has not
-    # been resumed". Presets are now queued as they start: the fourth is not queued at all.
-    from study.report.build import build_report
-
-    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
-    assert run_mocked(["--trials", "3", *args]) == 0
-    study = load_study(mock_study)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    caveats = build_report(study, MlflowClient()).section("caveats").bullets
-    assert not any("interrupted" in line for line in caveats), caveats
-    assert ("The study reached its --trials=3 before the seed preset(s) seed-final could run; rerun python -m "
-            "study.run with a larger --trials to train it.") in caveats
 
 
 def test_a_moved_stores_folder_is_refused_on_rerun_and_the_old_path_is_not_re_created(tmp_path, monkeypatch, capsys):
@@ -520,22 +324,3 @@ def test_a_tracking_server_that_answers_its_health_check_passes_even_behind_a_lo
     finally:
         server.shutdown()
         server.server_close()
-
-
-def test_a_preset_that_failed_by_its_own_error_is_not_retried_and_does_not_block_reruns(mock_study):
-    # Before, a failed preset was trained again first by every later command: one that always fails (too
-    # deep for the images, out of memory) failed each rerun, which then stopped at its allowed failures.
-    def deeper_fails(config, data, **options):
-        if config.depth == 3 and not config.batchnorm:
-            raise RuntimeError("out of memory")
-        return fake_train(config, data, **options)
-
-    args = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
-    assert run_mocked(["--trials", "3", *args], train_fn=deeper_fails) == 0
-    assert run_mocked(["--trials", "5", *args], train_fn=deeper_fails) == 0
-    study = load_study(mock_study)
-    trials = [(t.user_attrs.get(contract.PRESET_ATTR), t.state.name) for t in study.trials]
-    assert trials[:5] == [("seed-initial", "COMPLETE"), ("seed-deeper", "FAIL"), ("seed-bn", "COMPLETE"),
-                          ("seed-final", "COMPLETE"), (None, "COMPLETE")]
-    assert study.trials[1].user_attrs[contract.FAILED_BY_ERROR_ATTR] == "RuntimeError"
-    assert sum(t.state.name == "COMPLETE" for t in study.trials) == 5 and len(study.trials) == 6

@@ -9,9 +9,10 @@ from mlflow.tracking import MlflowClient
 
 from gaplab.compiled import variable_values
 from gaplab.model import build_model
-from study import figures, space
+from study import shared_figures as figures
+from study import space
 from study.contract import BN_MOMENTUM_ATTR, MODEL_URI_ATTR, PRESET_ATTR, confirmation_study_name
-from tests.conftest import child_runs, fake_train, load_study, run_mocked
+from tests.helpers import child_runs, fake_train, load_study, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 
@@ -61,7 +62,7 @@ def test_mlflow_params_match_optuna_and_models_without_batchnorm_have_no_momentu
     parent = MlflowClient().get_run(study.user_attrs["mlflow_parent_run_id"]).data.metrics
     assert "best_bn_momentum" not in parent
     assert parent["best_dropout"] == 0.5 and parent["best_depth"] == 2 and parent["best_trial_number"] == 0
-    from study.summary import trials_table
+    from study.tracking.summary import trials_table
 
     table = trials_table(study)
     assert {"params_bn_momentum", "params_dropout"} <= set(table.columns)
@@ -72,7 +73,7 @@ def test_mlflow_params_match_optuna_and_models_without_batchnorm_have_no_momentu
 
 def test_models_and_figures_name_their_trial_and_the_registered_version_says_what_it_is(mock_study, monkeypatch):
     titles = _record_titles(monkeypatch)
-    assert run_mocked(["--trials", "4", *ARGS], _with_model) == 0
+    assert run_mocked(["--trials", "4", *ARGS, "--confirm", "3"], _with_model) == 0
     study = load_study(mock_study)
     client = MlflowClient()
     runs = {int(r.data.tags["optuna_trial_number"]): r for r in child_runs("shapes-16px")}
@@ -82,7 +83,7 @@ def test_models_and_figures_name_their_trial_and_the_registered_version_says_wha
         with_curve = trial.user_attrs["batchnorm"]
         assert sum(f"Trial {trial.number}:" in title for title in titles) == 3 + with_curve, titles
     assert "Trial 2: confusion matrix (val)" in titles and "Trial 0: learning curves" in titles
-    # The default confirmation's runs (study.confirm) name their figures and models after the run, not trial-NNN.
+    # The confirmation's runs (study.confirm) name their figures and models after the run, not trial-NNN.
     companion = load_study(mock_study, confirmation_study_name("shapes-16px"))
     for trial in companion.trials:
         name = f"confirm-{trial.user_attrs['arm']}-seed-{trial.user_attrs['seed']}"
@@ -96,7 +97,7 @@ def test_models_and_figures_name_their_trial_and_the_registered_version_says_wha
     assert version.tags == {"study_name": "shapes-16px", "optuna_trial_number": str(best.number),
                             "val_accuracy": f"{best.value:.4f}",
                             "test_accuracy": f"{best.user_attrs['test_accuracy']:.4f}", "mlflow_run_id": run_id,
-                            # The default --confirm 3 retrained this trial on 3 fresh seeds (the mock scores alike).
+                            # --confirm 3 retrained this trial on 3 fresh seeds (the mock scores alike).
                             "confirmed_test_accuracy": f"{best.user_attrs['test_accuracy']:.4f}", "confirmed_n": "3"}
     assert version.description == (
         f"The best trial of study 'shapes-16px' when registered: trial {best.number}, val_accuracy {best.value:.4f} "

@@ -11,7 +11,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from gaplab.curve import momentum_step
-from study import summary
 from study.contract import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
@@ -20,7 +19,8 @@ from study.contract import (
     TRAIN_EVAL_ACCURACY_AT_MOMENTUM_METRIC,
     VAL_ACCURACY_AT_MOMENTUM_METRIC,
 )
-from tests.conftest import fake_train, run_mocked
+from study.tracking import Tracker, summary
+from tests.helpers import fake_train, run_mocked
 
 ARGS = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 NAME = "shapes-16px"
@@ -172,7 +172,7 @@ def test_a_study_without_a_recorded_parent_run_describes_the_active_run(tmp_path
         user_attrs={"test_accuracy": 0.7, "gap": 0.05}))
     with mlflow.start_run() as run:
         mlflow.log_param("storage", "sqlite:///bench.db")
-        summary.log_study_summary(study, "bench")
+        Tracker("bench", parent_run_id=run.info.run_id).summarize(study)
     text = MlflowClient().get_run(run.info.run_id).data.tags["mlflow.note.content"]
     assert text.startswith("**Study bench**: 1 trials finished (1 complete, 0 pruned), 0 failed.")
     assert ("**Best: trial 0** (trial-000): val_accuracy 0.7500 (the objective), test_accuracy 0.7000, "

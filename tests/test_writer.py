@@ -1,7 +1,8 @@
-"""The tracking writer (study.writer): trial runs are written off the training path and still end only once written.
+"""The tracking writer (study.tracking.writer): trial runs are written off the training path and still end only once
+written.
 
 Real processes and real signals where a signal is involved: a study whose writer is slowed down (the
-subprocess wraps study.writer.write_trial in a sleep) is stopped by Ctrl-C, SIGTERM or kill -9 while
+subprocess wraps study.tracking.writer.write_trial in a sleep) is stopped by Ctrl-C, SIGTERM or kill -9 while
 the writer holds a finished trial, and that trial's run must end FINISHED or KILLED, never RUNNING.
 """
 
@@ -24,8 +25,9 @@ import pytest
 from mlflow.entities import LoggedModelStatus
 from mlflow.tracking import MlflowClient
 
-from study import stopping, writer
-from tests.conftest import fake_train, run_mocked, subprocess_env
+from study import stopping
+from study.tracking import Tracker, writer
+from tests.helpers import fake_train, run_mocked, subprocess_env
 
 STUDY = "shapes-16px"
 SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
@@ -34,8 +36,9 @@ SMALL = ["--epochs", "1", "--image_size", "16", "--pruner", "none"]
 # stop's drain bound set to argv[2] seconds.
 SLOW_WRITER_STUDY = r"""
 import sys, time
-from study import run, writer
-from tests.conftest import fake_train
+from study import run
+from study.tracking import writer
+from tests.helpers import fake_train
 
 delay, drain = float(sys.argv[1]), float(sys.argv[2])
 write_now = writer.write_trial
@@ -239,8 +242,8 @@ def test_the_writer_overlaps_with_training(tmp_path, tiny_data):
     tracking_writer = writer.TrackingWriter(write=slow_write)
     base = TrainConfig(image_size=16, epochs=1)
     with mlflow.start_run() as parent:
-        objective = Objective(STUDY, tiny_data, base, {}, parent_run_id=parent.info.run_id, train_fn=sleepy_train,
-                              tracking_writer=tracking_writer)
+        tracker = Tracker(STUDY, parent_run_id=parent.info.run_id, tracking_writer=tracking_writer)
+        objective = Objective(tracker, tiny_data, base, {}, train_fn=sleepy_train)
         trials = 4
         started = time.perf_counter()
         study.optimize(objective, n_trials=trials)
@@ -261,7 +264,6 @@ def test_writing_a_trial_on_another_thread_leaves_the_training_threads_random_st
     """Building a Keras model draws seeds from Python's global `random`: the writer only saves a model built
     on the training thread, so the next trial's seeded initial weights cannot change under it."""
     from gaplab.config import TrainConfig
-    from study import tracking
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     mlflow.set_experiment(STUDY)
@@ -269,14 +271,19 @@ def test_writing_a_trial_on_another_thread_leaves_the_training_threads_random_st
     trial = study.ask()
     config = TrainConfig(image_size=16, epochs=1, depth=2)
     result = _with_a_model(config, tiny_data)
-    with mlflow.start_run() as parent, tracking.trial_run(STUDY, trial, {}, parent.info.run_id) as run:
-        write = writer.prepare_write(run, result, tiny_data, "COMPLETE", with_model=True)
-        run.handed_off = True
-        states = random.getstate(), np.random.get_state()[1].copy()
-        thread = threading.Thread(target=writer.write_trial, args=(write,))
-        thread.start()
-        thread.join()
-        writer.end_trial_run(write)
+    threads = []
+
+    def write_noting_the_thread(write):
+        threads.append(threading.current_thread().name)
+        writer.write_trial(write)
+
+    with mlflow.start_run() as parent, Tracker(STUDY, parent_run_id=parent.info.run_id, tracking_writer=(
+            writer.TrackingWriter(write=write_noting_the_thread))) as tracker:
+        with tracker.trial(trial, {}) as run:
+            write = tracker.prepare_write(run, result, tiny_data, "COMPLETE", with_model=True)
+            states = random.getstate(), np.random.get_state()[1].copy()
+            tracker.hand_over(write)
+    assert threads == ["tracking-writer"]
     assert random.getstate() == states[0] and np.array_equal(np.random.get_state()[1], states[1])
     assert MlflowClient().get_logged_model(write.model_id).status == LoggedModelStatus.READY
 
@@ -291,8 +298,8 @@ def _objective_with(tmp_path, tiny_data, train_fn, tracking_writer, epochs: int 
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize",
                                 pruner=optuna.pruners.NopPruner())
     parent = mlflow.start_run()
-    objective = Objective(STUDY, tiny_data, TrainConfig(image_size=16, epochs=epochs), {},
-                          parent_run_id=parent.info.run_id, train_fn=train_fn, tracking_writer=tracking_writer)
+    tracker = Tracker(STUDY, parent_run_id=parent.info.run_id, tracking_writer=tracking_writer)
+    objective = Objective(tracker, tiny_data, TrainConfig(image_size=16, epochs=epochs), {}, train_fn=train_fn)
     return study, objective
 
 

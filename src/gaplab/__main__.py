@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from gaplab.cli import ArgumentParser, fail
 from gaplab.config import PRESETS, ConfigError, TrainConfig
 from gaplab.data import DEFAULT_IMAGE_SIZE, DEFAULT_IMAGES, DataError, generate_shapes, load_image_folder
+from gaplab.usage import ArgumentParser, fail
 
 COLUMNS = ("train_accuracy", "train_eval_accuracy", "val_accuracy", "val_accuracy_recalibrated", "test_accuracy",
            "gap", "mode_gap", "generalization_gap")

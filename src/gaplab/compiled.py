@@ -110,7 +110,7 @@ def enable_compilation_cache(directory: str | os.PathLike | None = None) -> str 
     if keras.backend.backend() != "jax":
         return None
     if _compilation_cache_dir is None:
-        import jax
+        import jax  # only on the jax backend, where it is installed
 
         chosen = directory or os.environ.get("GAPLAB_COMPILE_CACHE_DIR") or Path.home() / ".cache" / "gaplab" / "xla"
         Path(chosen).mkdir(parents=True, exist_ok=True)

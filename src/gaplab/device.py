@@ -72,7 +72,7 @@ def hide_gpus() -> None:
 
 
 def backend() -> str:
-    import keras
+    import keras  # not at the top: prepare_backend sets what Keras reads when it loads
 
     return keras.backend.backend()
 

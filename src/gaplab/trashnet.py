@@ -23,9 +23,11 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from gaplab.cli import ArgumentParser, fail
+from PIL import Image, UnidentifiedImageError
+
 from gaplab.config import image_size_problem
 from gaplab.dataset import DataError
+from gaplab.usage import ArgumentParser, fail
 
 SOURCE_URL = "https://github.com/garythung/trashnet"
 # Images per class in TrashNet's data/dataset-resized, and in trashnet150.
@@ -94,8 +96,6 @@ def list_source(source: str | os.PathLike,
 
 def square(data: bytes, image_size: int = IMAGE_SIZE):
     """One photo as trashnet150 has it: RGB, a portrait turned a quarter turn, squashed to `image_size` square."""
-    from PIL import Image
-
     with Image.open(io.BytesIO(data)) as opened:
         image = opened.convert("RGB")
     if image.height > image.width:
@@ -108,8 +108,6 @@ def build_trashnet(source: str | os.PathLike, out: str | os.PathLike, image_size
     """Write every image of `source` (see `list_source`) to `out`/<class>/<name>.jpg as `square` makes it; the
     images written per class. `expected` (default TRASHNET_COUNTS) is checked before anything is written, and
     `out` must not exist or be empty: it appears whole, or not at all."""
-    from PIL import UnidentifiedImageError
-
     expected = TRASHNET_COUNTS if expected is None else expected
     problem = image_size_problem(image_size)
     if problem:

@@ -1,7 +1,7 @@
-"""`python -m study.report`: see `study.report.cli`."""
+"""`python -m study.report`: see `study.report.command`."""
 
 import sys
 
-from study.report.cli import main
+from study.report.command import main
 
 sys.exit(main())

@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from study import contract
-from study.report import figures, next_steps, paired, tables
+from study.report import confirmation, figures, next_steps, paired, tables
 from study.report.caveats import caveats
-from study.report.document import FigureImage, Finding, Report, Section, headings
+from study.report.document import FigureImage, Finding, Report, Section, UiLinks, headings
 from study.report.findings import across_trial_findings, best_setting
-from study.report.links import UiLinks, mlflow_links
+from study.report.links import mlflow_links
 from study.report.views import TrialView, complete_by_value, fmt, points, trial_views
 from study.report.views import finished as finished_trials
 
@@ -35,7 +35,8 @@ def build_report(study, client, ui_url: str | None = None) -> Report:
                   headline(analysis.found, bool(analysis.with_curves), headings(analysis.sections)),
                   analysis.found, analysis.sections,
                   next_steps.trials_needed(analysis.views, analysis.with_curves, study.study_name, analysis.settings),
-                  analysis.ui)
+                  analysis.ui, confirmed=[f.text for f in analysis.found if f.kind in confirmation.KINDS],
+                  confirmation=confirmation.as_json(analysis.confirmation))
 
 
 @dataclass
@@ -55,6 +56,7 @@ class _Analysis:
     with_curves: list[TrialView]
     found: list[Finding]
     notes: list[str]
+    confirmation: confirmation.Confirmation
     # The sections made so far, in order: a section names an earlier one by its heading (`see`).
     sections: list[Section] = field(default_factory=list)
 
@@ -77,12 +79,14 @@ def _analyse(study, client, ui_url: str | None) -> _Analysis:
     # With held-out curves the best setting carries the recommended fix (paired.batchnorm_findings).
     best_found = next((f for f in rest if f.kind == "best_setting"), None) or Finding(
         "best_setting", best_setting(best), split="val", scheme="best objective value")
-    found = [best_found, *smallest_gaps(finished), *(f for f in rest if f.kind != "best_setting")]
+    settings = study.user_attrs.get(contract.SETTINGS_ATTR) or {}
+    confirmed = confirmation.confirmation_of(study, views, settings)
+    found = [best_found, *smallest_gaps(finished), *(f for f in rest if f.kind != "best_setting"),
+             *confirmation.findings(confirmed, views)]
     return _Analysis(
         study=study, client=client, views=views, ui=mlflow_links(study, client, [v.run_id for v in views], ui_url),
-        parent=parent, settings=study.user_attrs.get(contract.SETTINGS_ATTR) or {},
-        seed=_seed(study, client, parent, notes), finished=finished, complete=complete, best=best,
-        with_curves=with_curves, found=found, notes=notes)
+        parent=parent, settings=settings, seed=_seed(study, client, parent, notes), finished=finished,
+        complete=complete, best=best, with_curves=with_curves, found=found, notes=notes, confirmation=confirmed)
 
 
 def _seed(study, client, parent: str | None, notes: list[str]):
@@ -98,6 +102,10 @@ def _seed(study, client, parent: str | None, notes: list[str]):
 
 def _findings(a: _Analysis) -> Section:
     return Section("findings", "Findings", bullets=[finding.text for finding in a.found])
+
+
+def _confirmation(a: _Analysis) -> Section:
+    return confirmation.section(a.confirmation)
 
 
 def _seed_presets(a: _Analysis) -> Section:
@@ -209,7 +217,7 @@ def _caveats(a: _Analysis) -> Section:
 # The report's sections, in order: a section's number is its place here. The caveats come last, as they
 # gather the notes of the sections before them.
 SECTIONS: tuple[Callable[[_Analysis], Section], ...] = (
-    _findings, _seed_presets, _decomposition, _importance, _figures, _top_trials, _caveats)
+    _findings, _confirmation, _seed_presets, _decomposition, _importance, _figures, _top_trials, _caveats)
 
 
 def smallest_gaps(finished: list[TrialView]) -> list[Finding]:

@@ -7,6 +7,7 @@ import math
 
 from optuna.trial import TrialState
 
+from gaplab.config import PRESETS
 from study import space
 from study.report import paired
 from study.report.tables import trial_counts
@@ -47,8 +48,6 @@ def _range_text(view: TrialView, name: str) -> str:
 
 def untrained_presets(views: list[TrialView]) -> list[str]:
     """The seed presets of which the study has no trial at all, in the seed's order."""
-    from gaplab.config import PRESETS
-
     tried = {v.preset for v in views}
     return [name for name in PRESETS if name not in tried]
 

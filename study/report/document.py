@@ -6,10 +6,8 @@ Everything here is plain text and numbers; the renderers (`study.report.render`)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from study.report.links import UiLinks
 
 @dataclass
 class Finding:
@@ -41,6 +39,21 @@ class Link:
 
     def __str__(self) -> str:
         return self.text
+
+
+@dataclass
+class UiLinks:
+    """The MLflow UI's addresses for one study: `runs` maps run ids to their pages (the renderers link every
+    occurrence of those ids), `overview` is the study's experiment, parent run and registered model, and
+    `served_by` says how to open the UI when the store is local ("" for a tracking server)."""
+
+    base: str
+    runs: dict[str, str] = field(default_factory=dict)
+    overview: list[Link] = field(default_factory=list)
+    served_by: str = ""
+
+    def run(self, run_id: str) -> str | None:
+        return self.runs.get(run_id)
 
 
 @dataclass
@@ -80,7 +93,9 @@ class Section:
 @dataclass
 class Report:
     """`next_steps`: lines below the first screen's headline (what more trials would answer); `ui`: the
-    MLflow UI's addresses of the study's runs and model, None to link nothing."""
+    MLflow UI's addresses of the study's runs and model, None to link nothing; `confirmed`: the first screen's
+    lines on the answer retrained on fresh seeds, or "not confirmed" (`study.report.confirmation`), right under
+    the headline; `confirmation`: the same as plain data for findings.json."""
 
     study_name: str
     summary: list[str]
@@ -89,6 +104,8 @@ class Report:
     sections: list[Section]
     next_steps: list[str] = field(default_factory=list)
     ui: UiLinks | None = None
+    confirmed: list[str] = field(default_factory=list)
+    confirmation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def figures(self) -> list[FigureImage]:

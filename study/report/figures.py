@@ -1,7 +1,7 @@
 """The report's figures, as PNG bytes: every trial's momentum curve, parameters, EMA horizon,
 momentum × batch size, learning curves and the best trial's confusion matrix. Trial figures, and
 the confusion-matrix and learning-curve figures the report shares with the trials, are in
-`study.figures`.
+`study.shared_figures`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from matplotlib import colormaps
 from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 from optuna.trial import TrialState
 
-from study import figures as study_figures
-from study import space
+from study import contract, shared_figures, space
 from study.report.views import TrialView
 
 
@@ -34,8 +38,6 @@ def _state_colours(views):
 
 
 def params_figure(finished: list[TrialView]) -> bytes | None:
-    from matplotlib.figure import Figure
-
     if not finished:
         return None
 
@@ -75,8 +77,6 @@ def _axis(ax, param: space.Param) -> None:
 
 
 def horizon_figure(finished: list[TrialView]) -> bytes | None:
-    from matplotlib.figure import Figure
-
     subset = [v for v in finished if v.batchnorm and math.isfinite(v.horizon) and v.horizon > 0]
     if not subset:  # nothing to place on a log axis
         return None
@@ -99,8 +99,6 @@ def horizon_figure(finished: list[TrialView]) -> bytes | None:
 
 
 def momentum_batch_figure(finished: list[TrialView]) -> bytes | None:
-    from matplotlib.figure import Figure
-
     subset = [v for v in finished if v.batchnorm and "bn_momentum" in v.params and "batch_size" in v.params]
     if not subset:
         # An empty colour scale on log axes is what raised "Data cannot be log-scaled" into the caveats.
@@ -133,17 +131,17 @@ def curves_figure(client, top: list[TrialView]) -> bytes | None:
             histories[f"trial {v.number}"] = history
     if not histories:
         return None
-    return _png(study_figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
+    return _png(shared_figures.learning_curves_figure(histories, f"Learning curves of the top {len(histories)} trials"))
 
 
 def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
     if not best.run_id:
         return None
     with tempfile.TemporaryDirectory() as folder:
-        path = client.download_artifacts(best.run_id, "confusion_matrix.json", folder)
+        path = client.download_artifacts(best.run_id, contract.CONFUSION_MATRIX_ARTIFACT, folder)
         data = json.loads(Path(path).read_text())
     names = [str(name) for name in data["class_names"]]
-    figure = study_figures.confusion_figure(data["matrix"], names,
+    figure = shared_figures.confusion_figure(data["matrix"], names,
                                       f"Trial {best.number}, {data.get('split', 'val')} split")
     return _png(figure), names
 
@@ -151,10 +149,6 @@ def confusion_png(client, best: TrialView) -> tuple[bytes, list[str]] | None:
 def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> bytes | None:
     """Every trial's momentum curve: val accuracy against 1 − momentum (log), coloured by training steps; the
     curves of `labels` (trial number -> name) drawn thicker and named in the legend."""
-    from matplotlib import colormaps
-    from matplotlib.colors import LogNorm
-    from matplotlib.figure import Figure
-
     if not paired:
         return None
     steps = [v.get("steps") for v in paired]
@@ -170,7 +164,7 @@ def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> b
         ax.plot([1 - m for m in curve.momentum], curve.val_accuracy, "-", **style)
         ax.plot([1 - curve.momentum[curve.own]], [curve.val_accuracy[curve.own]], "o", color=style["color"],
                 markeredgecolor="k", markersize=5)
-    study_figures.momentum_axis(ax, study_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
+    shared_figures.momentum_axis(ax, shared_figures.momentum_decades(m for v in paired for m in v.curve.momentum))
     ax.set_ylabel("val accuracy (same weights)")
     ax.set_title(f"Momentum curves of {len(paired)} trials (dot: the trial's own momentum)")
     ax.grid(alpha=0.3)
@@ -184,14 +178,11 @@ def momentum_curves_figure(paired: list[TrialView], labels: dict[int, str]) -> b
 def band_figure(bands) -> bytes | None:
     """Training steps against momentum: each step group's band (`study.report.paired.Band`) as a box over the
     group's steps, labelled with its momenta, size and leave-one-out hits; a group with no band hatched grey."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Patch
-
     if not any(b.low is not None for b in bands):
         return None
     figure = Figure(figsize=(8, 5.5))
     ax = figure.subplots()
-    decades = study_figures.momentum_decades(m for b in bands if b.low is not None for m in (b.low, b.high))
+    decades = shared_figures.momentum_decades(m for b in bands if b.low is not None for m in (b.low, b.high))
     # A band of one grid momentum, or a group of one step count, still gets a box one can see.
     half_height, half_width = 10 ** 0.12, 10 ** 0.06
     for b in bands:
@@ -214,7 +205,7 @@ def band_figure(bands) -> bytes | None:
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(
         lambda x, _: f"{x:g}" if x > 0 and round(x / 10 ** math.floor(math.log10(x))) in (2, 5) else ""))
-    study_figures.momentum_axis(ax, decades, which="y")
+    shared_figures.momentum_axis(ax, decades, which="y")
     ax.set_title("Momenta within one val standard error of the val-best for 3 in 4 trials")
     ax.grid(alpha=0.3)
     ax.legend(handles=[Patch(color="C2", alpha=0.4, label="band: momenta to train at"),
@@ -239,11 +230,6 @@ PARALLEL_CAPTION = ("One line per finished trial across its searched values, gap
 
 def parallel_figure(finished: list[TrialView]) -> bytes | None:
     """Parallel coordinates: every finished trial as one line across `parallel_axes()`, coloured by its gap."""
-    from matplotlib import colormaps
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-
     trials = [v for v in finished if math.isfinite(v.get("gap"))]
     if len(trials) < 2:
         return None

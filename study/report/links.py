@@ -9,32 +9,16 @@ serves, by default at DEFAULT_UI_URL, or the address given with `--ui_url`. Only
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit
 
 from study import contract
-from study.cli import UsageError
-from study.report.document import Link
+from study.commands import UsageError
+from study.report.document import Link, UiLinks
 
 # Where `mlflow ui` (and `mlflow server`) listens unless told otherwise.
 DEFAULT_UI_URL = "http://127.0.0.1:5000"
 # An MLflow run id: 32 lowercase hex digits (uuid4().hex).
 RUN_ID = re.compile(r"\b[0-9a-f]{32}\b")
-
-
-@dataclass
-class UiLinks:
-    """The MLflow UI's addresses for one study: `runs` maps run ids to their pages (the renderers link every
-    occurrence of those ids), `overview` is the study's experiment, parent run and registered model, and
-    `served_by` says how to open the UI when the store is local ("" for a tracking server)."""
-
-    base: str
-    runs: dict[str, str] = field(default_factory=dict)
-    overview: list[Link] = field(default_factory=list)
-    served_by: str = ""
-
-    def run(self, run_id: str) -> str | None:
-        return self.runs.get(run_id)
 
 
 def ui_base(tracking_uri: str, ui_url: str | None = None) -> str:

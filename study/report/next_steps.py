@@ -8,8 +8,9 @@ import shlex
 
 from optuna.trial import TrialState
 
+from gaplab.config import PRESETS, TrainConfig
 from study import contract, space
-from study.cli import command
+from study.commands import command
 from study.report import stats
 from study.report.views import TrialView, fmt_param, points
 
@@ -27,8 +28,6 @@ def retrain(best: TrialView | None, settings: dict) -> list[tuple[str, str]]:
     given setting, so the command is the library call."""
     if best is None:
         return []
-    from gaplab.config import PRESETS, TrainConfig
-
     base = PRESETS.get(best.preset or "", TrainConfig())
     values = {"batchnorm": best.batchnorm, **{p.name: best.params.get(p.name, getattr(base, p.name))
                                               for p in space.PARAMS if p.exists(best.batchnorm)}}
@@ -69,7 +68,22 @@ def trials_needed(views: list[TrialView], with_curves: list[TrialView], study_na
             so_far.append(f"trial {view.number} {points(held[chosen] - held[curve.own])}")
     shown = (f" So far, held-out accuracy at the val-chosen momentum minus at the trial's own: "
              f"{', '.join(so_far)} points (no interval below {need} trials)." if so_far else "")
-    flags = ["--trials", str(finished + need - have), "--study_name", study_name]
+    return [f"Trials needed: a paired answer needs {need} trials with batchnorm and a momentum curve that trained to "
+            f"the end (not pruned); this study has {have}, of {finished} finished (the first 4 trials are the seed's "
+            f"presets, "
+            f"{PRESETS_WITHOUT_BATCHNORM} of them without batchnorm, so at least {need + PRESETS_WITHOUT_BATCHNORM} "
+            f"trials in all).{shown} Add {need - have} with: "
+            f"{study_command(finished + need - have, study_name, settings)} {STORAGE_NOTE}."]
+
+
+# What the commands below leave out: the storage is not among the stored settings.
+STORAGE_NOTE = "(and the --storage it used, if not the default)"
+
+
+def study_command(trials: int, study_name: str, settings: dict, *extra: str) -> str:
+    """The `study.run` command that takes the study, with the settings it stored, to `trials` trials in all;
+    `extra`: more flags (e.g. `--confirm K`)."""
+    flags = ["--trials", str(trials), "--study_name", study_name]
     if settings.get("data_dir"):
         flags += ["--data_dir", str(settings["data_dir"])]
     for name in ("image_size", "epochs", "seed"):
@@ -79,9 +93,4 @@ def trials_needed(views: list[TrialView], with_curves: list[TrialView], study_na
         flags += ["--pruner", str(settings["pruner"])]
     if settings.get("prune_on") not in (None, contract.DEFAULT_PRUNE_ON):
         flags += ["--prune_on", str(settings["prune_on"])]
-    return [f"Trials needed: a paired answer needs {need} trials with batchnorm and a momentum curve that trained to "
-            f"the end (not pruned); this study has {have}, of {finished} finished (the first 4 trials are the seed's "
-            f"presets, "
-            f"{PRESETS_WITHOUT_BATCHNORM} of them without batchnorm, so at least {need + PRESETS_WITHOUT_BATCHNORM} "
-            f"trials in all).{shown} Add {need - have} with: {shlex.join([*command('study.run').split(), *flags])} "
-            "(and the --storage it used, if not the default)."]
+    return shlex.join([*command("study.run").split(), *flags, *extra])

@@ -54,7 +54,7 @@ def with_curves(finished: list[TrialView]) -> list[TrialView]:
 
 def held_out(view: TrialView) -> tuple[float, ...] | None:
     """The curve's held-out (test) accuracy per momentum; None for curves recorded before it existed."""
-    return view.curve.test_accuracy or None
+    return held_out_list(view.curve)
 
 
 def interval_text(effect: stats.Effect) -> str:
@@ -212,21 +212,41 @@ def options(found: list[Pair], fitted: list[Band]) -> list[Options]:
     band_of = {p.view.number: b for b in fitted for p in found if b.steps_low <= p.view.get("steps") <= b.steps_high}
     out = []
     for pair in found:
-        curve = pair.curve
-        val = {OWN: curve.val_accuracy[curve.own], GRID: curve.val_accuracy[pair.chosen],
-               PRECISE: curve.recalibrated_val_accuracy}
-        test = {OWN: pair.scored[curve.own], GRID: pair.scored[pair.chosen]}
-        if curve.recalibrated_test_accuracy is not None:
-            test[PRECISE] = curve.recalibrated_test_accuracy
-        else:
-            del val[PRECISE]
         fitted_band = band_of.get(pair.view.number)
         middle = fitted_band.middle if fitted_band else None
-        if middle is not None:
-            index = _index_at(curve, middle)
-            val[BAND], test[BAND] = curve.val_accuracy[index], pair.scored[index]
+        val, test = {}, {}
+        for option in (OWN, GRID, PRECISE, BAND):
+            read = read_option(pair.curve, option, middle, pair.scored)
+            if read is not None:
+                val[option], test[option] = read
         out.append(Options(pair, val, test, middle))
     return out
+
+
+def read_option(curve: MomentumCurve, option: str, band_momentum: float | None = None,
+                scored: tuple[float, ...] | None = None) -> tuple[float, float] | None:
+    """(val, test) accuracy of one trained model with `option` applied, read off its curve: its own momentum, its
+    val-chosen grid momentum, the grid point of `band_momentum` (BAND), or PreciseBN. `scored`: the accuracies
+    per momentum standing for test (default the curve's held-out list). None where the curve did not measure it
+    (no held-out list, no PreciseBN test accuracy, no band momentum)."""
+    scored = scored if scored is not None else held_out_list(curve)
+    if scored is None:
+        return None
+    if option == PRECISE:
+        if curve.recalibrated_test_accuracy is None:
+            return None
+        return curve.recalibrated_val_accuracy, curve.recalibrated_test_accuracy
+    if option == BAND and band_momentum is None:
+        return None
+    index = {OWN: curve.own, GRID: choose(curve)}.get(option)
+    if index is None:
+        index = _index_at(curve, band_momentum)
+    return curve.val_accuracy[index], scored[index]
+
+
+def held_out_list(curve: MomentumCurve) -> tuple[float, ...] | None:
+    """The curve's held-out (test) accuracy per momentum; None for curves recorded before it existed."""
+    return curve.test_accuracy or None
 
 
 def recommend(scored: list[Options]) -> str:
@@ -503,10 +523,14 @@ def fixed(view: TrialView, by_number: dict[int, Options], option: str) -> tuple[
     o = by_number.get(view.number)
     if o is None or option not in o.test:
         return view.get("val_accuracy"), view.get("test_accuracy"), "as trained"
-    how = {OWN: "at its own bn_momentum", GRID: "at its val-chosen momentum", PRECISE: "with PreciseBN",
-           BAND: f"at bn_momentum {fmt_param('bn_momentum', o.band_momentum)}" if o.band_momentum is not None
-           else "as trained"}[option]
-    return o.val[option], o.test[option], how
+    return o.val[option], o.test[option], how_applied(option, o.band_momentum)
+
+
+def how_applied(option: str, band_momentum: float | None = None) -> str:
+    """How a model was evaluated with `option` applied, as words after "evaluated"."""
+    if option == BAND:
+        return "as trained" if band_momentum is None else f"at bn_momentum {fmt_param('bn_momentum', band_momentum)}"
+    return {OWN: "at its own bn_momentum", GRID: "at its val-chosen momentum", PRECISE: "with PreciseBN"}[option]
 
 
 def ranked_with_fix(scored: list[Options], finished: list[TrialView], chosen: str) -> list[TrialView]:

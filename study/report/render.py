@@ -110,6 +110,8 @@ def to_markdown(report: Report) -> str:
     runs = report.ui.runs if report.ui else {}
     lines = [f"# Study report: {md_escape(report.study_name)}", ""]
     lines += [f"**{_md_text(line, runs)}**  " for line in report.headline] + [""]
+    if report.confirmed:
+        lines += [f"{_md_text(line, runs)}  " for line in report.confirmed] + [""]
     if report.next_steps:
         lines += [f"{_md_text(line, runs)}  " for line in report.next_steps] + [""]
     lines += [f"- {_md_text(line, runs)}" for line in report.summary]
@@ -159,6 +161,7 @@ figure{margin:1em 0}figcaption{font-size:.9em;color:#555}img{max-width:100%;heig
 .summary{color:#555}.findings li{margin:.4em 0}.scroll{overflow-x:auto;max-width:100%}
 .headline{font-size:1.08em;background:#f3f5fb;border-left:4px solid #446;padding:.5em 1em;margin:1em 0}
 .headline p{margin:.25em 0}.next{color:#444}
+.confirmed{border-left:4px solid #6a6;padding:.2em 1em;margin:1em 0}.confirmed p{margin:.25em 0}
 pre{background:#f3f3f6;border:1px solid #ddd;padding:.5em;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
 """
 
@@ -227,8 +230,20 @@ def to_findings_json(report: Report) -> str:
         row["interval"] = [number(end) for end in finding.interval] if finding.interval else None
         findings.append(row)
     # allow_nan=False: NaN is not JSON, and a reader such as JSON.parse or jq would refuse the whole file.
-    return json.dumps({"study": report.study_name, "headline": report.headline, "findings": findings},
+    return json.dumps({"study": report.study_name, "headline": report.headline, "confirmed": report.confirmed,
+                       "findings": findings, "confirmation": _finite_or_null(report.confirmation)},
                       indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def _finite_or_null(value: Any) -> Any:
+    """`value` (plain data) with every non-finite float written as None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
 
 
 def to_html(report: Report) -> str:
@@ -239,6 +254,9 @@ def to_html(report: Report) -> str:
              f"<title>Study report: {e(report.study_name)}</title>", f"<style>{CSS}</style>", "</head>", "<body>",
              f"<h1>Study report: {e(report.study_name)}</h1>", '<div class="headline">']
     parts += [f"<p>{_html_text(line, runs)}</p>" for line in report.headline] + ["</div>"]
+    if report.confirmed:
+        parts += ['<div class="confirmed">'] + [f"<p>{_html_text(line, runs)}</p>" for line in report.confirmed]
+        parts.append("</div>")
     parts += [f'<p class="next">{_html_text(line, runs)}</p>' for line in report.next_steps]
     parts += ['<ul class="summary">'] + [f"<li>{_html_text(line, runs)}</li>" for line in report.summary]
     overview, note = _ui_line(report)

@@ -7,7 +7,10 @@
   on the same images, from how many images they classify differently);
 * across trials: `split_search`, the largest threshold split over several parameters with a
   permutation test that repeats the whole search, and `across_trial_split`, its sentence;
-* the momentum band: `near_best`, `band`, `band_middle`, `leave_one_out_hits`.
+* the momentum band: `near_best`, `band`, `band_middle`, `leave_one_out_hits`;
+* a confirmation's K seeds: `mean_interval` (the mean over seeds with its t-interval; `mean_intervals`
+  vectorised), the one interval for a handful of retrainings, where no distribution-free interval
+  reaches 95 % (at K=5 even [min, max] holds the median only 93.75 %).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from statistics import median
 
 import numpy as np
 from scipy.stats import binom, binomtest, rankdata
+from scipy.stats import t as student_t
 
 from study.report.document import Finding
 from study.report.views import fmt, fmt_param
@@ -307,3 +311,53 @@ def across_trial_split(params: dict[str, dict[int, float]], outcome: dict[int, f
     else:
         text = f"No parameter clearly goes with the {what}: the largest split is {name} at {t}: {numbers}."
     return Finding("across_trial_split", text, top.effect, None, top.low_n + top.high_n, "", scheme, search.p_value)
+
+
+# ---------------------------------------------------------------- the mean over a confirmation's seeds
+@dataclass(frozen=True)
+class Mean:
+    """A mean over n seeds with its t-interval (NaN ends where n < 2: one seed has no spread to go on).
+
+    The t-interval's coverage is exact for normally spread values; tests/test_report_stats.py checks it by
+    simulation at n = 3, 5 and 10 for skewed and lumpy accuracies too (`T_INTERVAL_COVERAGE` says what it found).
+    """
+
+    estimate: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def holds_zero(self) -> bool:
+        """No clear effect: the interval includes 0, or there is none."""
+        return not (self.low > 0 or self.high < 0)
+
+
+# What the simulation in tests/test_report_stats.py found for the 95 % t-interval at n = 3, 5 and 10 (20,000
+# samples each): its coverage of the true mean for normally spread accuracies and for accuracies counted on 100
+# images, for skewed ones (Beta(18, 2): mean 0.9, skewness −1.1), and for the difference of two skewed arms.
+# The report quotes it.
+T_INTERVAL_COVERAGE = ("simulated coverage at 3, 5 and 10 seeds: 95 % for normally spread accuracies and for "
+                       "accuracies counted on 100 images, 92–93 % for skewed ones, 95 % for a paired difference")
+
+
+def mean_intervals(samples: np.ndarray, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row-wise means of `samples` (repetitions × n) and their t-intervals (NaN where n < 2): the vectorised form
+    of `mean_interval`, which calls it."""
+    data = np.asarray(samples, dtype=float)
+    n = data.shape[1]
+    middle = data.mean(axis=1) if n else np.full(len(data), math.nan)
+    if n < 2:
+        nan = np.full(len(data), math.nan)
+        return middle, nan, nan
+    half = student_t.ppf((1 + confidence) / 2, n - 1) * data.std(axis=1, ddof=1) / math.sqrt(n)
+    return middle, middle - half, middle + half
+
+
+def mean_interval(values, confidence: float = CONFIDENCE) -> Mean:
+    """The mean of the finite `values` and its t-interval."""
+    data = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
+    if data.size == 0:
+        return Mean(math.nan, math.nan, math.nan, 0)
+    middle, low, high = mean_intervals(data[None, :], confidence)
+    return Mean(float(middle[0]), float(low[0]), float(high[0]), int(data.size))

@@ -6,6 +6,14 @@ import math
 
 from optuna.trial import TrialState
 
+from gaplab.config import SEED_RESULTS
+from study import space
+from study.importance import (
+    IMPORTANCE_TARGETS,
+    MIN_IMPORTANCE_TRIALS,
+    dashboard_importances,
+    param_importances,
+)
 from study.report import stats
 from study.report.document import Link, Section, Table
 from study.report.views import TrialView, complete_by_value, describe
@@ -25,8 +33,6 @@ TOP_N = 5
 
 
 def seed_table(views: list[TrialView]) -> Table:
-    from gaplab.config import SEED_RESULTS
-
     rows = []
     for name, (s_train, s_val, s_test) in SEED_RESULTS.items():
         trial = next((v for v in views if v.preset == name), None)
@@ -72,14 +78,6 @@ def decomposition_table(views: list[TrialView], link=lambda run_id: None) -> Tab
 def importance_section(study) -> Section:
     """The study's importances (fANOVA, as on the parent run) beside the ones optuna-dashboard shows (PED-ANOVA),
     each with the trials and evaluator it used, and a warning below MIN_IMPORTANCE_TRIALS."""
-    from study import space
-    from study.importance import (
-        IMPORTANCE_TARGETS,
-        MIN_IMPORTANCE_TRIALS,
-        dashboard_importances,
-        param_importances,
-    )
-
     result, shown = param_importances(study), dashboard_importances(study)
     section = Section("importance", "Parameter importance")
     n, pruned, left_out = result.get("trials", 0), result.get("pruned", 0), result.get("without_batchnorm_left_out", 0)

@@ -14,6 +14,7 @@ from typing import Any
 
 from optuna.trial import TrialState
 
+from gaplab.config import PRESETS
 from gaplab.curve import MomentumCurve
 from study import contract, space
 
@@ -25,7 +26,6 @@ def _is_number(value: Any) -> bool:
 @dataclass
 class TrialView:
     """One trial's numbers under public names; NaN where absent."""
-
     number: int
     state: TrialState
     preset: str | None
@@ -73,8 +73,6 @@ class TrialView:
 
 
 def trial_views(study) -> list[TrialView]:
-    from gaplab.config import PRESETS
-
     views = []
     for trial in study.get_trials(deepcopy=False):
         preset = trial.user_attrs.get(contract.PRESET_ATTR)

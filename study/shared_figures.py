@@ -21,9 +21,11 @@ import unicodedata
 import warnings
 
 import numpy as np
+from matplotlib import font_manager, rcParams
 from matplotlib.artist import Artist
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 from matplotlib.ticker import MaxNLocator, NullLocator
 
 # A confusion matrix stays readable with counts in its cells up to this many classes, and with
@@ -44,8 +46,6 @@ _warned_missing: set[str] = set()
 
 @functools.cache
 def _charmap(path: str) -> frozenset[int]:
-    from matplotlib.ft2font import FT2Font
-
     try:
         return frozenset(FT2Font(path).get_charmap())
     except (OSError, RuntimeError, ValueError):  # a font file FreeType cannot read offers nothing
@@ -55,8 +55,6 @@ def _charmap(path: str) -> frozenset[int]:
 @functools.cache
 def _installed_fonts() -> tuple[tuple[str, str], ...]:
     """(family, file) of every font Matplotlib found, one per file."""
-    from matplotlib import font_manager
-
     # Last Resort (bundled with Matplotlib) maps every character to a box naming its block: no real glyph.
     return tuple(sorted({entry.fname: entry.name for entry in font_manager.fontManager.ttflist
                          if not entry.name.startswith("Last Resort")}.items()))
@@ -66,8 +64,6 @@ def label_fonts(texts) -> list[str]:
     """The font families to draw `texts` with: Matplotlib's default, then installed fonts for the characters
     it lacks. Characters no installed font has are named once per process on stderr, with the package to
     install; Matplotlib's own warning per missing glyph is then silenced (it would repeat on every draw)."""
-    from matplotlib import font_manager, rcParams
-
     family = rcParams["font.family"][0]
     default = rcParams["font.sans-serif"][0] if family == "sans-serif" else family
     families = [default]

@@ -1,7 +1,7 @@
-"""The tracking writer: one background thread per process that writes each finished trial's MLflow run
-while the next trial trains.
+"""The tracking writer: the background threads of a process's Tracker (study.tracking.Tracker), which write
+each finished trial's MLflow run while the next trial trains. Only the Tracker uses it.
 
-Once a trial has trained, the objective hands its run over (`process_writer().submit(prepare_write(...))`);
+Once a trial has trained, the objective hands its run over (`Tracker.hand_over`);
 the writer renders the figures, logs the final metrics, artifacts and model (`write_trial`), and only
 then ends the run (`end_trial_run`). What the study promises still holds:
 
@@ -16,12 +16,12 @@ then ends the run (`end_trial_run`). What the study promises still holds:
   the training thread does not wait for a store write per epoch (12 ms on SQLite with 2 busy cores;
   training on a GPU is about 20x faster, the write is not), and the epochs do not wait behind a
   trial's figures and model. A run's trial write, and the end of a run
-  that is not handed over (study.objective), wait for that run's epochs first; an epoch that cannot
+  that is not handed over (study.tracking.Tracker), wait for that run's epochs first; an epoch that cannot
   be written ends a handed-over run FAILED like a failed write;
-* before the summary (study.summary) and at exit the process waits for the writer; after a stop
-  (Ctrl-C, SIGTERM) for at most STOP_DRAIN_SECONDS, after which the runs not written are ended KILLED
-  (error tag starting "not written") and one line says so;
-* after kill -9 a run the writer held stays RUNNING until study.tracking.end_unwritten_trial_runs
+* before the summary (study.tracking.summary) and when its Tracker closes, the process waits for the
+  writer; after a stop (Ctrl-C, SIGTERM) for at most STOP_DRAIN_SECONDS, after which the runs not
+  written are ended KILLED (error tag starting "not written") and one line says so;
+* after kill -9 a run the writer held stays RUNNING until study.tracking.recovery.end_unwritten_trial_runs
   ends it KILLED: the heartbeat path does where the process died during its next trial, and every
   start of the study and every summary does for processes of its host.
 
@@ -35,7 +35,6 @@ the saved weights on either backend.
 
 from __future__ import annotations
 
-import atexit
 import functools
 import queue
 import sys
@@ -56,8 +55,17 @@ from gaplab.curve import MomentumCurve
 from gaplab.data import Dataset
 from gaplab.device import backend_package
 from gaplab.trainer import EpochCallback, TrainResult
-from study import figures, stopping, tracking
-from study.contract import MOMENTUM_CURVE_ARTIFACT, MOMENTUM_CURVE_FIGURE, RUN_STATUS, TIMING_METRIC_PREFIX
+from study import shared_figures, stopping
+from study.contract import (
+    CONFUSION_MATRIX_ARTIFACT,
+    CONFUSION_MATRIX_TEST_ARTIFACT,
+    MOMENTUM_CURVE_ARTIFACT,
+    MOMENTUM_CURVE_FIGURE,
+    NOT_WRITTEN,
+    TIMING_METRIC_PREFIX,
+    WRITE_FAILED,
+)
+from study.tracking.runs import Ending, TrialRun, end_run, fail_pending_model, momentum_curve_metrics
 
 # After a stop request, how long the process waits for the writer before ending its runs KILLED.
 STOP_DRAIN_SECONDS = 30.0
@@ -66,8 +74,6 @@ DRAIN_POLL_SECONDS = 0.2
 # How long a run that ends on the training thread (not handed over) waits for its epochs' metrics; only a
 # stuck store makes it wait at all.
 EPOCHS_WAIT_SECONDS = 10.0
-# The error tag of a run whose writing failed starts with this.
-WRITE_FAILED = "writing the run failed"
 
 
 @dataclass
@@ -76,10 +82,10 @@ class TrialWrite:
 
     `trial_state` is the Optuna state the trial ends in (COMPLETE, PRUNED, or FAIL where training
     diverged, with `error`). `model` is the stock-Keras model to log, built on the training thread
-    (see study.writer), under the logged model `model_id` created there.
+    (see the module docstring), under the logged model `model_id` created there.
     """
 
-    run: tracking.TrialRun
+    run: TrialRun
     result: TrainResult
     trial_state: str
     error: str | None = None
@@ -93,7 +99,7 @@ class TrialWrite:
         return f"models:/{self.model_id}" if self.model_id else None
 
 
-def prepare_write(run: tracking.TrialRun, result: TrainResult, data: Dataset, trial_state: str,
+def prepare_write(run: TrialRun, result: TrainResult, data: Dataset, trial_state: str,
                   error: str | None = None, with_model: bool = False) -> TrialWrite:
     """The writer's job for a finished trial, made on the training thread: with `with_model`, the stock-Keras
     model and its logged model (PENDING until written), whose URI the trial records before it ends."""
@@ -107,19 +113,19 @@ def prepare_write(run: tracking.TrialRun, result: TrainResult, data: Dataset, tr
     # input_example.json is written before its folder exists.)
     model_metadata = {"input": f"images, shape (n, {size}, {size}, 3), RGB values 0-255, dtype uint8 or float32",
                       "output": f"probabilities, shape (n, {data.num_classes}), classes {list(data.class_names)}"}
-    logged = mlflow.initialize_logged_model(name=run.model_name, source_run_id=run.run_id,
+    logged = mlflow.initialize_logged_model(name=run.name, source_run_id=run.run_id,
                                             params=run.params, experiment_id=run.experiment_id)
     return TrialWrite(run, result, trial_state, error, portable, logged.model_id, model_metadata)
 
 
 def write_trial(write: TrialWrite) -> None:
     """Final metrics, timings, confusion matrices, learning curves, the momentum curve and (where prepared) the
-    model, named `trial-NNN` (or the run's own name), on the trial's run; on the writer's thread, by run id. The
-    run stays open.
+    model, named as the run (`trial-NNN`, or a confirmation's `confirm-<arm>-seed-<seed>`), on the trial's run; on
+    the writer's thread, by run id. The run stays open.
 
-    Every figure's title names its trial (or the run, e.g. a confirmation's), so a downloaded PNG keeps its context.
+    Every figure's title names its run (`TrialRun.title`), so a downloaded PNG keeps its context.
     """
-    result, run_id, title = write.result, write.run.run_id, write.run.title
+    result, run_id, title, name = write.result, write.run.run_id, write.run.title, write.run.name
     client = MlflowClient(write.tracking_uri)
     timestamp = int(time.time() * 1000)
     # Final values share names with per-epoch metrics; log them at the last epoch's step, and not at
@@ -132,14 +138,13 @@ def write_trial(write: TrialWrite) -> None:
     timings = [Metric(f"{TIMING_METRIC_PREFIX}{key}", value, timestamp, 0) for key, value in result.timings.items()]
     client.log_batch(run_id, metrics=finals + timings, tags=[RunTag("diverged", str(result.diverged).lower())])
     names = list(result.class_names)
-    confusion = figures.trial_confusion_renderer(tuple(names))
-    for split, matrix in (("val", result.confusion_val), ("test", result.confusion_test)):
-        suffix = "" if split == "val" else "_test"
-        client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()},
-                        f"confusion_matrix{suffix}.json")
+    confusion = shared_figures.trial_confusion_renderer(tuple(names))
+    for split, matrix, artifact in (("val", result.confusion_val, CONFUSION_MATRIX_ARTIFACT),
+                                    ("test", result.confusion_test, CONFUSION_MATRIX_TEST_ARTIFACT)):
+        client.log_dict(run_id, {"split": split, "class_names": names, "matrix": matrix.tolist()}, artifact)
         client.log_image(run_id, confusion(matrix, f"{title}: confusion matrix ({split})"),
-                         artifact_file=f"confusion_matrix{suffix}.png")
-    curves = figures.trial_curves_renderer(result.config.epochs)
+                         artifact_file=artifact.removesuffix(".json") + ".png")
+    curves = shared_figures.trial_curves_renderer(result.config.epochs)
     client.log_image(run_id, curves(result.history, f"{title}: learning curves"),
                      artifact_file="learning_curves.png")
     if result.momentum_curve is not None:
@@ -147,7 +152,7 @@ def write_trial(write: TrialWrite) -> None:
     if write.model is not None:
         # mlflow.keras.log_model as it is, less its use of the calling thread's active run: the run by id.
         # step: the final metrics, logged at the last epoch, are linked to the model.
-        mlflow.models.Model.log(None, mlflow.keras, name=write.run.model_name, run_id=run_id,
+        mlflow.models.Model.log(None, mlflow.keras, name=name, run_id=run_id,
                                 model_id=write.model_id, model=write.model, metadata=write.model_metadata,
                                 step=result.epochs, pip_requirements=model_requirements())
 
@@ -157,20 +162,18 @@ def end_trial_run(write: TrialWrite, failure: BaseException | None = None) -> No
     (the trial_state tag keeps the Optuna state) and its model, if any, FAILED."""
     client = MlflowClient(write.tracking_uri)
     if failure is None:
-        tracking.end_run(client, write.run.run_id, write.trial_state, write.error, write.error)
+        end_run(client, write.run.run_id, Ending.WRITTEN, write.trial_state, write.error, write.error)
         return
-    tracking.fail_pending_model(client, write.model_id)
-    tracking.end_run(client, write.run.run_id, write.trial_state,
-                     f"{WRITE_FAILED}: {type(failure).__name__}: {failure}",
-                     "".join(traceback.format_exception(failure)), status=RUN_STATUS["FAIL"])
+    fail_pending_model(client, write.model_id)
+    end_run(client, write.run.run_id, Ending.FAILED, write.trial_state,
+            f"{WRITE_FAILED}: {type(failure).__name__}: {failure}", "".join(traceback.format_exception(failure)))
 
 
 def abandon_trial_run(write: TrialWrite, reason: str) -> None:
     """End a finished trial's run that will not be written KILLED, with `NOT_WRITTEN: reason` as its error."""
     client = MlflowClient(write.tracking_uri)
-    tracking.fail_pending_model(client, write.model_id)
-    tracking.end_run(client, write.run.run_id, write.trial_state, f"{tracking.NOT_WRITTEN}: {reason}",
-                     status="KILLED")
+    fail_pending_model(client, write.model_id)
+    end_run(client, write.run.run_id, Ending.INTERRUPTED, write.trial_state, f"{NOT_WRITTEN}: {reason}")
 
 
 def log_momentum_curve(client: MlflowClient, run_id: str, curve: MomentumCurve, grid: tuple[float, ...],
@@ -179,10 +182,10 @@ def log_momentum_curve(client: MlflowClient, run_id: str, curve: MomentumCurve, 
     labelled) and the curve's metrics, on run `run_id`."""
     data = curve.as_dict()
     client.log_dict(run_id, data, MOMENTUM_CURVE_ARTIFACT)
-    render = figures.trial_momentum_renderer(tuple(grid), figures.momentum_decades(curve.momentum))
+    render = shared_figures.trial_momentum_renderer(tuple(grid), shared_figures.momentum_decades(curve.momentum))
     heading = f"{title}: momentum curve (own momentum {curve.own_momentum:g}, best {curve.best_momentum:g})"
     client.log_image(run_id, render(data, heading), artifact_file=MOMENTUM_CURVE_FIGURE)
-    client.log_batch(run_id, metrics=tracking.momentum_curve_metrics(curve))
+    client.log_batch(run_id, metrics=momentum_curve_metrics(curve))
 
 
 @functools.cache
@@ -249,13 +252,17 @@ class TrackingWriter:
             for thread in self._threads:
                 thread.start()
 
+    def wait_until_free(self) -> None:
+        """Wait until the writer holds no trial: the previous one is written and ended."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._held)
+
     def submit(self, write: TrialWrite) -> None:
         """Hand a finished trial's run over, once the previous one is written; the writer ends it."""
         with self._changed:
             self._changed.wait_for(lambda: not self._held)
             self._start()
             self._held[write.run.run_id] = write
-            write.run.handed_off = True
             self._jobs.put(write)
 
     def log_epoch(self, epoch: EpochMetrics) -> None:
@@ -340,27 +347,3 @@ class TrackingWriter:
 def write_epoch(epoch: EpochMetrics) -> None:
     """An epoch's metrics, on the writer's epoch thread."""
     MlflowClient(epoch.tracking_uri).log_batch(epoch.run_id, metrics=epoch.metrics)
-
-
-_process_writer: TrackingWriter | None = None
-_process_writer_lock = threading.Lock()
-
-
-def process_writer() -> TrackingWriter:
-    """This process's writer, made on first use; the process waits for it at exit (see `drain_process_writer`)."""
-    global _process_writer
-    with _process_writer_lock:
-        if _process_writer is None:
-            _process_writer = TrackingWriter()
-            atexit.register(_drain_at_exit)
-        return _process_writer
-
-
-def drain_process_writer(timeout: float | None = None) -> list[int]:
-    """`TrackingWriter.drain` on this process's writer, if it has one."""
-    return _process_writer.drain(timeout) if _process_writer is not None else []
-
-
-def _drain_at_exit() -> None:
-    # Registered after MLflow's own exit handler, so it runs first, while the writer's store is still open.
-    drain_process_writer(STOP_DRAIN_SECONDS if stopping.requested.is_set() else None)

@@ -22,8 +22,13 @@ import os
 import sys
 from pathlib import Path
 
+import mlflow
+import optuna
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
 from study import contract
-from study.cli import ArgumentParser, UsageError, command, fail, quiet_logging
+from study.commands import ArgumentParser, UsageError, command, fail, quiet_logging
 from study.report.build import build_report
 from study.report.links import DEFAULT_UI_URL, check_ui_url
 from study.report.render import write_report
@@ -54,13 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_study_name(storage, url: str, requested: str) -> str:
     """The study to report from Optuna's `storage` (opened from `url`); UsageError naming the choices."""
-    import optuna
-
-    # A study's confirmation (`--confirm`) is a companion study on the same storage, reported with its study.
-    names = sorted(name for name in optuna.get_all_study_names(storage=storage)
-                   if not name.endswith(contract.CONFIRMATION_SUFFIX))
+    stored = set(optuna.get_all_study_names(storage=storage))
+    # A study's confirmation (--confirm K) lives in a companion study beside it: its report is the study's.
+    companions = {contract.confirmation_study_name(name) for name in stored} & stored
+    names = sorted(stored - companions)
     listing = ", ".join(repr(n) for n in names) if names else "none"
     where = masked(url)
+    if requested in companions:
+        study = requested.removesuffix(contract.CONFIRMATION_SUFFIX)
+        raise UsageError(f"--study_name={requested!r} holds the confirmation of study {study!r}; its report is "
+                         f"that study's: pass --study_name {study!r}.")
     if requested:
         if requested not in names:
             raise UsageError(f"--study_name={requested!r} is not in {where}; studies there: {listing}.")
@@ -88,9 +96,6 @@ def check_out_folder(out: str) -> Path:
 def open_study(args: argparse.Namespace):
     """(study, tracking URI): the study read from its storage and the MLflow store it recorded (or the one
     given), both checked; nothing is created or written."""
-    import mlflow
-    import optuna
-
     storage = args.storage or default_storage(args.tracking_uri or mlflow.get_tracking_uri())
     check_storage_url(storage, must_exist=True)
     optuna_storage = open_optuna_storage(storage, create=False)
@@ -110,9 +115,6 @@ def open_study(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_logging()
-    import optuna
-    from mlflow.tracking import MlflowClient
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = args.out or "reports"
     try:
@@ -151,8 +153,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def nothing_to_report(study, client) -> str | None:
     """Why `study` has nothing to report (no complete or pruned trial yet), in one line; None when it has."""
-    from optuna.trial import TrialState
-
     trials = study.get_trials(deepcopy=False)
     if any(t.state in contract.FINISHED_STATES for t in trials):
         return None

@@ -2,7 +2,7 @@
 
 `fail` prints that line and gives the exit code; `ArgumentParser` makes argparse's own errors
 (an unknown flag, a value of the wrong type) the same one line, and takes no abbreviations.
-`python -m gaplab` uses both, and so do the study's commands (study.cli re-exports them). Nothing
+`python -m gaplab` uses both, and so do the study's commands (study.commands re-exports them). Nothing
 here imports Keras.
 """
 

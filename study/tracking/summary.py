@@ -1,13 +1,13 @@
 """End-of-study results on the parent run: best trial, importances, trials table, registered model, and the
 run's description (the study in a few lines, and how to get its report), which the MLflow UI shows first.
 
-The summary first waits for this process's tracking writer (study.writer) and ends the runs whose
-process stopped before writing them, so that the registered model exists and every trial run it
-reads is written.
+The Tracker (study.tracking.Tracker.summarize) first waits for its writer and ends the runs whose process
+stopped before writing them, so that the registered model exists and every trial run it reads is written.
 """
 
 from __future__ import annotations
 
+import math
 import shlex
 import tempfile
 import time
@@ -19,7 +19,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from optuna.trial import TrialState
 
-from study import space, tracking, writer
+from study import space
 from study.contract import (
     CONFIRMED_N_TAG,
     CONFIRMED_TEST_ACCURACY_TAG,
@@ -28,9 +28,15 @@ from study.contract import (
     PARENT_RUN_ID_ATTR,
     PRESET_ATTR,
     RUN_ID_ATTR,
-    SOURCE_TRIAL_ATTR,
+    SETTINGS_ATTR,
+    TrialCounts,
+    trial_run_name,
 )
 from study.importance import IMPORTANCE_TARGETS, param_importances
+from study.report.confirmation import confirmation_of
+from study.report.paired import how_applied
+from study.report.views import trial_views
+from study.tracking.runs import log_json, register_best
 
 
 def trials_table(study: optuna.Study):
@@ -52,10 +58,8 @@ def best_values(best: optuna.trial.FrozenTrial) -> dict[str, float]:
     return {name: float(values[name]) for name in space.names() if name in values}
 
 
-def log_study_summary(study: optuna.Study, study_name: str) -> None:
-    """Log best trial, importances, trials.csv and register the best model, on the active run."""
-    writer.drain_process_writer()
-    tracking.end_unwritten_trial_runs(study)
+def log_study_summary(study: optuna.Study, study_name: str, extra_metrics: dict[str, float] | None = None) -> None:
+    """Log best trial, importances, trials.csv, `extra_metrics` and register the best model, on the active run."""
     if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         best = study.best_trial
         mlflow.log_metrics({
@@ -63,14 +67,16 @@ def log_study_summary(study: optuna.Study, study_name: str) -> None:
             "best_trial_number": float(best.number),
             **{f"best_{name}": value for name, value in best_values(best).items()},
         })
-        if best.user_attrs.get(MODEL_URI_ATTR) and (version := tracking.register_best(study_name, best)):
+        if best.user_attrs.get(MODEL_URI_ATTR) and (version := register_best(study_name, best)):
             mlflow.set_tag("registered_model", f"models:/{study_name}@best (version {version})")
             tag_confirmed_accuracy(study, study_name, best.number, version)
     importances = param_importances(study)
-    tracking.log_json(importances, "param_importances.json")
+    log_json(importances, "param_importances.json")
     for target in IMPORTANCE_TARGETS:
         for name, score in importances.get(target, {}).items():
             mlflow.log_metric(f"importance_{target}.{name}", score)
+    if extra_metrics:
+        mlflow.log_metrics(extra_metrics)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "trials.csv"
         trials_table(study).to_csv(path, index=False)
@@ -100,15 +106,14 @@ def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "fin
         raise ValueError(f"ending={ending!r} is unknown; use one of {', '.join(COMMAND_ENDINGS)}.")
     client = MlflowClient()
     parent = client.get_run(run_id or study.user_attrs[PARENT_RUN_ID_ATTR])
-    states = [trial.state for trial in study.get_trials(deepcopy=False)]
-    complete, pruned, failed, running = (states.count(state) for state in (
-        TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING))
+    counts = TrialCounts.of(study)
+    complete, pruned, failed, running = counts.complete, counts.pruned, counts.failed, counts.running
     lines = [f"**Study {study_name}**: {complete + pruned} trials finished ({complete} complete, {pruned} pruned), "
              f"{failed} failed" + (f", {running} running" if running else "") + "."]
     if complete:
         lines.append(_best_trial_line(study.best_trial, parent.info.experiment_id))
-    if (found := _confirm().confirmed(study)) is not None:
-        lines.append(_confirm().describe_line(found))
+    if (confirmed := confirmed_line(study)) is not None:
+        lines.append(confirmed)
     # The storage as the parent run logged it (password masked; empty where `mlflow run` logged its default,
     # which the report's default matches); the report reads the tracking URI from the study.
     storage = parent.data.params.get("storage", "")
@@ -123,32 +128,49 @@ def describe_parent_run(study: optuna.Study, study_name: str, ending: str = "fin
     return text
 
 
+def confirmation(study: optuna.Study):
+    """The study's confirmation as the report reads it (study.report.confirmation.confirmation_of), so that the
+    parent run, the registered model and the report state the same numbers."""
+    return confirmation_of(study, trial_views(study), study.user_attrs.get(SETTINGS_ATTR) or {})
+
+
 def tag_confirmed_accuracy(study: optuna.Study, study_name: str, best_trial: int, version: str) -> None:
     """Tag the registered `best` version with its setting's confirmed held-out accuracy (contract.
-    CONFIRMED_TEST_ACCURACY_TAG: the mean test accuracy as trained over its fresh seeds, with their count), where
-    the confirmation retrained that very trial."""
-    found = _confirm().confirmed(study)
-    if found is None:
-        return
-    arm = next((name for name, trainings in found.by_arm.items()
-                if trainings and trainings[0].get(SOURCE_TRIAL_ATTR) == best_trial), None)
+    CONFIRMED_TEST_ACCURACY_TAG: the mean test accuracy as trained over its fresh seeds, and CONFIRMED_N_TAG their
+    count), where the confirmation retrained that very trial."""
+    arm = next((arm for arm in confirmation(study).arms if arm.source == best_trial), None)
     if arm is None:
         return
     client = MlflowClient()
-    client.set_model_version_tag(study_name, version, CONFIRMED_TEST_ACCURACY_TAG, f"{found.mean_test(arm):.4f}")
-    client.set_model_version_tag(study_name, version, CONFIRMED_N_TAG, str(len(found.by_arm[arm])))
+    client.set_model_version_tag(study_name, version, CONFIRMED_TEST_ACCURACY_TAG, f"{arm.test.estimate:.4f}")
+    client.set_model_version_tag(study_name, version, CONFIRMED_N_TAG, str(arm.test.n))
 
 
-def _confirm():
-    """study.confirm, imported when used: it builds on study.session, which imports this module."""
-    from study import confirm
+def confirmed_line(study: optuna.Study) -> str | None:
+    """The confirmed numbers for the parent run's description: per arm, its mean held-out accuracy over its seeds
+    with its 95 % t-interval and n, as the report's confirmation states them; None where nothing is confirmed."""
+    found = confirmation(study)
+    if not found.confirmed:
+        return None
+    parts = []
+    for arm in found.arms:
+        text = f"{arm.name} {_mean(arm.test)}"
+        if arm.fixed:
+            fix = how_applied(found.recommendation.option, found.recommendation.momentum)
+            text += f" as trained, {_mean(arm.fixed[1])} evaluated {fix}"
+        parts.append(text)
+    return (f"**Confirmed** ({found.key}, {found.k} fresh seeds per arm): mean test_accuracy " + "; ".join(parts)
+            + ".")
 
-    return confirm
+
+def _mean(mean) -> str:
+    interval = f", 95 % interval {mean.low:.4f} to {mean.high:.4f}" if math.isfinite(mean.low) else ""
+    return f"{mean.estimate:.4f} (n={mean.n}{interval})"
 
 
 def _best_trial_line(best: optuna.trial.FrozenTrial, experiment_id: str) -> str:
     attrs = best.user_attrs
-    run_name = f"trial-{best.number:03d}"
+    run_name = trial_run_name(best.number)
     run = (f"[{run_name}](#/experiments/{experiment_id}/runs/{attrs[RUN_ID_ATTR]})" if RUN_ID_ATTR in attrs
            else run_name)
     preset = f", preset {attrs[PRESET_ATTR]}" if attrs.get(PRESET_ATTR) else ""

@@ -2,7 +2,7 @@
 
 * `UsageError`: a bad command-line value, printed as one line with exit code 2;
 * `fail` / `ArgumentParser`: that line, and the parser whose own errors are that line too (from
-  gaplab.cli, so `python -m gaplab` answers bad input in the same way);
+  gaplab.usage, so `python -m gaplab` answers bad input in the same way);
 * `command`: how the user runs one of the study's commands from here (`gaplab-study` once installed,
   `python -m study.run` otherwise), for usage lines and hints;
 * `quiet_logging`: no Keras/TF/Optuna/MLflow chatter by default; `native_logs_filtered`: the same
@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from gaplab.cli import ArgumentParser, fail
+from gaplab.usage import ArgumentParser, fail
 
 __all__ = ["INSTALLED_COMMANDS", "ArgumentParser", "UsageError", "command", "fail", "native_logs_filtered",
            "quiet_logging"]
