@@ -16,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from study import contract
-from tests.conftest import (
+from tests.helpers import (
     fake_train,
     finish,
     make_folder,
@@ -71,17 +71,17 @@ def test_the_arms_train_on_fresh_seeds_in_the_companion_study_and_mlflow_names_t
     companion = _companion(mock_study)
     # Trial 5 is the best (the latest); trial 1 (seed-deeper, 0.52) the best without batchnorm.
     recommendation = companion.user_attrs[contract.RECOMMENDATION_ATTR]
-    assert recommendation == {"key": "trial 5 · own", "trial": 5, "option": "own", "momentum": None}
+    assert recommendation == {"key": "trial-5/own", "trial": 5, "option": "own", "momentum": None}
     assert companion.user_attrs[contract.CONFIRM_K_ATTR] == 2
     trials = companion.trials
     assert [(t.state.name, t.user_attrs[contract.ARM_ATTR], t.user_attrs[contract.SEED_ATTR],
              t.user_attrs[contract.SOURCE_TRIAL_ATTR], t.user_attrs[contract.CONFIRMS_ATTR]) for t in trials] == [
-        ("COMPLETE", "recommended", 1001, 5, "trial 5 · own"),
-        ("COMPLETE", "best_without_bn", 1001, 1, "trial 5 · own"),
-        ("COMPLETE", "starting_point", 1001, 2, "trial 5 · own"),
-        ("COMPLETE", "recommended", 1002, 5, "trial 5 · own"),
-        ("COMPLETE", "best_without_bn", 1002, 1, "trial 5 · own"),
-        ("COMPLETE", "starting_point", 1002, 2, "trial 5 · own")]
+        ("COMPLETE", "recommended", 1001, 5, "trial-5/own"),
+        ("COMPLETE", "best_without_bn", 1001, 1, "trial-5/own"),
+        ("COMPLETE", "starting_point", 1001, 2, "trial-5/own"),
+        ("COMPLETE", "recommended", 1002, 5, "trial-5/own"),
+        ("COMPLETE", "best_without_bn", 1002, 1, "trial-5/own"),
+        ("COMPLETE", "starting_point", 1002, 2, "trial-5/own")]
     # Each confirmation stores what a search trial stores: the final metrics and the momentum curve.
     assert all(t.user_attrs["test_accuracy"] == pytest.approx(0.58) and "gap" in t.user_attrs for t in trials)
     assert contract.MOMENTUM_CURVE_ATTR in trials[0].user_attrs
@@ -106,11 +106,23 @@ def test_the_arms_train_on_fresh_seeds_in_the_companion_study_and_mlflow_names_t
         tags = run.data.tags
         assert run.info.status == "FINISHED" and tags["mlflow.parentRunId"] == parent_id
         assert (tags[contract.SEED_TAG], tags[contract.CONFIRMS_TAG], tags[contract.STUDY_TAG]) == (
-            run.info.run_name.rsplit("-", 1)[1], "trial 5 · own", COMPANION)
+            run.info.run_name.rsplit("-", 1)[1], "trial-5/own", COMPANION)
         assert run.data.params["seed"] == tags[contract.SEED_TAG]
     parent = next(r for r in runs if r.info.run_id == parent_id)
-    assert ("**Confirmed** (trial 5 · own, 2 fresh seeds per arm): mean test_accuracy recommended 0.5800 (n=2); "
-            "best_without_bn 0.5800 (n=2); starting_point 0.5800 (n=2).") in parent.data.tags["mlflow.note.content"]
+    # The parent's description states the report's numbers (study.report.confirmation): 0.58 on each seed.
+    assert ("**Confirmed** (trial-5/own, 2 fresh seeds per arm): mean test_accuracy recommended 0.5800 (n=2, 95 % "
+            "interval 0.5800 to 0.5800); best_without_bn 0.5800 (n=2, 95 % interval 0.5800 to 0.5800); "
+            "starting_point 0.5800 (n=2, 95 % interval 0.5800 to 0.5800).") in parent.data.tags["mlflow.note.content"]
+
+
+def test_the_command_confirms_by_default_with_the_contracts_k(mock_study):
+    trainer = OrderedTrainer()
+    assert run_mocked(["--trials", "5", *SMALL], train_fn=trainer, confirm_default=True) == 0
+    seeds = (1001, 1002, 1003)
+    assert contract.DEFAULT_CONFIRM_K == len(seeds)
+    assert _pairs(mock_study) == sorted((arm, seed) for arm in ("recommended", "best_without_bn", "starting_point")
+                                        for seed in seeds)
+    assert len(trainer.configs) == 5 + 3 * len(seeds)
 
 
 def test_a_rerun_with_a_larger_k_tops_up_and_one_with_the_same_k_trains_nothing(mock_study, capsys):
@@ -120,7 +132,7 @@ def test_a_rerun_with_a_larger_k_tops_up_and_one_with_the_same_k_trains_nothing(
     assert run_mocked(["--trials", "6", *SMALL, "--confirm", "3"], train_fn=trainer) == 0
     out = capsys.readouterr().out
     assert len(trainer.configs) == 6 + 6 + 3, "exactly one more seed for each of the 3 arms"
-    assert ("confirmation of trial 5 · own: 3 arm(s) (recommended, best_without_bn, starting_point) x 3 seed(s) = "
+    assert ("confirmation of trial-5/own: 3 arm(s) (recommended, best_without_bn, starting_point) x 3 seed(s) = "
             "9 training(s), 3 to train; about ") in out
     assert _pairs(mock_study) == sorted((arm, seed) for arm in contract.ARMS for seed in (1001, 1002, 1003))
     assert run_mocked(["--trials", "6", *SMALL, "--confirm", "3"], train_fn=trainer) == 0
@@ -134,25 +146,16 @@ def test_a_changed_recommendation_keeps_the_old_runs_labelled_and_gets_its_own(m
     # Two more trials: trial 7 is now the best.
     assert run_mocked(["--trials", "8", *SMALL, "--confirm", "2"], train_fn=trainer) == 0
 
-    assert _companion(mock_study).user_attrs[contract.RECOMMENDATION_ATTR]["key"] == "trial 7 · own"
+    assert _companion(mock_study).user_attrs[contract.RECOMMENDATION_ATTR]["key"] == "trial-7/own"
     both = sorted((arm, seed) for arm in contract.ARMS for seed in (1001, 1002))
-    assert _pairs(mock_study, "trial 5 · own") == both
-    assert _pairs(mock_study, "trial 7 · own") == both
+    assert _pairs(mock_study, "trial-5/own") == both
+    assert _pairs(mock_study, "trial-7/own") == both
     sources = {t.user_attrs[contract.SOURCE_TRIAL_ATTR] for t in _companion(mock_study).trials
-               if t.user_attrs[contract.CONFIRMS_ATTR] == "trial 7 · own"
+               if t.user_attrs[contract.CONFIRMS_ATTR] == "trial-7/own"
                and t.user_attrs[contract.ARM_ATTR] == "recommended"}
     assert sources == {7}
     labels = sorted(r.data.tags[contract.CONFIRMS_TAG] for r in _runs(mock_study) if contract.ARM_TAG in r.data.tags)
-    assert labels == ["trial 5 · own"] * 6 + ["trial 7 · own"] * 6
-
-
-def test_the_report_picks_the_study_not_its_confirmation_where_the_storage_holds_both(mock_study):
-    from study.report.cli import resolve_study_name
-
-    assert run_mocked(["--trials", "4", *SMALL, "--confirm", "1"]) == 0
-    url = f"sqlite:///{mock_study / 'optuna.db'}"
-    assert sorted(optuna.get_all_study_names(url)) == [STUDY, COMPANION]
-    assert resolve_study_name(optuna.storages.RDBStorage(url), url, "") == STUDY
+    assert labels == ["trial-5/own"] * 6 + ["trial-7/own"] * 6
 
 
 def test_confirm_0_trains_no_confirmation(mock_study):
@@ -175,11 +178,13 @@ def test_kill_9_during_a_confirmation_then_a_rerun_leaves_exactly_k_per_arm(tmp_
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     args = ["--trials", "5", *SMALL, "--confirm", "2"]
     env = {"GAPLAB_HEARTBEAT_GRACE": "2"}
-    assert finish([start_mocked(tmp_path, ["--trials", "5", *SMALL, "--confirm", "0"], **env)])[0][0] == 0
+    [(code, _, err)] = finish([start_mocked(tmp_path, ["--trials", "5", *SMALL, "--confirm", "0"], **env)])
+    assert code == 0, err[-3000:]
     process = start_mocked(tmp_path, args, GAPLAB_TEST_TRIAL_SECONDS="0.5", **env)
     wait_for_running_trial(storage, COMPANION, [process.pid], first_number=1)
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    process.communicate()  # its pipes, closed
     states = [t.state.name for t in _companion(tmp_path).trials]
     assert "RUNNING" in states, states
     time.sleep(2.5)  # the rerun fails the dead trial once its heartbeat is older than the grace
@@ -210,7 +215,7 @@ def test_kill_9_during_a_confirmation_then_a_rerun_leaves_exactly_k_per_arm(tmp_
 @pytest.mark.slow
 def test_the_real_trainer_confirms_on_generated_images_and_tags_the_registered_model(mock_study):
     from study import run
-    from tests.conftest import exit_code
+    from tests.helpers import exit_code
 
     photos = make_folder(mock_study / "photos", {"cat": 24, "dog": 24, "emu": 24}, size=20)
     argv = ["--trials", "4", "--data_dir", str(photos), "--image_size", "16", "--epochs", "1", "--pruner", "none",
