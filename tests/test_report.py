@@ -464,7 +464,8 @@ def test_html_renders_in_headless_chromium(dropout_study, tmp_path):
 def test_end_to_end_study_then_report(tmp_path):
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'src'}",
            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    study = subprocess.run([sys.executable, "-m", "study.run", "--trials", "5", "--epochs", "1", "--image_size", "16"],
+    study = subprocess.run([sys.executable, "-m", "study.run", "--confirm", "0",
+                            "--trials", "5", "--epochs", "1", "--image_size", "16"],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert study.returncode == 0, study.stderr[-3000:]
     report = subprocess.run([sys.executable, "-m", "study.report"], cwd=tmp_path, env=env, capture_output=True,

@@ -74,9 +74,7 @@ def test_a_dataset_name_becomes_a_valid_study_name(dataset, name):
 def test_a_data_folder_with_an_odd_name_gives_a_study_name_by_the_study_name_rules(work, tmp_path):
     root = make_folder(tmp_path / "<img src=x>", {"cat": 6, "dog": 6}, size=16)
     assert run_mocked(["--trials", "1", "--data_dir", str(root), "--pruner", "none", *SMALL]) == 0
-    # Beside it, its confirmation's companion study (the default --confirm 3).
-    assert optuna.get_all_study_names(f"sqlite:///{work / 'optuna.db'}") == [
-        "img src-x-16px", "img src-x-16px/confirmation"]
+    assert optuna.get_all_study_names(f"sqlite:///{work / 'optuna.db'}") == ["img src-x-16px"]
 
 
 def _stored_settings(work) -> dict:
@@ -137,7 +135,8 @@ def test_an_empty_gpu_entry_is_named_in_one_line():
 def test_a_short_real_study_prints_no_library_chatter(tmp_path):
     env = subprocess_env(tmp_path)
     env.pop("TF_CPP_MIN_LOG_LEVEL")  # as a user runs it
-    done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "1", *SMALL], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "study.run", "--confirm", "0",
+                           "--trials", "1", *SMALL], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stderr == "", "no absl lines from TensorFlow, no INFO lines or prints from MLflow"

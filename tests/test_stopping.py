@@ -115,7 +115,8 @@ def _backend_library_is_loading(pid: int) -> bool:
 def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
     # On JAX a KeyboardInterrupt raised while jaxlib's extension modules were created crashed the process
     # (exit -11): the signal is now acted on once the backend is imported.
-    process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "1", "--image_size", "16"],
+    process = subprocess.Popen([sys.executable, "-m", "study.run", "--confirm", "0",
+                                "--trials", "1", "--image_size", "16"],
                                cwd=tmp_path, env=subprocess_env(tmp_path), text=True,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # The backend is imported only after validation: once its libraries load, the start-up is under way.
@@ -133,9 +134,9 @@ def test_ctrl_c_during_start_up_exits_130_with_one_line(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_mid_trial_prints_one_line_without_a_traceback(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    process = subprocess.Popen([sys.executable, "-m", "study.run", "--trials", "2", "--epochs", "3", "--image_size",
-                                "16", "--pruner", "none"], cwd=tmp_path, env=subprocess_env(tmp_path), text=True,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen([sys.executable, "-m", "study.run", "--confirm", "0", "--trials", "2", "--epochs", "3",
+                                "--image_size", "16", "--pruner", "none"], cwd=tmp_path, env=subprocess_env(tmp_path),
+                               text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     wait_for_running_trial(storage, "shapes-16px", [process.pid])
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=120)

@@ -22,7 +22,7 @@ from study import space
 from study.contract import PRESET_ATTR
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = [sys.executable, "-m", "study.run", "--trials", "1", "--epochs", "1", "--image_size", "16"]
+RUN = [sys.executable, "-m", "study.run", "--confirm", "0", "--trials", "1", "--epochs", "1", "--image_size", "16"]
 
 
 def command_env(folder: Path) -> dict[str, str]:

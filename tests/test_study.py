@@ -150,7 +150,7 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     done = subprocess.run(
         ["mlflow", "run", str(ROOT), "-P", "trials=3", "-P", "epochs=2", "-P", "image_size=32",
-         "-P", f"storage={storage}", "--env-manager", "local", "--experiment-name", "shapes-32px"],
+         "-P", f"storage={storage}", "-P", "confirm=0", "--env-manager", "local", "--experiment-name", "shapes-32px"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "[3/3]" in done.stdout
@@ -232,7 +232,8 @@ def test_mlflow_run_fulfils_the_tracking_contract(tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_fails_the_running_trial_and_resume_loses_nothing(tmp_path):
     env = subprocess_env(tmp_path)
-    command = [sys.executable, "-m", "study.run", "--epochs", "3", "--image_size", "16", "--pruner", "none"]
+    command = [sys.executable, "-m", "study.run", "--confirm", "0", "--epochs", "3", "--image_size", "16",
+               "--pruner", "none"]
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     process = subprocess.Popen([*command, "--trials", "4"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)

@@ -127,8 +127,8 @@ def test_kill_9_while_the_writer_holds_a_trial_its_run_is_ended_killed_by_the_ne
     assert MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id).info.status == "RUNNING"
     # The target (1) is met: the rerun trains nothing, yet ends the run the dead process's writer held.
     env = {**subprocess_env(tmp_path), **grace}
-    done = subprocess.run([sys.executable, "-m", "study.run", "--trials", "1", *SMALL], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "study.run", "--confirm", "0", "--trials", "1", *SMALL],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = {run.info.run_id: run for run in _runs(tmp_path)}
     assert "RUNNING" not in {run.info.status for run in runs.values()}, \
