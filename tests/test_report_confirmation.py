@@ -212,7 +212,7 @@ def test_without_a_confirmation_the_first_screen_says_not_confirmed_and_gives_th
     assert not read.confirmed and not read.exists and read.arms == [] and read.k is None
     assert [f.kind for f in found] == ["confirmation"]
     command = ("python -m study.run --trials 10 --study_name confirm-study --image_size 32 --epochs 2 --seed 0 "
-               "--confirm 5")
+               f"--confirm {contract.DEFAULT_CONFIRM_K}")
     assert read.command == command
     assert found[0].text.startswith("Not confirmed") and command in found[0].text
     assert "trial 6, evaluated with PreciseBN" in found[0].text
@@ -352,10 +352,12 @@ def test_an_old_study_without_curves_settings_or_companion_renders_and_says_not_
     block = data["confirmation"]
     assert block["status"] == "not confirmed" and block["arms"] == {} and block["paired_difference"] is None
     assert block["recommendation"] == {"key": "trial-1/own", "trial": 1, "option": "own", "momentum": None}
-    assert block["command"] == "python -m study.run --trials 3 --study_name old-study --confirm 5"
+    assert block["command"] == ("python -m study.run --trials 3 --study_name old-study --confirm "
+                                f"{contract.DEFAULT_CONFIRM_K}")
     assert data["confirmed"][0].startswith("Not confirmed") and block["command"] in data["confirmed"][0]
     assert "the recommended setting (trial 1, as trained)" in data["confirmed"][0]
     markdown = (tmp_path / "out" / "old-study" / "report.md").read_text()
     section = markdown[markdown.index("## 2. Confirmation on fresh seeds"):markdown.index("## 3. ")]
-    assert "Not confirmed. Confirm on 5 fresh seeds per arm with: python -m study.run --trials 3" in section
+    assert (f"Not confirmed. Confirm on {contract.DEFAULT_CONFIRM_K} fresh seeds per arm with: python -m study.run "
+            "--trials 3") in section
     assert optuna.get_all_study_names(storage) == ["old-study"]

@@ -11,13 +11,14 @@ from mlflow.tracking import MlflowClient
 from study import contract, session, stopping, workers
 from study import run as run_module
 from study.objective import Trainer
-from tests.helpers import child_runs, fake_train, load_study, run_mocked
+from tests.helpers import child_runs, fake_train, load_study, run_mocked, without_confirmation
 
 STUDY = "shapes-16px"
 
 
 def _settings(*args: str):
-    return run_module.validate(run_module.build_parser().parse_args(["--image_size", "16", *args]))
+    return run_module.validate(run_module.build_parser().parse_args(["--image_size", "16",
+                                                                     *without_confirmation(list(args))]))
 
 
 def _stores(tmp_path) -> tuple[optuna.Study, list]:
