@@ -116,7 +116,7 @@ def open_companion(opened: OpenStudy) -> optuna.Study:
                                     storage=opened.storage, load_if_exists=True, direction="maximize",
                                     pruner=optuna.pruners.NopPruner())
     for name in (contract.PARENT_RUN_ID_ATTR, contract.TRACKING_URI_ATTR):
-        # The heartbeat's callback (study.tracking.end_stale_trial_run) finds a dead trial's run by these.
+        # The heartbeat's callback (study.tracking.recovery.end_stale_trial_run) finds a dead trial's run by these.
         if name in opened.study.user_attrs and companion.user_attrs.get(name) != opened.study.user_attrs[name]:
             companion.set_user_attr(name, opened.study.user_attrs[name])
     return companion
