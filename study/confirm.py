@@ -45,7 +45,7 @@ from study.optuna_study import OpenStudy
 from study.progress import format_seconds
 from study.report.confirmation import Recommendation, best_without_batchnorm, recommendation_of
 from study.report.views import trial_views
-from study.session import _ending_the_start
+from study.session import ending_the_start
 from study.tracking import Tracker
 
 # Confirmation seed i (from 1) is the study's seed + SEED_OFFSET + i: never the study's own seed, and read at
@@ -232,7 +232,7 @@ def _train_missing(opened: OpenStudy, on_companion: OpenStudy, confirmation: Pla
                 if not waiting:
                     enqueue(companion, confirmation.recommendation, *missing[0])
                 progress = _Progress(total - len(missing) + 1, total, label)
-                companion.optimize(_ending_the_start(start, opened.storage, objective), n_trials=1,
+                companion.optimize(ending_the_start(start, opened.storage, objective), n_trials=1,
                                    callbacks=[progress], catch=(Exception,), gc_after_trial=False)
         if not (missing or waiting):
             if not running:

@@ -284,7 +284,7 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
                 if room:
                     (fill_queue or _queue_next_preset)(opened)
                     # Optuna creates (or takes the queued) trial within the lock; the objective releases it.
-                    study.optimize(_ending_the_start(start, opened.storage, objective), n_trials=1,
+                    study.optimize(ending_the_start(start, opened.storage, objective), n_trials=1,
                                    callbacks=[progress], catch=(Exception,), gc_after_trial=False)
             if not room:
                 time.sleep(poll_s)
@@ -304,7 +304,7 @@ def _queue_next_preset(opened: OpenStudy) -> None:
     space.enqueue_next_preset(opened.study, opened.settings.base)
 
 
-def _ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,
+def ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,
                       objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
     """`objective`, first recording the new trial's heartbeat, then ending the trial start (`start`: the study's
     lock, released, and signals deferred, whose stop request is raised here, ending the trial FAIL).
