@@ -41,11 +41,10 @@ from optuna.trial import FrozenTrial, TrialState
 from gaplab.config import MAX_SEED, TrainConfig
 from study import contract, space, stopping
 from study.commands import fail
-from study.optuna_study import OpenStudy
+from study.optuna_study import OpenStudy, ending_the_start
 from study.progress import format_seconds
 from study.report.confirmation import Recommendation, best_without_batchnorm, recommendation_of
 from study.report.views import trial_views
-from study.session import ending_the_start
 from study.tracking import Tracker
 
 # Confirmation seed i (from 1) is the study's seed + SEED_OFFSET + i: never the study's own seed, and read at

@@ -7,6 +7,7 @@ the trainer (study.objective.Trainer), the study's lock, and the objective its t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -130,3 +131,24 @@ def check_shared_settings(study: optuna.Study, study_name: str, current: dict[st
         raise UsageError(f"study {study_name!r} was run with {theirs} (data_dir={stored.get('data_dir')!r}); this "
                          f"run has {ours}. Rerun with the study's settings, or start a new study with another "
                          "--study_name.")
+
+
+def ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,
+                      objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
+    """`objective`, first recording the new trial's heartbeat, then ending the trial start (`start`: the study's
+    lock, released, and signals deferred, whose stop request is raised here, ending the trial FAIL).
+
+    The heartbeat is recorded within the lock (Optuna's own heartbeat thread records it only after): a
+    trial whose process dies from its creation on is found dead by its heartbeat (or, without one,
+    by study.storage.fail_orphaned_trials), and is never left RUNNING.
+    """
+
+    def started(trial: optuna.Trial) -> float:
+        try:
+            # Optuna's heartbeat thread records the same row, by the same private trial id.
+            storage.record_heartbeat(trial._trial_id)
+        finally:
+            start.close()
+        return objective(trial)
+
+    return started

@@ -31,13 +31,14 @@ import optuna
 
 from gaplab import device
 from gaplab.data import DEFAULT_IMAGES, Dataset, generate_shapes, load_image_folder
-from study import contract, space, stopping, workers
+from study import confirm, contract, space, stopping, workers
 from study.commands import fail
 from study.contract import TrialCounts
 from study.objective import Trainer
 from study.optuna_study import (
     OpenStudy,
     check_shared_settings,
+    ending_the_start,
     open_storage,
     open_study,
     quiet_optuna,
@@ -204,7 +205,7 @@ def train_until_target(start: Start, settings: Settings, argv: list[str], tracke
     if settings.workers == 1:
         opened.study.sampler = optuna.samplers.TPESampler(seed=seeds[0])
         code = run_worker(opened, opened.objective(tracker), settings.trials, label="")
-        return code or _confirmation()(opened, tracker.parent_run_id, settings.confirm)
+        return code or confirm.run_confirmation(opened, tracker.parent_run_id, settings.confirm)
     interrupted, deaths = workers.run_workers(argv, seeds, settings.gpus, _trial_of_worker(opened.study),
                                               program=opened.trainer.program)
     if deaths and not interrupted:
@@ -304,25 +305,6 @@ def _queue_next_preset(opened: OpenStudy) -> None:
     space.enqueue_next_preset(opened.study, opened.settings.base)
 
 
-def ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,
-                      objective: Callable[[optuna.Trial], float]) -> Callable[[optuna.Trial], float]:
-    """`objective`, first recording the new trial's heartbeat, then ending the trial start (`start`: the study's
-    lock, released, and signals deferred, whose stop request is raised here, ending the trial FAIL).
-
-    The heartbeat is recorded within the lock (Optuna's own heartbeat thread records it only after): a
-    trial whose process dies from its creation on is found dead by its heartbeat (or, without one,
-    by study.storage.fail_orphaned_trials), and is never left RUNNING.
-    """
-
-    def started(trial: optuna.Trial) -> float:
-        try:
-            # Optuna's heartbeat thread records the same row, by the same private trial id.
-            storage.record_heartbeat(trial._trial_id)
-        finally:
-            start.close()
-        return objective(trial)
-
-    return started
 
 
 def run_worker_process(settings: Settings, index: int, trainer: Trainer | None = None) -> int:
@@ -337,12 +319,4 @@ def run_worker_process(settings: Settings, index: int, trainer: Trainer | None =
     # The parent run is the command's: trial runs nest in it, and it is not ended here.
     with Tracker(opened.name, parent_run_id=opened.study.user_attrs[contract.PARENT_RUN_ID_ATTR]) as tracker:
         code = run_worker(opened, opened.objective(tracker), settings.trials, label=f"w{index} ")
-    return code or _confirmation()(opened, tracker.parent_run_id, settings.confirm, label=f"w{index} ")
-
-
-def _confirmation() -> Callable[..., int]:
-    """study.confirm.run_confirmation: after the search's trials, `--confirm K`. Imported when called, since
-    study.confirm builds on this module (`run_worker`'s trial start)."""
-    from study import confirm
-
-    return confirm.run_confirmation
+    return code or confirm.run_confirmation(opened, tracker.parent_run_id, settings.confirm, label=f"w{index} ")
