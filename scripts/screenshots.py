@@ -50,7 +50,8 @@ RECORD = ROOT / "docs" / "screenshots.json"
 COMMAND = "python scripts/screenshots.py"
 # Each picture: what it shows (its caption), and the files whose code decides what it shows.
 PICTURES = {
-    "docs/mlflow-experiment.png": ("The study's experiment in the MLflow UI: one run per trial and per confirmation training, sorted by val_accuracy",
+    "docs/mlflow-experiment.png": ("The study's experiment in the MLflow UI: one run per trial and per confirmation "
+                                   "training, sorted by val_accuracy",
                                    ["study/tracking/tracker.py", "study/tracking/writer.py", "study/space.py",
                                     "study/contract.py"]),
     "docs/mlflow-parent-run.png": ("The parent run's description", ["study/tracking/summary.py", "study/contract.py"]),
