@@ -26,7 +26,6 @@ the recommendation, the old runs stay, labelled with the old key, and the new on
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import statistics
@@ -41,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from gaplab.config import MAX_SEED, TrainConfig
 from study import contract, space, stopping
 from study.commands import fail
-from study.optuna_study import OpenStudy, ending_the_start
+from study.optuna_study import OpenStudy, train_one_trial, trial_start
 from study.progress import format_seconds
 from study.report.confirmation import Recommendation, best_without_batchnorm, recommendation_of
 from study.report.views import trial_views
@@ -220,9 +219,7 @@ def _train_missing(opened: OpenStudy, on_companion: OpenStudy, confirmation: Pla
     failures = 0
     while True:
         stopping.raise_if_requested()
-        with contextlib.ExitStack() as start:
-            start.enter_context(opened.lock())
-            start.enter_context(stopping.interrupts_deferred())
+        with trial_start(opened.lock()) as start:
             on_companion.fail_dead_trials()
             missing = confirmation.missing(companion)
             waiting = companion.get_trials(deepcopy=False, states=(TrialState.WAITING,))
@@ -231,8 +228,7 @@ def _train_missing(opened: OpenStudy, on_companion: OpenStudy, confirmation: Pla
                 if not waiting:
                     enqueue(companion, confirmation.recommendation, *missing[0])
                 progress = _Progress(total - len(missing) + 1, total, label)
-                companion.optimize(ending_the_start(start, opened.storage, objective), n_trials=1,
-                                   callbacks=[progress], catch=(Exception,), gc_after_trial=False)
+                train_one_trial(start, companion, opened.storage, objective, [progress])
         if not (missing or waiting):
             if not running:
                 return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import optuna
@@ -131,6 +131,30 @@ def check_shared_settings(study: optuna.Study, study_name: str, current: dict[st
         raise UsageError(f"study {study_name!r} was run with {theirs} (data_dir={stored.get('data_dir')!r}); this "
                          f"run has {ours}. Rerun with the study's settings, or start a new study with another "
                          "--study_name.")
+
+
+@contextlib.contextmanager
+def trial_start(lock: StudyLock) -> Iterator[contextlib.ExitStack]:
+    """A trial start: the study's lock (`lock`), then signals deferred; the caller queues and creates the trial
+    within it (`train_one_trial`), and it ends once the trial has its heartbeat, or on leaving the block.
+
+    Waiting for the lock can take long (another process's set-up or summary): a signal there stops at once. Once
+    it is held, a signal takes effect when the start is done: one cut short between Optuna's creating the trial
+    and its first heartbeat would leave the trial RUNNING.
+    """
+    with contextlib.ExitStack() as start:
+        start.enter_context(lock)
+        start.enter_context(stopping.interrupts_deferred())
+        yield start
+
+
+def train_one_trial(start: contextlib.ExitStack, study: optuna.Study, storage: optuna.storages.RDBStorage,
+                    objective: Callable[[optuna.Trial], float], callbacks: list[Callable]) -> None:
+    """One trial of `study` within `start` (`trial_start`): Optuna creates it (or takes the queued one) with the
+    lock held, and `ending_the_start` ends the start once its heartbeat is recorded. A trial's error fails it,
+    not the caller (its run keeps the error)."""
+    study.optimize(ending_the_start(start, storage, objective), n_trials=1, callbacks=callbacks,
+                   catch=(Exception,), gc_after_trial=False)
 
 
 def ending_the_start(start: contextlib.ExitStack, storage: optuna.storages.RDBStorage,

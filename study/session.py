@@ -19,7 +19,6 @@ The Tracker ends every MLflow run of the process, also where a stop request or a
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import sys
@@ -38,12 +37,13 @@ from study.objective import Trainer
 from study.optuna_study import (
     OpenStudy,
     check_shared_settings,
-    ending_the_start,
     open_storage,
     open_study,
     quiet_optuna,
     shared_settings,
     study_name_of,
+    train_one_trial,
+    trial_start,
 )
 from study.progress import ProgressPrinter
 from study.settings import Settings
@@ -269,13 +269,7 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
     try:
         while True:
             stopping.raise_if_requested()
-            with contextlib.ExitStack() as start:
-                # Waiting for the lock can take long (another process's set-up or summary): a signal there
-                # stops at once. Once it is held, a signal takes effect when the start is done (here, or in
-                # the objective, which ends the start): one cut short between Optuna's creating the trial and
-                # its first heartbeat would leave the trial RUNNING.
-                start.enter_context(opened.lock())
-                start.enter_context(stopping.interrupts_deferred())
+            with trial_start(opened.lock()) as start:
                 # Trials others run may be dead ones: fail those so that their place is taken.
                 opened.fail_dead_trials()
                 counts = TrialCounts.of(study)
@@ -284,9 +278,7 @@ def run_worker(opened: OpenStudy, objective: Callable[[optuna.Trial], float], ta
                 room = counts.finished + counts.running < target
                 if room:
                     (fill_queue or _queue_next_preset)(opened)
-                    # Optuna creates (or takes the queued) trial within the lock; the objective releases it.
-                    study.optimize(ending_the_start(start, opened.storage, objective), n_trials=1,
-                                   callbacks=[progress], catch=(Exception,), gc_after_trial=False)
+                    train_one_trial(start, study, opened.storage, objective, [progress])
             if not room:
                 time.sleep(poll_s)
                 continue
